@@ -1,0 +1,228 @@
+"""Operator configuration (TOML).
+
+Looked up in order: ``--config FILE``; ``./fruix.toml``; the user's config
+directory (``$XDG_CONFIG_HOME/fruix/config.toml``, else
+``~/.config/fruix/config.toml``). Every key has a default, so no file at all
+builds the bundled sample base with the ``local`` executor under ``./.fruix/``.
+Relative paths in a file are relative to that file's directory; defaults are
+relative to the working directory.
+
+Plugins validate their own tables (``[executors.NAME]``, ``[guests.NAME]``)
+with :func:`read_section`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fruix_core.errors import ConfigError
+from fruix_core.model import BaseMetadata
+
+__all__ = ["Config", "Key", "find_config_file", "load_config", "read_section"]
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One documented config key: its type, default and meaning."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    help: str = ""
+
+
+#: The core's keys, by table. docs/operator/config.rst documents each of them.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "build": {
+        "executor": Key(str, "local", "executor plugin that runs the build"),
+        "guest": Key(str, "", "guest provider for in-guest executors ('' = none)"),
+        "jobs": Key(int, 0, "make -j value; 0 = number of CPUs"),
+        "source": Key(str, "", "source tree; '' = the bundled sample base"),
+        "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
+        "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
+        "promote": Key(bool, True, "promote the result into the store after a run"),
+    },
+    "base": {
+        "name": Key(str, "freebsd", "declared base name"),
+        "version": Key(str, "15.0-STABLE", "declared base version"),
+        "arch": Key(str, "amd64", "declared architecture"),
+        "kernconf": Key(str, "GENERIC", "kernel configuration (KERNCONF)"),
+    },
+    "paths": {
+        "store": Key(str, ".fruix/store", "store directory (operators: /frx/store)"),
+        "results": Key(str, ".fruix/results", "directory of result roots"),
+        "build_root": Key(str, ".fruix/build", "heavy object/stage work area"),
+    },
+}
+
+PLUGIN_TABLES = ("executors", "guests")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration of one invocation."""
+
+    file: str | None = None
+    executor: str = "local"
+    guest: str = ""
+    jobs: int = 0
+    source: Path | None = None
+    make: str = "make"
+    phase_timeout: float | None = None
+    promote: bool = True
+    base: BaseMetadata = field(default_factory=BaseMetadata)
+    store: Path = Path(".fruix/store")
+    results: Path = Path(".fruix/results")
+    build_root: Path = Path(".fruix/build")
+    executors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    guests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def effective_jobs(self) -> int:
+        return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
+
+    def executor_settings(self, name: str) -> Mapping[str, Any]:
+        return self.executors.get(name, {})
+
+    def guest_settings(self, name: str) -> Mapping[str, Any]:
+        return self.guests.get(name, {})
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, or ``None`` when there is none."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("config file not found", file=path)
+        return path
+    local = Path("fruix.toml")
+    if local.is_file():
+        return local
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    user = Path(base) / "fruix" / "config.toml"
+    return user if user.is_file() else None
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             dict: "a table", list: "an array"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check(value: Any, key: Key, *, file: str | None, name: str) -> Any:
+    expected = key.type if isinstance(key.type, tuple) else (key.type,)
+    # bool is an int in Python; TOML keeps them apart, so do we.
+    if isinstance(value, bool) and bool not in expected:
+        raise ConfigError(f"expected {_type_name(key.type)}, got a boolean", file=file, key=name)
+    if not isinstance(value, expected):
+        raise ConfigError(f"expected {_type_name(key.type)}, got {type(value).__name__}",
+                          file=file, key=name)
+    return value
+
+
+def read_section(section: Mapping[str, Any], schema: Mapping[str, Key], *,
+                 file: str | None, prefix: str) -> dict[str, Any]:
+    """Validate one table against ``schema``: types checked, unknown keys refused.
+
+    :returns: every key of ``schema`` with its value or default.
+    :raises ConfigError: naming ``file`` and ``prefix.key``.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError("expected a table", file=file, key=prefix)
+    for name in section:
+        if name not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            raise ConfigError(f"unknown key (known: {known})", file=file, key=f"{prefix}.{name}")
+    out: dict[str, Any] = {}
+    for name, key in schema.items():
+        if name in section:
+            out[name] = _check(section[name], key, file=file, name=f"{prefix}.{name}")
+        else:
+            out[name] = key.default
+    return out
+
+
+def _resolve(value: str, anchor: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else anchor / path
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find, parse and validate the configuration.
+
+    :raises ConfigError: unreadable file, TOML syntax error, unknown table or
+        key, wrong type, invalid value; the message names the file and key.
+    """
+    path = find_config_file(explicit)
+    data: dict[str, Any] = {}
+    file: str | None = None
+    anchor = Path.cwd()
+    if path is not None:
+        file = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=file) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+        anchor = path.resolve().parent
+    for table in data:
+        if table not in SCHEMA and table not in PLUGIN_TABLES:
+            known = ", ".join(sorted([*SCHEMA, *PLUGIN_TABLES]))
+            raise ConfigError(f"unknown table (known: {known})", file=file, key=table)
+    values = {t: read_section(data.get(t, {}), SCHEMA[t], file=file, prefix=t) for t in SCHEMA}
+    plugin_tables: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for table in PLUGIN_TABLES:
+        raw = data.get(table, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError("expected a table of tables", file=file, key=table)
+        for name, section in raw.items():
+            if not isinstance(section, Mapping):
+                raise ConfigError("expected a table", file=file, key=f"{table}.{name}")
+        plugin_tables[table] = {name: dict(section) for name, section in raw.items()}
+
+    build, base, paths = values["build"], values["base"], values["paths"]
+    if build["jobs"] < 0:
+        raise ConfigError("must be 0 (all CPUs) or more", file=file, key="build.jobs")
+    if build["phase_timeout"] < 0:
+        raise ConfigError("must be 0 (no limit) or more", file=file, key="build.phase_timeout")
+    if not build["executor"]:
+        raise ConfigError("must name an executor", file=file, key="build.executor")
+    if not build["make"].strip():
+        raise ConfigError("must name a make command", file=file, key="build.make")
+    for key in ("name", "version", "arch", "kernconf"):
+        value = base[key]
+        if not value or any(c.isspace() or c in "/\\\"'" for c in value):
+            raise ConfigError("must be a non-empty word without spaces, quotes or slashes",
+                              file=file, key=f"base.{key}")
+    cwd = Path.cwd()
+    # Defaults are relative to the working directory, values from a file to the file.
+    def path_of(key: str) -> Path:
+        value = paths[key]
+        given = path is not None and key in data.get("paths", {})
+        return _resolve(value, anchor if given else cwd)
+
+    source = _resolve(build["source"], anchor) if build["source"] else None
+    return Config(
+        file=file,
+        executor=build["executor"],
+        guest=build["guest"],
+        jobs=build["jobs"],
+        source=source,
+        make=build["make"],
+        phase_timeout=float(build["phase_timeout"]) or None,
+        promote=build["promote"],
+        base=BaseMetadata(name=base["name"], version=base["version"], arch=base["arch"],
+                          kernconf=base["kernconf"]),
+        store=path_of("store"),
+        results=path_of("results"),
+        build_root=path_of("build_root"),
+        executors=plugin_tables["executors"],
+        guests=plugin_tables["guests"],
+    )

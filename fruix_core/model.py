@@ -1,0 +1,261 @@
+"""Frozen data that crosses hook boundaries.
+
+Executors receive a :class:`BuildRequest`, return a :class:`PreparedEnv`, one
+:class:`PhaseResult` per phase, :class:`StagedArtifacts` and finally an
+:class:`EmittedResult` carrying the :class:`Promotion` description. Guest
+providers turn a :class:`GuestRequest` into a :class:`Guest`. None of these
+objects touches the store; promotion is the core's job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "ArtifactEntry",
+    "BaseMetadata",
+    "BuildPolicy",
+    "BuildRequest",
+    "CancelToken",
+    "EmittedResult",
+    "Guest",
+    "GuestRequest",
+    "Phase",
+    "PhaseResult",
+    "PreparedEnv",
+    "Promotion",
+    "SourceStore",
+    "StagedArtifacts",
+]
+
+#: The artifact kinds every result root carries, in promotion order.
+ARTIFACT_KINDS: tuple[str, ...] = ("world", "kernel", "headers", "bootloader")
+
+
+class CancelToken:
+    """A thread-safe flag set when the operator interrupts the run."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str = "interrupted") -> None:
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class BaseMetadata:
+    """The declared FreeBSD base being built."""
+
+    name: str = "freebsd"
+    version: str = "15.0-STABLE"
+    arch: str = "amd64"
+    kernconf: str = "GENERIC"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStore:
+    """Provenance of the source tree: where it is and what it is.
+
+    ``signature`` identifies the content (``sha256:<hex>`` of the tree's NAR
+    serialisation, or the hash part of a ``/frx/store`` path); only it enters
+    artifact identity, never ``path``.
+    """
+
+    path: str
+    signature: str
+    name: str = "freebsd-source"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPolicy:
+    """How the base was built; part of every artifact's identity."""
+
+    phases: tuple[str, ...]
+    jobs: int
+    environment_policy: str
+    make: str = "make"
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One step of the base build, as data.
+
+    :ivar name: phase name, also the log file name (``logs/<name>.log``).
+    :ivar target: the make target.
+    :ivar variables: make variables, with ``{objdir}``, ``{stage_world}``,
+        ``{stage_kernel}``, ``{kernconf}`` placeholders filled per build.
+    :ivar environment: variables FreeBSD only accepts from the environment
+        (``MAKEOBJDIRPREFIX``), same placeholders.
+    :ivar parallel: whether ``-j JOBS`` is passed.
+    """
+
+    name: str
+    target: str
+    variables: tuple[tuple[str, str], ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    parallel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """A machine an in-guest executor can reach over SSH.
+
+    ``system_root`` is ``/`` in production; tests use a directory laid out like
+    a Fruix guest. ``host_key`` pins the expected host key (``"ssh-ed25519 AAAA..."``);
+    otherwise ``known_hosts`` is checked.
+    """
+
+    name: str
+    provider: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    host_key: str | None = None
+    trust_on_first_use: bool = False
+    system_root: str = "/"
+    connect_timeout: float = 15.0
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GuestRequest:
+    """What a guest provider is asked for: its config section and the run."""
+
+    provider: str
+    run_id: str
+    settings: Mapping[str, Any]
+    config_file: str | None = None
+    cancel: CancelToken | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """Everything an executor needs to know about one run.
+
+    Paths are on the host. ``settings`` is the executor's own config section
+    (``[executors.<name>]``). ``on_output`` receives ``(phase, line)`` for the
+    live view; executors also write every line to ``logs/<phase>.log``.
+    """
+
+    run_id: str
+    executor: str
+    base: BaseMetadata
+    phases: tuple[Phase, ...]
+    jobs: int
+    make: str
+    source_dir: Path
+    results_dir: Path
+    result_root: Path
+    build_root: Path
+    environment: Mapping[str, str]
+    environment_policy: str
+    phase_timeout: float | None = None
+    guest: Guest | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    resume_from: str | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
+    on_output: Callable[[str, str], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEnv:
+    """The build machine, ready: sanitised environment and paths there.
+
+    ``result_root`` and ``build_root`` are paths *on the build machine* (the
+    guest for in-guest executors). ``session`` holds an executor-private
+    handle (an SSH connection, ...).
+    """
+
+    host_name: str
+    environment: Mapping[str, str]
+    source_dir: str
+    source: SourceStore
+    build_root: str
+    result_root: str
+    closure_path: str | None = None
+    development_profile_path: str | None = None
+    session: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    """Outcome of one phase."""
+
+    phase: str
+    returncode: int
+    duration: float
+    log_path: str
+    last_lines: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass(frozen=True, slots=True)
+class StagedArtifacts:
+    """Artifacts staged under ``<result_root>/artifacts/<kind>`` on the build machine.
+
+    ``key_files`` maps kind → ((relative path, sha256 hex), ...).
+    """
+
+    result_root: str
+    kinds: tuple[str, ...]
+    key_files: Mapping[str, tuple[tuple[str, str], ...]]
+    sizes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactEntry:
+    """One artifact in promotion.scm."""
+
+    kind: str
+    path: str
+    files: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """The promotion description (``promotion.scm``) of one result root."""
+
+    executor: str
+    executor_version: str
+    run_id: str
+    guest_host_name: str
+    base: BaseMetadata
+    source: SourceStore
+    policy: BuildPolicy
+    artifacts: tuple[ArtifactEntry, ...]
+    closure_path: str | None = None
+    development_profile_path: str | None = None
+    format_version: int = 1
+
+    def artifact(self, kind: str) -> ArtifactEntry:
+        for entry in self.artifacts:
+            if entry.kind == kind:
+                return entry
+        raise KeyError(kind)
+
+
+@dataclass(frozen=True, slots=True)
+class EmittedResult:
+    """A finished result root, available on the host for promotion."""
+
+    result_root: Path
+    promotion: Promotion

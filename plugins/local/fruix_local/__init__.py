@@ -1,0 +1,1 @@
+"""Local executor (stub; being written)."""
