@@ -97,6 +97,9 @@ def _extension_manager(namespace: str, names: Iterable[str] | None, failures: di
         log.warning("plugin failed to load", plugin=entry_point.name, namespace=namespace,
                     error=failures[entry_point.name])
 
+    # stevedore memoises entry points per namespace for the whole process; a long-lived
+    # process (tests, a daemon) must see plugins installed since, so look again.
+    ExtensionManager.ENTRY_POINT_CACHE.pop(namespace, None)
     if names is None:
         return ExtensionManager(namespace, invoke_on_load=False,
                                 on_load_failure_callback=on_failure)

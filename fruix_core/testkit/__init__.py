@@ -1,1 +1,193 @@
-"""Test kit for fruix plugin authors (pytest plugin)."""
+"""Test kit for plugin authors: a pytest plugin (``-p fruix_core.testkit``, auto-loaded).
+
+Fixtures:
+
+``fruix_sample_source``
+    a private, read-only copy of the bundled sample base (a real C tree with
+    FreeBSD's make interface).
+``fruix_workspace``
+    a :class:`Workspace`: temporary results directory, build root and store,
+    and :meth:`Workspace.write_config` to write a ``fruix.toml`` for them.
+``fruix_toy_source``
+    a toy base whose phases are shell one-liners; a file ``fail-<phase>`` in it
+    makes that phase fail, ``sleep-<phase>`` makes it hang (for cancel tests).
+``fruix_sshd`` / ``fruix_guest_root``
+    a real OpenSSH sshd on loopback and a Fruix guest system root (see
+    :mod:`fruix_core.testkit.sshd` and :mod:`fruix_core.testkit.guest`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "TOY_MAKEFILE",
+    "Workspace",
+    "copy_sample_source",
+    "make_toy_source",
+    "make_tree_writable",
+    "run_cli",
+]
+
+
+def make_tree_writable(path: Path) -> None:
+    """Undo read-only modes under ``path`` (store objects, read-only sources) for cleanup."""
+    if not path.exists() or path.is_symlink():
+        return
+    for dirpath, dirnames, _files in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, os.stat(full).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+
+
+def _make_read_only(path: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, os.stat(full).st_mode & ~0o222)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, os.stat(full).st_mode & ~0o222)
+    os.chmod(path, os.stat(path).st_mode & ~0o222)
+
+
+def copy_sample_source(dest: Path, *, read_only: bool = True) -> Path:
+    """Copy the bundled sample base to ``dest`` (read-only, like a store item)."""
+    from fruix_core.sample import sample_base_path
+
+    shutil.copytree(sample_base_path(), dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if read_only:
+        _make_read_only(dest)
+    return dest
+
+
+@dataclass
+class Workspace:
+    """Temporary places for one test's runs."""
+
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def build_root(self) -> Path:
+        return self.root / "build"
+
+    def write_config(self, text: str = "", *, source: Path | None = None,
+                     name: str = "fruix.toml", **build: Any) -> Path:
+        """Write a config using this workspace's paths; ``text`` is appended verbatim."""
+        lines = ["[build]"]
+        if source is not None:
+            lines.append(f'source = "{source}"')
+        for key, value in build.items():
+            lines.append(f"{key} = {value!r}" if not isinstance(value, bool)
+                         else f"{key} = {str(value).lower()}")
+        lines += ["", "[paths]", f'store = "{self.store}"', f'results = "{self.results}"',
+                  f'build_root = "{self.build_root}"', ""]
+        path = self.root / name
+        path.write_text("\n".join(lines).replace("'", '"') + "\n" + text, encoding="utf-8")
+        return path
+
+
+#: A toy base with FreeBSD's make interface whose phases are shell one-liners:
+#: fast, and easy to make fail or hang. FAIL_PHASE / SLEEP_PHASE are read from
+#: files in the source tree (the build environment is sanitised, so not from env).
+TOY_MAKEFILE = textwrap.dedent("""\
+    OBJ = $(MAKEOBJDIRPREFIX)/toy
+    all:
+    \t@echo use a target
+    check:
+    \t@test -n "$(MAKEOBJDIRPREFIX)" || (echo MAKEOBJDIRPREFIX unset; exit 1)
+    \t@if [ -f fail-$(PHASE) ]; then echo "toy: $(PHASE) failing on purpose"; exit 7; fi
+    \t@if [ -f sleep-$(PHASE) ]; then echo "toy: $(PHASE) sleeping"; sleep 60 & sleep 60; fi
+    buildworld:
+    \t@$(MAKE) -s check PHASE=buildworld
+    \tmkdir -p $(OBJ) && cp world.txt $(OBJ)/world.txt && echo built world
+    buildkernel:
+    \t@$(MAKE) -s check PHASE=buildkernel
+    \tmkdir -p $(OBJ) && echo "kernel $(KERNCONF)" > $(OBJ)/kernel
+    installworld:
+    \t@$(MAKE) -s check PHASE=installworld
+    \tmkdir -p $(DESTDIR)/bin $(DESTDIR)/usr/include $(DESTDIR)/boot/defaults
+    \tcp $(OBJ)/world.txt $(DESTDIR)/bin/sh && chmod 555 $(DESTDIR)/bin/sh
+    \techo '#define TOY 1' > $(DESTDIR)/usr/include/toy.h
+    \techo loader > $(DESTDIR)/boot/loader
+    \techo 'autoboot_delay=3' > $(DESTDIR)/boot/defaults/loader.conf
+    distribution:
+    \t@$(MAKE) -s check PHASE=distribution
+    \tmkdir -p $(DESTDIR)/etc && echo 'hostname=toy' > $(DESTDIR)/etc/rc.conf
+    installkernel:
+    \t@$(MAKE) -s check PHASE=installkernel
+    \tmkdir -p $(DESTDIR)/boot/kernel && cp $(OBJ)/kernel $(DESTDIR)/boot/kernel/kernel
+    """)
+
+
+def make_toy_source(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "Makefile").write_text(TOY_MAKEFILE)
+    (path / "world.txt").write_text("#!/bin/sh\necho toy shell\n")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+          timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (no terminal), as an operator would."""
+    full_env = dict(os.environ if env is None else env)
+    return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def fruix_sample_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A read-only copy of the bundled sample base."""
+    dest = tmp_path_factory.mktemp("sample-source") / "src"
+    copy_sample_source(dest)
+    yield dest
+    make_tree_writable(dest)
+
+
+@pytest.fixture
+def fruix_workspace(tmp_path: Path) -> Iterator[Workspace]:
+    """Temporary results directory, build root and store."""
+    ws = Workspace(tmp_path / "fruix")
+    ws.root.mkdir()
+    yield ws
+    make_tree_writable(ws.root)
+
+
+@pytest.fixture
+def fruix_toy_source(tmp_path: Path) -> Path:
+    """A toy base (shell one-liners, FreeBSD's make interface): fast, easy to break."""
+    return make_toy_source(tmp_path / "toy-src")
+
+
+try:  # The SSH test kit needs paramiko only at use; import failures must not break pytest.
+    from fruix_core.testkit.sshd import *  # noqa: F401,F403,E402
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from fruix_core.testkit.guest import *  # noqa: F401,F403,E402
+except ImportError:  # pragma: no cover
+    pass

@@ -1,1 +1,106 @@
-"""Being written."""
+"""XCP-ng guest provider: boot the build VM over XenAPI, hand it over, always take it back.
+
+Config lives in ``[guests.xcpng]`` (see :mod:`fruix_xcpng.settings` and
+docs/operator/xcpng.rst). Importing this package is cheap: the ``XenAPI`` SDK
+and paramiko are imported only when a guest is acquired.
+
+The plugin ships a local XAPI lab (:mod:`fruix_xcpng.lab`, command
+``fruix-xapi-lab``) to test against and to rehearse a config.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import structlog
+
+from fruix_core import hookimpl
+from fruix_core.errors import GuestError
+from fruix_core.model import Guest, GuestRequest
+
+if TYPE_CHECKING:
+    from fruix_xcpng.lifecycle import Lease
+
+__all__ = ["PROVIDER_NAME", "XcpngGuestProvider", "__version__"]
+
+__version__ = "0.1.0"
+PROVIDER_NAME = "xcpng"
+
+log = structlog.get_logger(__name__)
+
+
+class XcpngGuestProvider:
+    """Build VMs on an XCP-ng pool (XenAPI): start, find the address, shut down and revert."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+
+    @hookimpl
+    def fruix_acquire_guest(self, request: GuestRequest) -> Guest:
+        """Start (or take) the configured VM and return it once sshd shows the pinned key."""
+        from fruix_xcpng.lifecycle import acquire
+        from fruix_xcpng.settings import load_credentials, parse_settings
+
+        settings = parse_settings(request.settings, file=request.config_file)
+        credentials = load_credentials(settings)
+        lease = acquire(settings, credentials, run_id=request.run_id, cancel=request.cancel)
+        with self._lock:
+            self._leases[lease.lease_id] = lease
+        return Guest(
+            name=lease.vm_name or lease.vm_uuid,
+            provider=PROVIDER_NAME,
+            host=lease.address,
+            port=settings.ssh_port,
+            user=settings.ssh_user,
+            identity_file=settings.identity_file or None,
+            host_key=settings.host_key,
+            system_root=settings.system_root,
+            connect_timeout=settings.connect_timeout,
+            details={
+                "lease": lease.lease_id,
+                "vm_uuid": lease.vm_uuid,
+                "vm_name": lease.vm_name,
+                "snapshot_uuid": lease.snapshot_uuid,
+                "pool": settings.url,
+                "power_state_found": lease.found_state,
+                "keep": settings.keep,
+            },
+        )
+
+    @hookimpl
+    def fruix_release_guest(self, guest: Guest, outcome: str) -> None:
+        """Shut the VM down and revert it to the snapshot (or keep it, as configured)."""
+        if guest.provider != PROVIDER_NAME:
+            return
+        from fruix_xcpng.lifecycle import release
+
+        lease_id = str(guest.details.get("lease", ""))
+        with self._lock:
+            lease = self._leases.get(lease_id)
+        if lease is None:
+            raise GuestError(f"no lease for VM {guest.details.get('vm_uuid', guest.name)} in "
+                             "this process; shut it down and revert it by hand")
+        try:
+            release(lease, outcome)
+        finally:
+            if lease.released:
+                with self._lock:
+                    self._leases.pop(lease_id, None)
+
+    def release_all(self, outcome: str = "interrupted") -> None:
+        """Release every VM still leased (for embedding code without the core's guarantee)."""
+        from fruix_xcpng.lifecycle import release
+
+        with self._lock:
+            leases = list(self._leases.values())
+        for lease in leases:
+            try:
+                release(lease, outcome)
+            except GuestError as exc:
+                log.error("could not release VM", vm=lease.describe(), error=str(exc))
+            finally:
+                if lease.released:
+                    with self._lock:
+                        self._leases.pop(lease.lease_id, None)

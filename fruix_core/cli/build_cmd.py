@@ -1,0 +1,146 @@
+"""``fruix native-build run|promote|list|show`` and ``fruix store verify``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fruix_core.config import Config, load_config
+from fruix_core.errors import ExitCode, FruixError
+from fruix_core.model import CancelToken
+from fruix_core.resultroot import ResultRoot, list_runs, resolve_run
+
+__all__ = ["dispatch", "dispatch_store"]
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(getattr(args, "config", None))
+    store = getattr(args, "store", None)
+    if store:
+        config = dataclasses.replace(config, store=Path(store).absolute())
+    return config
+
+
+@contextlib.contextmanager
+def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
+    """SIGTERM and the first Ctrl-C cancel the run cleanly; a second Ctrl-C is abrupt."""
+    def on_term(signum: int, _frame: Any) -> None:
+        cancel.cancel("terminated" if signum == signal.SIGTERM else "interrupted")
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from fruix_core.live import LiveView
+    from fruix_core.runner import run_build
+
+    config = _config(args)
+    cancel = CancelToken()
+    try:
+        with _signals_cancel(cancel), LiveView() as live:
+            outcome = run_build(config, executor=args.executor, guest=args.guest,
+                                promote=False if args.no_promote else None,
+                                resume=args.resume, cancel=cancel, on_output=live.on_output)
+    except FruixError as exc:
+        if args.json:
+            doc = {"run_id": getattr(exc, "run_id", None), "status": "failed",
+                   "executor": args.executor or config.executor,
+                   "result_root": getattr(exc, "result_root", None), "store": str(config.store),
+                   "phase": getattr(exc, "phase", None), "error": str(exc),
+                   "exit_code": int(exc.exit_code)}
+            print(json.dumps(doc, indent=2))
+        raise
+    if args.json:
+        print(json.dumps(outcome.as_dict(), indent=2))
+        return int(ExitCode.OK)
+    print(f"run {outcome.run_id}: {outcome.status} (executor {outcome.executor})")
+    print(f"result root: {outcome.result_root}")
+    if outcome.bundle is not None:
+        print(f"bundle: {outcome.bundle}")
+        for kind, path in (outcome.artifacts or {}).items():
+            print(f"  {kind}: {path}")
+    else:
+        print("not promoted (--no-promote)")
+    return int(ExitCode.OK)
+
+
+def _summary(root: ResultRoot) -> dict[str, Any]:
+    meta = root.read_metadata()
+    status = root.status()
+    return {
+        "run_id": root.run_id,
+        "status": status.state if not status.stale else "stale",
+        "failed_phase": status.phase,
+        "executor": meta.get("executor"),
+        "executor_version": meta.get("executor_version"),
+        "base_version": meta.get("base_version"),
+        "result_root": str(root.path),
+    }
+
+
+def list_command(args: argparse.Namespace) -> int:
+    config = _config(args)
+    runs = [_summary(r) for r in list_runs(config.results)]
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return int(ExitCode.OK)
+    if not runs:
+        print(f"no runs in {config.results}")
+    for run in runs:
+        state = run["status"] + (f" ({run['failed_phase']})" if run["failed_phase"] else "")
+        print(f"{run['run_id']}  {state:<24}  {run['executor'] or '?'}")
+    return int(ExitCode.OK)
+
+
+def show_command(args: argparse.Namespace) -> int:
+    config = _config(args)
+    root = resolve_run(config.results, args.run_id)
+    doc = _summary(root)
+    doc["metadata"] = root.read_metadata()
+    doc["logs"] = sorted(str(p) for p in root.logs.glob("*.log")) if root.logs.is_dir() else []
+    doc["promotion"] = str(root.promotion_file) if root.promotion_file.exists() else None
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return int(ExitCode.OK)
+    print(f"run {doc['run_id']}: {doc['status']}"
+          + (f" ({doc['failed_phase']})" if doc["failed_phase"] else ""))
+    for key, value in doc["metadata"].items():
+        print(f"  {key} = {value}")
+    for log_path in doc["logs"]:
+        print(f"  log: {log_path}")
+    return int(ExitCode.OK)
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    from fruix_core.cli.store import promote_command as promote
+
+    config = _config(args)
+    return promote(args.result_root, str(config.store), dry_run=args.dry_run, as_json=args.json)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handlers = {"run": run_command, "promote": promote_command, "list": list_command,
+                "show": show_command}
+    return handlers[args.action](args)
+
+
+def dispatch_store(args: argparse.Namespace) -> int:
+    from fruix_core.cli.store import verify_command
+
+    config = _config(args)
+    return verify_command(list(args.paths), str(config.store), as_json=args.json)
+
+

@@ -1,0 +1,113 @@
+"""``fruix``: the operator's command line.
+
+Parsing and dispatch only; each command lives in its own module, imported
+when it runs so ``fruix --help`` stays fast. Every :class:`FruixError` becomes
+one line on stderr and its documented exit code; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fruix_core.__about__ import __version__
+from fruix_core.errors import ExitCode, FruixError
+
+__all__ = ["build_parser", "main"]
+
+
+def _common(parser: argparse.ArgumentParser, *, config: bool = True, json: bool = True) -> None:
+    if config:
+        parser.add_argument("--config", metavar="FILE",
+                            help="config file (default: ./fruix.toml, then the user config)")
+    if json:
+        parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fruix", description="Build a native FreeBSD base and promote it into the store.",
+        epilog="Exit codes: 0 ok, 1 build failed, 2 bad input or usage, "
+               "3 infrastructure failure, 4 verification failed, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"fruix {__version__}")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console",
+                        help="log format on stderr (default: console)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="warning", help="minimum log level (default: warning)")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    executors = top.add_parser("executors", help="installed executors and guest providers")
+    ex_sub = executors.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ex_list = ex_sub.add_parser("list", help="list installed plugins")
+    _common(ex_list, config=False)
+
+    nb = top.add_parser("native-build", help="build and promote a native base")
+    nb_sub = nb.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = nb_sub.add_parser("run", help="build the base (default: the sample, locally)")
+    run.add_argument("--executor", metavar="NAME", help="executor (overrides build.executor)")
+    run.add_argument("--guest", metavar="NAME", help="guest provider (overrides build.guest)")
+    run.add_argument("--store", metavar="DIR", help="store directory (overrides paths.store)")
+    run.add_argument("--no-promote", action="store_true", help="do not promote the result")
+    run.add_argument("--resume", metavar="RUN_ID", help="restart a failed run at its phase")
+    _common(run)
+    promote = nb_sub.add_parser("promote", help="promote a result root into the store")
+    promote.add_argument("result_root", metavar="RESULT_ROOT")
+    promote.add_argument("--store", metavar="DIR", help="store directory")
+    promote.add_argument("--dry-run", action="store_true", help="validate and name, write nothing")
+    _common(promote)
+    nb_list = nb_sub.add_parser("list", help="list runs in the results directory")
+    _common(nb_list)
+    show = nb_sub.add_parser("show", help="show one run")
+    show.add_argument("run_id", metavar="RUN_ID")
+    _common(show)
+
+    store = top.add_parser("store", help="store maintenance")
+    st_sub = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    verify = st_sub.add_parser("verify", help="re-hash store objects against their identity")
+    verify.add_argument("paths", nargs="*", metavar="STORE_PATH")
+    verify.add_argument("--store", metavar="DIR", help="store directory")
+    _common(verify)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "executors":
+        from fruix_core.cli import plugins_cmd
+
+        return plugins_cmd.list_command(as_json=args.json)
+    if args.command == "native-build":
+        from fruix_core.cli import build_cmd
+
+        return build_cmd.dispatch(args)
+    if args.command == "store":
+        from fruix_core.cli import build_cmd
+
+        return build_cmd.dispatch_store(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fruix_core.logconfig import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return _dispatch(args)
+    except FruixError as exc:
+        print(f"fruix: error: {exc}", file=sys.stderr)
+        tail = getattr(exc, "log_tail", "")
+        if tail:
+            print("--- last lines of the log ---", file=sys.stderr)
+            print(tail, file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("fruix: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Directories laid out like a Fruix guest system, for in-guest executor tests.
+
+A guest system root made by :func:`make_guest_root` holds what an in-guest
+executor expects on a real Fruix guest (whose system root is ``/``)::
+
+    <root>/run/current-system/metadata/store-layout.scm   where the store items are
+    <root>/frx/store/<32-char hash>-freebsd-source/       the source, as a store item
+    <root>/usr/include/  <root>/usr/share/mk/             development overlay (optional)
+    <root>/var/lib/fruix/native-builds/                   result roots
+    <root>/var/tmp/                                       heavy work area
+
+Pytest fixtures (plain functions, registered by the core's pytest plugin):
+
+``fruix_guest_root``
+    a :class:`GuestRoot` holding the bundled sample base;
+``fruix_guest``
+    a :class:`~fruix_core.model.Guest` for that root, reached through
+    ``fruix_sshd`` (see :mod:`fruix_core.testkit.sshd`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, StoreLayout, write_store_layout
+from fruix_core.model import Guest
+
+__all__ = ["GuestRoot", "fruix_guest", "fruix_guest_root", "make_guest_root", "source_hash"]
+
+_NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+STORE_DIRECTORY = "/frx/store"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestRoot:
+    """A guest system root on this machine and what it holds.
+
+    ``source_store`` is the source's path *as the guest sees it*
+    (``/frx/store/...``); ``source_dir`` is the same tree on this machine.
+    """
+
+    path: Path
+    source_store: str
+    source_dir: Path
+    layout_file: Path
+    results_dir: Path
+    work_dir: Path
+    closure_path: str
+    development_profile_path: str
+
+    def on_host(self, guest_path: str) -> Path:
+        """This machine's path of a guest path (``/frx/store/x`` → ``<root>/frx/store/x``)."""
+        return self.path / guest_path.lstrip("/")
+
+
+def _base32(digest: bytes, length: int = 32) -> str:
+    number = int.from_bytes(digest, "big")
+    chars = []
+    for _ in range(length):
+        number, rest = divmod(number, 32)
+        chars.append(_NIX_BASE32[rest])
+    return "".join(chars)
+
+
+def source_hash(source_dir: Path) -> str:
+    """A 32-character store hash of a tree's content (paths, types, exec bits, bytes)."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(source_dir):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, source_dir)
+        for name in sorted(filenames + [d for d in dirnames
+                                        if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name)).encode()
+            if os.path.islink(path):
+                digest.update(b"L" + rel + b"\0" + os.fsencode(os.readlink(path)) + b"\0")
+                continue
+            mode = os.stat(path).st_mode
+            digest.update((b"X" if mode & 0o111 else b"F") + rel + b"\0")
+            with open(path, "rb") as handle:
+                digest.update(hashlib.sha256(handle.read()).digest())
+    return _base32(digest.digest())
+
+
+def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
+                    host_name: str = "fruix-test-guest") -> GuestRoot:
+    """Lay out a Fruix guest system root at ``path`` holding ``source_dir`` as its source store.
+
+    :param with_overlay: create the development overlay (``usr/include``,
+        ``usr/share/mk``); without it ``prepare-env`` must refuse the guest.
+    """
+    path = Path(path)
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"source tree not found: {source_dir}")
+    path.mkdir(parents=True, exist_ok=True)
+    digest = source_hash(source_dir)
+    source_store = f"{STORE_DIRECTORY}/{digest}-freebsd-source"
+    host_source = path / source_store.lstrip("/")
+    if not host_source.exists():
+        shutil.copytree(source_dir, host_source, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "obj", ".git"))
+    fake = hashlib.sha256(digest.encode()).digest()
+    closure = f"{STORE_DIRECTORY}/{_base32(fake)}-fruix-system-closure"
+    profile = f"{STORE_DIRECTORY}/{_base32(fake[::-1])}-fruix-development-profile"
+    for item in (closure, profile):
+        (path / item.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    layout_file = write_store_layout(path, StoreLayout(
+        source_path=source_store, store_directory=STORE_DIRECTORY, closure_path=closure,
+        development_profile_path=profile, host_name=host_name))
+    if with_overlay:
+        include = path / "usr/include"
+        include.mkdir(parents=True, exist_ok=True)
+        (include / "fruix-overlay.h").write_text("/* development overlay marker */\n")
+        mk = path / "usr/share/mk"
+        mk.mkdir(parents=True, exist_ok=True)
+        (mk / "sys.mk").write_text("# development overlay marker\n")
+    results = path / "var/lib/fruix/native-builds"
+    results.mkdir(parents=True, exist_ok=True)
+    work = path / "var/tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    assert layout_file == path / LAYOUT_RELATIVE_PATH
+    return GuestRoot(path=path, source_store=source_store, source_dir=host_source,
+                     layout_file=layout_file, results_dir=results, work_dir=work,
+                     closure_path=closure, development_profile_path=profile)
+
+
+# -- pytest fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fruix_guest_root(tmp_path: Path) -> GuestRoot:
+    """A guest system root holding the bundled sample base as its source store."""
+    from fruix_core.sample import sample_base_path
+
+    return make_guest_root(tmp_path / "guest-root", sample_base_path())
+
+
+@pytest.fixture
+def fruix_guest(fruix_sshd, fruix_guest_root: GuestRoot) -> Guest:  # type: ignore[no-untyped-def]
+    """A :class:`~fruix_core.model.Guest` whose system root is ``fruix_guest_root``."""
+    return fruix_sshd.guest(system_root=fruix_guest_root.path)
