@@ -120,6 +120,7 @@ def run_build(
         provider = provider_plugin or load_plugin("guest-provider", guest_name)
     version = str(getattr(plugin, "version", "") or "")
 
+    source_dir = _source_dir(config)
     config.results.mkdir(parents=True, exist_ok=True)
     if resume:
         host_root, resume_from = _resume_point(config, resume, executor_name)
@@ -131,7 +132,7 @@ def run_build(
     phases = phases_from(None)
     request = BuildRequest(
         run_id=run_id, executor=executor_name, base=config.base, phases=phases,
-        jobs=config.effective_jobs, make=config.make, source_dir=_source_dir(config),
+        jobs=config.effective_jobs, make=config.make, source_dir=source_dir,
         results_dir=config.results, result_root=host_root.path,
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,

@@ -107,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitCode.OK)
+    except Exception as exc:  # a bug of ours: one line for the operator, details in the log
+        import structlog
+
+        structlog.get_logger("fruix").debug("internal error", exc_info=True)
+        print(f"fruix: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --log-level debug for details)", file=sys.stderr)
+        return int(ExitCode.INFRASTRUCTURE)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,41 @@
 """The one promotion engine: result roots become immutable store objects.
 
-Submodules, one job each: :mod:`~fruix_core.promotion.sexp` (S-expression
-reader/writer), :mod:`~fruix_core.promotion.schema` (``promotion.scm``).
+Public entry points:
+
+- :func:`promote` — validate a result root and publish its four artifact
+  objects and its result bundle into a store (:class:`PromotionOutcome`);
+- :func:`verify` — re-derive names, signatures and manifests of store
+  objects (:class:`VerifyReport`);
+- :func:`tree_signature` — SHA-256 of a tree's NAR serialisation
+  (equal to ``nix-hash --type sha256``);
+- :func:`read_promotion`, :func:`write_promotion`, :func:`dumps_promotion`
+  — the ``promotion.scm`` schema.
+
+Submodules, one job each: ``sexp`` (S-expression reader/writer), ``schema``
+(promotion.scm), ``nar`` (tree signature), ``manifest`` (per-file manifest),
+``identity`` (names), ``records`` (object metadata files), ``validate``
+(checks before writing), ``ingest`` (one pass per artifact), ``publish``
+(atomic rename under lock), ``locking``, ``storeio``, ``store``
+(:func:`promote`), ``verify``, ``layout``.
 """
 
 from __future__ import annotations
 
+from fruix_core.promotion.ingest import Progress
+from fruix_core.promotion.nar import tree_signature
 from fruix_core.promotion.schema import dumps_promotion, read_promotion, write_promotion
+from fruix_core.promotion.store import PromotionOutcome, promote
+from fruix_core.promotion.verify import Problem, VerifyReport, verify
 
-__all__ = ["dumps_promotion", "read_promotion", "write_promotion"]
+__all__ = [
+    "Problem",
+    "Progress",
+    "PromotionOutcome",
+    "VerifyReport",
+    "dumps_promotion",
+    "promote",
+    "read_promotion",
+    "tree_signature",
+    "verify",
+    "write_promotion",
+]

@@ -39,7 +39,9 @@ __all__ = [
     "NarHasher",
     "SpecialFileError",
     "TreeChangedError",
+    "check_stable",
     "nar_string",
+    "open_stable",
     "read_regular",
     "tree_signature",
     "walk",
@@ -92,7 +94,7 @@ class NarHasher:
         self.size += len(data)
 
     def begin_regular(self, executable: bool, size: int) -> None:
-        """Start a regular file of ``size`` bytes; then call :meth:`update` and :meth:`end_regular`."""
+        """Start a regular file of ``size`` bytes; then :meth:`update`, :meth:`end_regular`."""
         self._put(_REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
                   + struct.pack("<Q", size))
         self._pending = size
@@ -133,6 +135,33 @@ EntryCallback = Callable[[bytes, os.stat_result, "bytes | None"], None]
 RegularCallback = Callable[[bytes, bytes, os.stat_result, NarHasher], None]
 
 
+def open_stable(path: bytes, st: os.stat_result) -> int:
+    """Open ``path`` read-only without following symlinks; it must be the walked inode.
+
+    :raises TreeChangedError: when it cannot be opened or was replaced.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise TreeChangedError(f"{os.fsdecode(path)}: cannot open: {err.strerror}") from None
+    before = os.fstat(fd)
+    if (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev):
+        os.close(fd)
+        raise TreeChangedError(f"{os.fsdecode(path)}: replaced while being read")
+    return fd
+
+
+def check_stable(fd: int, path: bytes, st: os.stat_result, total: int) -> None:
+    """Fail unless exactly ``st.st_size`` bytes were read and size/mtime are unchanged.
+
+    :raises TreeChangedError: when the file grew, shrank or was modified.
+    """
+    after = os.fstat(fd)
+    if (total != st.st_size or after.st_size != st.st_size
+            or after.st_mtime_ns != st.st_mtime_ns or os.read(fd, 1)):
+        raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
+
+
 def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
                  extra: Callable[[memoryview], None] | None = None) -> None:
     """Stream one regular file into ``nar`` (and ``extra``), checking it is stable.
@@ -141,14 +170,8 @@ def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
     walked, and must have the same size and modification time after it was
     read; otherwise :class:`TreeChangedError`.
     """
+    fd = open_stable(path, st)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise TreeChangedError(f"{os.fsdecode(path)}: cannot open: {err.strerror}") from None
-    try:
-        before = os.fstat(fd)
-        if (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev):
-            raise TreeChangedError(f"{os.fsdecode(path)}: replaced while being read")
         buf = bytearray(min(CHUNK_SIZE, max(st.st_size, 1)))
         view = memoryview(buf)
         total = 0
@@ -161,10 +184,7 @@ def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
             if extra is not None:
                 extra(chunk)
             total += n
-        after = os.fstat(fd)
-        if (total != st.st_size or after.st_size != st.st_size
-                or after.st_mtime_ns != st.st_mtime_ns or os.read(fd, 1)):
-            raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
+        check_stable(fd, path, st, total)
     finally:
         os.close(fd)
 

@@ -10,7 +10,8 @@ Fixtures:
     and :meth:`Workspace.write_config` to write a ``fruix.toml`` for them.
 ``fruix_toy_source``
     a toy base whose phases are shell one-liners; a file ``fail-<phase>`` in it
-    makes that phase fail, ``sleep-<phase>`` makes it hang (for cancel tests).
+    makes that phase fail, ``sleep-<phase>`` makes it sleep (the file's content in
+    seconds, 60 when empty; with a background child, for cancel tests).
 ``fruix_sshd`` / ``fruix_guest_root``
     a real OpenSSH sshd on loopback and a Fruix guest system root (see
     :mod:`fruix_core.testkit.sshd` and :mod:`fruix_core.testkit.guest`).
@@ -121,7 +122,8 @@ TOY_MAKEFILE = textwrap.dedent("""\
     check:
     \t@test -n "$(MAKEOBJDIRPREFIX)" || (echo MAKEOBJDIRPREFIX unset; exit 1)
     \t@if [ -f fail-$(PHASE) ]; then echo "toy: $(PHASE) failing on purpose"; exit 7; fi
-    \t@if [ -f sleep-$(PHASE) ]; then echo "toy: $(PHASE) sleeping"; sleep 60 & sleep 60; fi
+    \t@if [ -f sleep-$(PHASE) ]; then s=$$(cat sleep-$(PHASE)); echo "toy: $(PHASE) sleeping"; \\
+    \t  sleep $${s:-60} & sleep $${s:-60}; fi
     buildworld:
     \t@$(MAKE) -s check PHASE=buildworld
     \tmkdir -p $(OBJ) && cp world.txt $(OBJ)/world.txt && echo built world

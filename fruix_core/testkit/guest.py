@@ -68,24 +68,16 @@ def _base32(digest: bytes, length: int = 32) -> str:
     return "".join(chars)
 
 
-def source_hash(source_dir: Path) -> str:
-    """A 32-character store hash of a tree's content (paths, types, exec bits, bytes)."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(source_dir):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, source_dir)
-        for name in sorted(filenames + [d for d in dirnames
-                                        if os.path.islink(os.path.join(dirpath, d))]):
-            path = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name)).encode()
-            if os.path.islink(path):
-                digest.update(b"L" + rel + b"\0" + os.fsencode(os.readlink(path)) + b"\0")
-                continue
-            mode = os.stat(path).st_mode
-            digest.update((b"X" if mode & 0o111 else b"F") + rel + b"\0")
-            with open(path, "rb") as handle:
-                digest.update(hashlib.sha256(handle.read()).digest())
-    return _base32(digest.digest())
+def source_hash(source_dir: Path) -> tuple[str, str]:
+    """``(32-character store hash, "sha256:<NAR hash>")`` of a source tree.
+
+    The signature is the one the ``local`` executor records for the same tree,
+    so in-guest and local runs declare the same source.
+    """
+    from fruix_core.promotion.nar import tree_signature
+
+    nar = tree_signature(source_dir)
+    return _base32(bytes.fromhex(nar)), f"sha256:{nar}"
 
 
 def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
@@ -100,19 +92,26 @@ def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
     if not source_dir.is_dir():
         raise FileNotFoundError(f"source tree not found: {source_dir}")
     path.mkdir(parents=True, exist_ok=True)
-    digest = source_hash(source_dir)
+    staging = path / "frx/store/.incoming-source"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source_dir, staging, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+    digest, signature = source_hash(staging)
     source_store = f"{STORE_DIRECTORY}/{digest}-freebsd-source"
     host_source = path / source_store.lstrip("/")
-    if not host_source.exists():
-        shutil.copytree(source_dir, host_source, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "obj", ".git"))
+    if host_source.exists():
+        shutil.rmtree(staging)
+    else:
+        os.rename(staging, host_source)
     fake = hashlib.sha256(digest.encode()).digest()
     closure = f"{STORE_DIRECTORY}/{_base32(fake)}-fruix-system-closure"
     profile = f"{STORE_DIRECTORY}/{_base32(fake[::-1])}-fruix-development-profile"
     for item in (closure, profile):
         (path / item.lstrip("/")).mkdir(parents=True, exist_ok=True)
     layout_file = write_store_layout(path, StoreLayout(
-        source_path=source_store, store_directory=STORE_DIRECTORY, closure_path=closure,
+        source_path=source_store, store_directory=STORE_DIRECTORY, source_signature=signature,
+        closure_path=closure,
         development_profile_path=profile, host_name=host_name))
     if with_overlay:
         include = path / "usr/include"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import re
 import shlex
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -256,7 +255,7 @@ def connect(guest: Guest, *, keepalive: float = KEEPALIVE_INTERVAL) -> SSHSessio
     except FileNotFoundError as exc:
         client.close()
         raise AuthenticationError(f"{where}: identity file not found: {exc.filename}") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         client.close()
         raise TransportError(f"{where}: unreachable (timed out after {timeout:g} s)") from None
     except paramiko.SSHException as exc:
@@ -409,7 +408,7 @@ class SSHSession:
             while True:
                 try:
                     data = channel.recv(65536)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     data = None
                 if data == b"":
                     break
@@ -447,18 +446,17 @@ class SSHSession:
             raise
         if pending:
             emit(pending)
-        status = self._exit_status(channel, wait=10.0 if (timed_out or cancelled) else None)
+        status = self.exit_status(channel, wait=10.0 if (timed_out or cancelled) else None)
         channel.close()
-        if status is None:
-            if timed_out or cancelled:
-                status = -15
-            else:
-                raise ConnectionLostError(
-                    f"{self.where}: connection lost before the command finished")
+        if timed_out or cancelled:
+            # The wrapper was killed with its group: report the signal we sent.
+            status = -15 if status in (None, 255) else status
+        elif status is None:
+            raise ConnectionLostError(f"{self.where}: connection lost before the command finished")
         return CommandOutcome(returncode=status, duration=time.monotonic() - started,
                               last_lines=tuple(tail), timed_out=timed_out, cancelled=cancelled)
 
-    def _exit_status(self, channel: paramiko.Channel, wait: float | None) -> int | None:
+    def exit_status(self, channel: paramiko.Channel, wait: float | None) -> int | None:
         """The exit status after EOF; ``None`` when the connection dropped first."""
         deadline = None if wait is None else time.monotonic() + wait
         while not channel.exit_status_ready():
@@ -527,7 +525,7 @@ class SSHSession:
                 channel.sendall(stdin)
             channel.shutdown_write()
             output = self._drain(channel, limit=limit)
-            status = self._exit_status(channel, wait=None)
+            status = self.exit_status(channel, wait=None)
         except (OSError, EOFError) as exc:
             raise ConnectionLostError(f"{self.where}: connection lost ({exc})") from None
         finally:

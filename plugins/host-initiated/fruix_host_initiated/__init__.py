@@ -1,1 +1,309 @@
-"""Being written."""
+"""The ``host-initiated`` executor: the host drives each phase inside a Fruix guest over SSH.
+
+Stages (the four executor hooks):
+
+``fruix_prepare_env``
+    connect to the guest (host key verified), check the development overlay
+    (``/usr/include``, ``/usr/share/mk``), ``make`` and ``cc``, recover the
+    FreeBSD source store from ``/run/current-system/metadata/store-layout.scm``
+    (see :mod:`fruix_core.guestlayout`), and create the result root in the
+    guest at ``/var/lib/fruix/native-builds/<run-id>/`` and the heavy work
+    area at ``/var/tmp/fruix-native-builds/<run-id>``;
+``fruix_run_phase``
+    run the phase over SSH in the sanitised environment (``env -i``), stream
+    its output to the host's ``logs/<phase>.log`` and the live view, then
+    store the log in the guest's result root too;
+``fruix_stage_artifacts``
+    split the stages into ``artifacts/<kind>`` in the guest, exactly like
+    :func:`fruix_core.resultroot.stage_trees`, and record key-file digests;
+``fruix_emit_promotion``
+    write ``metadata``, ``promotion.scm`` and ``status`` in the guest, then
+    import the result root to the host's ``request.result_root`` through one
+    tar stream, verified against its digests. The core promotes it.
+
+Every path in the guest is seen through ``Guest.system_root`` (``/`` in
+production). Configuration: ``[executors.host-initiated]`` (:data:`SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import socket
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+import structlog
+
+from fruix_core import hookimpl
+from fruix_core.__about__ import __version__ as _core_version
+from fruix_core.config import Key, read_section
+from fruix_core.environment import sanitised_environment
+from fruix_core.errors import (
+    Cancelled,
+    ConfigError,
+    ConnectionLostError,
+    GuestError,
+    MetadataError,
+    PhaseTimeout,
+    SourceTreeError,
+    ToolMissingError,
+    TransportError,
+    UsageError,
+)
+from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, parse_store_layout
+from fruix_core.model import (
+    BuildRequest,
+    EmittedResult,
+    Phase,
+    PhaseResult,
+    PreparedEnv,
+    SourceStore,
+    StagedArtifacts,
+)
+from fruix_core.profile import BuildPaths, phase_command
+from fruix_core.resultroot import ResultRoot, build_metadata, build_promotion
+from fruix_host_initiated import scripts
+
+__all__ = ["SCHEMA", "HostInitiatedExecutor", "__version__"]
+
+__version__ = "0.1.0"
+
+log = structlog.get_logger(__name__)
+
+NAME = "host-initiated"
+
+#: The keys of ``[executors.host-initiated]``; docs/operator/ssh.rst documents them.
+SCHEMA: dict[str, Key] = {
+    "results_dir": Key(str, "/var/lib/fruix/native-builds",
+                       "result roots in the guest (under its system root)"),
+    "work_dir": Key(str, "/var/tmp/fruix-native-builds",
+                    "heavy object/stage work area in the guest"),
+    "check_overlay": Key(bool, True, "refuse a guest without /usr/include and /usr/share/mk"),
+    "keep_work": Key(bool, False, "keep the guest's work area after a successful run"),
+    "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
+    "progress": Key(bool, True, "show import progress in bytes on a terminal"),
+}
+
+
+def _settings(request: BuildRequest) -> dict[str, Any]:
+    values = read_section(request.settings, SCHEMA, file=None, prefix=f"executors.{NAME}")
+    for key in ("results_dir", "work_dir"):
+        path = values[key]
+        if not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
+            raise ConfigError("must be an absolute, normalised guest path other than /",
+                              key=f"executors.{NAME}.{key}")
+    if values["keepalive"] <= 0:
+        raise ConfigError("must be more than 0 seconds", key=f"executors.{NAME}.keepalive")
+    return values
+
+
+class _State:
+    """What one run keeps between hooks (held in ``PreparedEnv.session``)."""
+
+    def __init__(self, session: Any, settings: Mapping[str, Any], results_dir: str) -> None:
+        self.session = session
+        self.settings = settings
+        self.results_dir = results_dir
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class HostInitiatedExecutor:
+    """Builds the native base inside a Fruix guest, driving each phase over SSH."""
+
+    name = NAME
+    version = __version__
+
+    # -- preparation -----------------------------------------------------------------
+
+    @hookimpl
+    def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
+        from fruix_core.transport.ssh import connect
+
+        guest = request.guest
+        if guest is None:
+            raise UsageError(f"executor '{NAME}' builds in a guest: name a guest provider "
+                             "(--guest ssh, or [build] guest in the config)")
+        settings = _settings(request)
+        host_root = ResultRoot(request.result_root)
+        host_root.create()
+        session = connect(guest, keepalive=float(settings["keepalive"]))
+        try:
+            return self._prepare(request, session, settings)
+        except BaseException:
+            session.close()
+            raise
+
+    def _prepare(self, request: BuildRequest, session: Any,
+                 settings: Mapping[str, Any]) -> PreparedEnv:
+        guest = request.guest
+        assert guest is not None
+        root = guest.system_root
+        where = f"guest {guest.name}"
+        base_path = sanitised_environment({})["PATH"]
+        facts, layout_text = scripts.parse_probe(session.check_output(
+            scripts.probe_script(root, request.make, base_path), what="probing the guest"))
+        layout_file = scripts.guest_path(root, "/" + LAYOUT_RELATIVE_PATH)
+        if settings["check_overlay"]:
+            present = set(facts.get("overlay", []))
+            missing = ["/" + rel for rel, _ in scripts.OVERLAY if rel not in present]
+            if missing:
+                raise GuestError(f"{where} lacks the development overlay: "
+                                 f"{', '.join(missing)} missing or empty "
+                                 f"(system root {root})")
+        tools = set(facts.get("tool", []))
+        for tool, what in ((request.make.split()[0], "make command"), ("cc", "C compiler")):
+            if tool not in tools:
+                raise ToolMissingError(f"{where}: {what} '{tool}' not found on the build "
+                                       f"PATH {base_path}")
+        if layout_text is None:
+            raise MetadataError(
+                f"missing on {where}: the FreeBSD source store metadata "
+                "(store-layout.scm) is not there", file=layout_file)
+        layout = parse_store_layout(layout_text, source=f"{where}:{layout_file}")
+        host_name = (facts.get("host") or [guest.host])[0] or guest.host
+        guest_env = {k: v[0] for k, v in (("HOME", facts.get("home")),
+                                          ("USER", facts.get("user")),
+                                          ("LOGNAME", facts.get("user"))) if v and v[0]}
+        environment = sanitised_environment(guest_env)
+        results_dir = scripts.guest_path(root, settings["results_dir"])
+        result_root = posixpath.join(results_dir, request.run_id)
+        build_root = posixpath.join(scripts.guest_path(root, settings["work_dir"]),
+                                    request.run_id)
+        source_dir = scripts.guest_path(root, layout.source_path)
+        status = f"running controller={socket.gethostname()}"
+        try:
+            session.check_output(scripts.prepare_script(
+                source_dir, result_root, build_root, status,
+                fresh=request.resume_from is None), what="preparing the guest")
+        except ConnectionLostError:
+            raise
+        except TransportError as exc:
+            if "no readable Makefile" in str(exc):
+                raise SourceTreeError(f"{where}: source store {layout.source_path} has no "
+                                      "readable Makefile") from None
+            raise
+        env = PreparedEnv(
+            host_name=host_name, environment=environment, source_dir=source_dir,
+            source=SourceStore(path=layout.source_path,
+                               signature=layout.source_signature or layout.source_hash),
+            build_root=build_root, result_root=result_root,
+            closure_path=layout.closure_path,
+            development_profile_path=layout.development_profile_path,
+            session=_State(session, settings, results_dir),
+        )
+        metadata = build_metadata(request, env, None, self.version)
+        session.write_file(posixpath.join(result_root, "metadata"), _metadata_text(metadata))
+        ResultRoot(request.result_root).write_metadata(metadata)
+        log.info("guest prepared", guest=guest.name, host=host_name,
+                 source=layout.source_path, result_root=result_root)
+        return env
+
+    # -- building --------------------------------------------------------------------
+
+    @hookimpl
+    def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
+        state: _State = env.session
+        session = state.session
+        host_root = ResultRoot(request.result_root)
+        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
+                                    paths=BuildPaths(env.build_root),
+                                    kernconf=request.base.kernconf)
+        log_path = host_root.log_path(phase.name)
+        guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
+        try:
+            with open(log_path, "w", encoding="utf-8") as log_file:
+                log_file.write(f"# {' '.join(argv)}\n")
+                outcome = session.run(
+                    argv, env={**env.environment, **extra}, cwd=env.source_dir,
+                    on_line=_line_sink(log_file, phase.name, request),
+                    timeout=request.phase_timeout, cancel=request.cancel,
+                )
+            failed = outcome.cancelled or outcome.timed_out or outcome.returncode != 0
+            session.write_file(guest_log, log_path.read_bytes())
+            if failed:
+                session.write_file(posixpath.join(env.result_root, "status"),
+                                   f"failed {phase.name}\n".encode())
+        except BaseException:
+            host_root.set_failed(phase.name)
+            state.close()
+            raise
+        if failed:
+            host_root.set_failed(phase.name)
+            state.close()
+        if outcome.cancelled:
+            raise Cancelled(f"interrupted during {phase.name}")
+        if outcome.timed_out:
+            raise PhaseTimeout(phase.name, request.phase_timeout or 0)
+        return PhaseResult(phase=phase.name, returncode=outcome.returncode,
+                           duration=outcome.duration, log_path=str(log_path),
+                           last_lines=outcome.last_lines)
+
+    # -- result root -------------------------------------------------------------------
+
+    @hookimpl
+    def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
+        state: _State = env.session
+        try:
+            output = state.session.check_output(
+                scripts.staging_script(BuildPaths(env.build_root), env.result_root),
+                what="staging the artifacts")
+        except BaseException:
+            state.close()
+            raise
+        key_files, sizes = scripts.parse_staging(output)
+        kinds = tuple(key_files)
+        return StagedArtifacts(result_root=env.result_root, kinds=kinds, key_files=key_files,
+                               sizes=sizes)
+
+    @hookimpl
+    def fruix_emit_promotion(self, request: BuildRequest, env: PreparedEnv,
+                             staged: StagedArtifacts) -> EmittedResult:
+        from fruix_core.promotion.schema import dumps_promotion
+        from fruix_core.transport.tarstream import fetch_tree, verify_result_root
+
+        state: _State = env.session
+        session = state.session
+        promotion = build_promotion(request, env, staged, self.version)
+        metadata = build_metadata(request, env, staged, self.version)
+        metadata["core_version"] = _core_version
+        metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        join = posixpath.join
+        try:
+            session.write_file(join(env.result_root, "promotion.scm"),
+                               dumps_promotion(promotion).encode("utf-8"))
+            session.write_file(join(env.result_root, "metadata"), _metadata_text(metadata))
+            session.write_file(join(env.result_root, "status"), b"ok\n")
+            session.check_output(scripts.swap_latest_script(state.results_dir, request.run_id),
+                                 what="updating latest in the guest")
+            progress = None if state.settings["progress"] else False
+            fetch_tree(session, env.result_root, request.result_root,
+                       verify=verify_result_root, progress=progress)
+            if not state.settings["keep_work"]:
+                session.check_output(f"rm -rf {scripts._q(env.build_root)}",
+                                     what="removing the guest's work area")
+        finally:
+            state.close()
+        return EmittedResult(result_root=request.result_root, promotion=promotion)
+
+
+def _metadata_text(values: Mapping[str, object]) -> bytes:
+    """``key=value`` lines, as :meth:`fruix_core.resultroot.ResultRoot.write_metadata` writes."""
+    lines = []
+    for key, value in values.items():
+        text = str(value)
+        if "\n" in text or "=" in key:
+            raise UsageError(f"metadata {key!r}: value must be one line")
+        lines.append(f"{key}={text}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):  # type: ignore[no-untyped-def]
+    def sink(line: str) -> None:
+        log_file.write(line + "\n")
+        if request.on_output is not None:
+            request.on_output(phase, line)
+
+    return sink

@@ -108,7 +108,7 @@ class LocalExecutor:
                                     paths=BuildPaths(env.build_root),
                                     kernconf=request.base.kernconf)
         log_path = root.log_path(phase.name)
-        with open(log_path, "w", encoding="utf-8") as log_file:
+        with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
             log_file.write(f"# {' '.join(argv)}\n")
             outcome = LocalRunner().run(
                 argv, env={**env.environment, **extra}, cwd=env.source_dir,

@@ -1,0 +1,28 @@
+"""The bundled sample base: a small real C source tree standing in for /usr/src.
+
+It ships inside the ``fruix_core`` package as data (no ``__init__.py``) and
+offers FreeBSD's make interface: ``buildworld``, ``buildkernel``,
+``installworld``, ``distribution`` and ``installkernel`` with
+``MAKEOBJDIRPREFIX``, ``KERNCONF``, ``DESTDIR`` and ``-j``, for GNU make and
+BSD make alike. The build is bit-for-bit reproducible; see
+``docs/sample-base.rst``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["SAMPLE_KERNCONFS", "sample_base_path"]
+
+#: Kernel configurations the sample base offers (``sys/amd64/conf``).
+SAMPLE_KERNCONFS: tuple[str, ...] = ("GENERIC", "MINIMAL")
+
+
+def sample_base_path() -> Path:
+    """The directory of the bundled sample base source tree.
+
+    The tree is package data of an installed (or editable) ``fruix_core``, so
+    it is a real directory. Treat it as read-only: builds write nothing into
+    it, and neither may callers; copy it to build from another location.
+    """
+    return Path(__file__).resolve().parent / "sample_base"

@@ -1,0 +1,445 @@
+"""Move a tree out of a guest as one tar stream, and extract it safely on the host.
+
+The guest runs ``tar -C DIR -cf - .`` on an exec channel (one stream, no
+per-file round trips as with SFTP); the host parses the stream as it arrives
+and writes each member itself — never with :meth:`tarfile.TarFile.extract` —
+under these rules:
+
+* names are relative and normalised: absolute names, ``..`` components and
+  NUL bytes are refused;
+* only regular files, directories, symlinks and hard links are accepted;
+  device nodes, FIFOs and anything else are refused;
+* symlink targets are stored as they are and never followed: no member may
+  be written through a symlink (or a file) that an earlier member created,
+  files are created with ``O_EXCL | O_NOFOLLOW``;
+* a hard link may only point at a regular file extracted earlier in the
+  same stream;
+* a member may not appear twice (except a directory).
+
+Everything lands in a temporary directory next to the destination
+(``.<name>.partial-*``), which is renamed into place only after the stream
+ended properly (end-of-archive marker seen, remote ``tar`` exited 0) and the
+tree passed verification (:func:`verify_result_root`: the key-file digests in
+``promotion.scm`` and ``metadata``). An interrupted or refused transfer
+removes the temporary directory, so it never leaves a tree that looks
+complete. Progress is shown in bytes on a terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import structlog
+
+from fruix_core.errors import (
+    ConnectionLostError,
+    PromotionInputError,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from fruix_core.transport.ssh import SSHSession
+
+__all__ = [
+    "TransferStats",
+    "UnsafeArchiveError",
+    "extract_stream",
+    "fetch_tree",
+    "install_tree",
+    "verify_result_root",
+]
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 20
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+
+
+class UnsafeArchiveError(PromotionInputError):
+    """A tar stream tried to write outside its destination or held a refused member."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    """What one transfer moved."""
+
+    bytes: int
+    members: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second."""
+        return self.bytes / self.seconds if self.seconds > 0 else float(self.bytes)
+
+
+class _Progress:
+    """``imported 12.3 MiB (45.6 MiB/s)`` on stderr, when it is a terminal."""
+
+    def __init__(self, label: str, enabled: bool | None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self.shown < 0.25:
+            return
+        self.shown = now
+        rate = done / max(now - self.started, 1e-6)
+        sys.stderr.write(f"\r{self.label}: {done / 1048576:.1f} MiB "
+                         f"({rate / 1048576:.1f} MiB/s)" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+class _CountingReader:
+    """A read-only file object over a byte source that counts and remembers its tail.
+
+    ``tarfile``'s stream mode reads ahead, so the end-of-archive check looks
+    at the bytes handed out at a given absolute offset: the last :data:`KEEP`
+    of them are kept.
+    """
+
+    KEEP = 1 << 17
+
+    def __init__(self, read: Callable[[int], bytes],
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        self._read = read
+        self._on_progress = on_progress
+        self.count = 0
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        want = CHUNK if size is None or size < 0 else size
+        out = bytearray()
+        while len(out) < want:
+            data = self._read(want - len(out))
+            if not data:
+                break
+            out += data
+        data = bytes(out)
+        self.count += len(data)
+        self.tail = (self.tail + data)[-self.KEEP:]
+        if self._on_progress is not None:
+            self._on_progress(self.count)
+        return data
+
+    def bytes_at(self, offset: int, size: int) -> bytes | None:
+        """Bytes ``[offset, offset+size)`` if they are still in the kept tail."""
+        start = self.count - len(self.tail)
+        if offset < start:
+            return None
+        return self.tail[offset - start:offset - start + size]
+
+
+def _member_path(name: str) -> str:
+    """The normalised relative path of a member, or ``""`` for the root itself."""
+    if "\0" in name:
+        raise UnsafeArchiveError(f"archive member name holds a NUL byte: {name[:60]!r}")
+    if name.startswith("/"):
+        raise UnsafeArchiveError(f"archive member has an absolute name: {name[:200]!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive member escapes the tree: {name[:200]!r}")
+    return "/".join(parts)
+
+
+class _Extractor:
+    """Writes members under ``root``, tracking what each path is."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.kinds: dict[str, str] = {"": "dir"}   # path → dir | file | symlink
+        self.dir_modes: dict[str, tuple[int, float]] = {}
+        self.members = 0
+
+    def _parent_ready(self, rel: str) -> None:
+        """Create missing parents; refuse to go through anything but our directories."""
+        parts = rel.split("/")[:-1]
+        for i in range(len(parts)):
+            prefix = "/".join(parts[: i + 1])
+            kind = self.kinds.get(prefix)
+            if kind is None:
+                os.mkdir(self.root / prefix, 0o700)
+                self.kinds[prefix] = "dir"
+            elif kind != "dir":
+                raise UnsafeArchiveError(
+                    f"archive member {rel!r} would be written through a {kind} ({prefix!r})")
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        rel = _member_path(member.name)
+        self.members += 1
+        if member.isdir():
+            if rel and self.kinds.get(rel) not in (None, "dir"):
+                raise UnsafeArchiveError(f"archive member {rel!r} appears twice")
+            if rel and rel not in self.kinds:
+                self._parent_ready(rel)
+                os.mkdir(self.root / rel, 0o700)
+                self.kinds[rel] = "dir"
+            self.dir_modes[rel] = (member.mode & 0o7777, float(member.mtime))
+            return
+        if not rel:
+            raise UnsafeArchiveError("archive member replaces the tree's root")
+        if rel in self.kinds:
+            raise UnsafeArchiveError(f"archive member {rel!r} appears twice")
+        self._parent_ready(rel)
+        target = self.root / rel
+        if member.isreg():
+            self._write_file(tar, member, target)
+            self.kinds[rel] = "file"
+        elif member.issym():
+            if "\0" in member.linkname:
+                raise UnsafeArchiveError(f"symlink {rel!r} target holds a NUL byte")
+            os.symlink(member.linkname, target)   # opaque bytes, never followed
+            self.kinds[rel] = "symlink"
+        elif member.islnk():
+            source = _member_path(member.linkname)
+            if self.kinds.get(source) != "file":
+                raise UnsafeArchiveError(
+                    f"hard link {rel!r} points at {member.linkname[:200]!r}, "
+                    "which is not a regular file of this archive")
+            os.link(self.root / source, target, follow_symlinks=False)
+            self.kinds[rel] = "file"
+        else:
+            what = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+                    tarfile.FIFOTYPE: "FIFO"}.get(member.type, f"type {member.type!r}")
+            raise UnsafeArchiveError(f"archive member {rel!r} is a {what}; refused")
+
+    @staticmethod
+    def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+        source = tar.extractfile(member)
+        assert source is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(target, flags, 0o600)
+        try:
+            remaining = member.size
+            while remaining > 0:
+                data = source.read(min(CHUNK, remaining))
+                if not data:
+                    raise TransportError(f"archive ended inside {member.name[:200]!r}")
+                _write_all(fd, data)
+                remaining -= len(data)
+            os.fchmod(fd, member.mode & 0o7777)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Apply directory modes and times, deepest first (read-only dirs last)."""
+        for rel in sorted(self.dir_modes, key=lambda r: r.count("/") + bool(r), reverse=True):
+            mode, mtime = self.dir_modes[rel]
+            path = self.root / rel if rel else self.root
+            os.chmod(path, mode | 0o700 if rel == "" else mode)
+            os.utime(path, (mtime, mtime))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def extract_stream(stream: IO[bytes] | _CountingReader, root: Path) -> int:
+    """Extract a tar stream into the existing, empty directory ``root``.
+
+    :returns: the number of members.
+    :raises UnsafeArchiveError: a member broke the rules (module docstring).
+    :raises TransportError: the stream is truncated or not a tar archive.
+    """
+    reader = stream if isinstance(stream, _CountingReader) else _CountingReader(stream.read)
+    extractor = _Extractor(root)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+            for member in tar:
+                extractor.add(tar, member)
+            end = tar.offset
+    except tarfile.ReadError as exc:
+        raise TransportError(f"tar stream is truncated or corrupt ({exc})") from None
+    except tarfile.HeaderError as exc:
+        raise TransportError(f"tar stream is corrupt ({exc})") from None
+    # tarfile stops quietly at end of input on a member boundary: insist on the marker.
+    marker = reader.bytes_at(end, tarfile.BLOCKSIZE)
+    if marker is None:
+        while reader.read(CHUNK):
+            pass
+        marker = reader.bytes_at(end, tarfile.BLOCKSIZE)
+    if marker != _ZERO_BLOCK:
+        raise TransportError("tar stream is truncated (no end-of-archive marker)")
+    extractor.finish()
+    return extractor.members
+
+
+# -- verification ------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_digest(root: Path, rel: str, expected: str, what: str) -> None:
+    path = root / rel
+    if path.is_symlink() or not path.is_file():
+        raise PromotionInputError(f"imported result root: {rel} is missing ({what})")
+    actual = _sha256(path)
+    if actual != expected:
+        raise PromotionInputError(
+            f"imported result root: {rel} has sha256 {actual}, {what} says {expected}")
+
+
+def verify_result_root(root: Path) -> None:
+    """Check an imported result root against its own descriptions.
+
+    Every artifact of ``promotion.scm`` must exist and each key file must have
+    the recorded sha256; the ``sha256_<kind>_<file>`` lines of ``metadata``
+    must agree too.
+
+    :raises PromotionInputError: (or :class:`~fruix_core.errors.MetadataError`)
+        naming the file that does not match.
+    """
+    promotion_file = root / "promotion.scm"
+    if not promotion_file.is_file():
+        raise PromotionInputError(f"imported result root {root}: promotion.scm is missing")
+    from fruix_core.promotion.schema import read_promotion
+
+    promotion = read_promotion(promotion_file)
+    for entry in promotion.artifacts:
+        rel_dir = _member_path(entry.path)
+        if not (root / rel_dir).is_dir() or (root / rel_dir).is_symlink():
+            raise PromotionInputError(
+                f"imported result root: artifact {entry.kind} ({entry.path}) is missing")
+        for rel, digest in entry.files:
+            _check_digest(root, f"{rel_dir}/{_member_path(rel)}", digest, "promotion.scm")
+    metadata = root / "metadata"
+    if metadata.is_file():
+        known = {f"sha256_{e.kind}_{_member_path(rel).replace('/', '_')}":
+                 (f"{_member_path(e.path)}/{_member_path(rel)}", digest)
+                 for e in promotion.artifacts for rel, digest in e.files}
+        for line in metadata.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key in known and value != known[key][1]:
+                raise PromotionInputError(
+                    f"imported result root: metadata {key}={value} disagrees with "
+                    f"promotion.scm ({known[key][1]})")
+
+
+# -- transfer ------------------------------------------------------------------------------
+
+
+def install_tree(partial: Path, dest: Path) -> None:
+    """Rename the finished ``partial`` tree to ``dest``, replacing what was there."""
+    old: Path | None = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dest, old)
+    os.rename(partial, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _ChannelSource:
+    """``read(n)`` over a channel's stdout, keeping (a bounded amount of) its stderr."""
+
+    def __init__(self, session: SSHSession, channel: paramiko.Channel) -> None:
+        self.session = session
+        self.channel = channel
+        self.stderr = b""
+
+    def read(self, size: int) -> bytes:
+
+        channel = self.channel
+        while True:
+            if channel.recv_stderr_ready():
+                self.stderr = (self.stderr + channel.recv_stderr(65536))[-4096:]
+            try:
+                return channel.recv(size)
+            except TimeoutError:
+                if not self.session.active:
+                    raise ConnectionLostError(
+                        f"{self.session.where}: connection lost during transfer") from None
+
+
+def fetch_tree(session: SSHSession, remote_dir: str, dest: Path, *,
+               verify: Callable[[Path], None] | None = None, progress: bool | None = None,
+               command: str | None = None) -> TransferStats:
+    """Copy the guest's ``remote_dir`` to the host's ``dest`` through one tar stream.
+
+    :param verify: called on the complete temporary tree before it is renamed
+        to ``dest`` (e.g. :func:`verify_result_root`); raising refuses it.
+    :param progress: show progress on stderr (default: when it is a terminal).
+    :param command: the remote command producing the stream (default
+        ``tar -C remote_dir -cf - .``); tests feed crafted streams with it.
+    :raises UnsafeArchiveError: the stream held a refused member.
+    :raises TransportError: the remote tar failed or the stream is truncated.
+    :raises ConnectionLostError: the connection dropped.
+    """
+    from fruix_core.transport.ssh import remote_command
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:12]}"
+    os.mkdir(partial, 0o700)
+    script = command or f"tar -C {shlex.quote(remote_dir)} -cf - ."
+    started = time.monotonic()
+    meter = _Progress(f"importing {dest.name}", progress)
+    channel: Any = None
+    try:
+        channel = session.open_channel(remote_command(script, report_pgid=False), bulk=True)
+        channel.set_combine_stderr(False)
+        channel.shutdown_write()
+        channel.settimeout(1.0)
+        source = _ChannelSource(session, channel)
+        reader = _CountingReader(source.read, meter.update)
+        try:
+            members = extract_stream(reader, partial)
+        except TransportError:
+            if not session.active:
+                raise ConnectionLostError(
+                    f"{session.where}: connection lost during transfer") from None
+            raise
+        while reader.read(CHUNK):
+            pass  # the rest of the last tar record
+        status = session.exit_status(channel, wait=30.0)
+        if status is None:
+            raise ConnectionLostError(f"{session.where}: connection lost during transfer")
+        if status != 0:
+            text = source.stderr.decode("utf-8", "replace").strip()
+            raise TransportError(f"{session.where}: remote tar of {remote_dir} failed "
+                                 f"(exit status {status}){': ' + text if text else ''}")
+        if verify is not None:
+            verify(partial)
+        install_tree(partial, dest)
+    except BaseException as exc:
+        if channel is not None:
+            channel.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise TransportError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        raise
+    channel.close()
+    meter.update(reader.count, final=True)
+    stats = TransferStats(bytes=reader.count, members=members,
+                          seconds=time.monotonic() - started)
+    log.info("tree imported", remote=remote_dir, dest=str(dest), bytes=stats.bytes,
+             members=stats.members, seconds=round(stats.seconds, 3))
+    return stats
