@@ -166,10 +166,10 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
         published: list[Path] = []
         reused: list[Path] = []
         for staged in validated.artifacts:
+            temps.append(layout.temp(owner.token, staged.kind))
             ingested = ingester.ingest(staged)
             assert ingested.temp_dir is not None
             temp = ingested.temp_dir
-            temps.append(temp)
             name, document = _artifact_name(promotion, ingested)
 
             def prepare(temp: Path = temp, name: str = name, document: list = document,

@@ -25,6 +25,8 @@ __all__ = ["LocalRunner", "kill_process_group"]
 #: Seconds between SIGTERM and SIGKILL when stopping a process group.
 GRACE_SECONDS = 3.0
 TAIL_LINES = 20
+#: How often a running command is checked for cancellation and timeout.
+POLL_SECONDS = 0.1
 
 
 def kill_process_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
@@ -93,10 +95,14 @@ class LocalRunner:
                 if timed_out or cancelled:
                     kill_process_group(proc.pid)
                     break
-                if cancel is not None:
-                    cancel.wait(0.05)
-                else:
-                    time.sleep(0.05)
+                # The reader ends at EOF, normally the moment the command exits: waiting
+                # on it (not sleeping) keeps the per-phase latency near zero.
+                reader.join(POLL_SECONDS)
+                if not reader.is_alive():
+                    try:
+                        proc.wait(timeout=POLL_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        pass
         except BaseException:
             kill_process_group(proc.pid, grace=0.5)
             raise

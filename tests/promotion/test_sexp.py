@@ -96,7 +96,7 @@ def test_writer_refuses_unwritable_values() -> None:
         sexp.dumps_compact(1.5)  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data)
 def test_round_trip(value) -> None:
     for text in (sexp.dumps(value), sexp.dumps_compact(value)):

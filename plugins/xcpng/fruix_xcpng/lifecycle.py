@@ -30,8 +30,9 @@ __all__ = ["Lease", "acquire", "find_snapshot", "find_vm", "release", "wait_for_
 log = structlog.get_logger(__name__)
 
 NULL_REF = "OpaqueRef:NULL"
-#: Longest single ``event.from`` wait; the loop re-checks the deadline in between.
-EVENT_WAIT = 30.0
+#: Longest single ``event.from`` wait: events wake us at once, this bounds how late
+#: we notice a deadline or an interrupt.
+EVENT_WAIT = 1.0
 #: Seconds to wait for XAPI to report Halted after a shutdown call returned.
 HALT_SETTLE = 10.0
 
@@ -268,7 +269,9 @@ def _shut_down(xapi: XapiClient, lease: Lease) -> None:
         except GuestError as exc:
             log.warning("clean shutdown failed or took too long; forcing it", vm=label,
                         error=str(exc))
-        state = _wait_halted(xapi, ref, 1.0)
+            state = xapi.call("VM.get_power_state", ref)
+        else:
+            state = _wait_halted(xapi, ref, HALT_SETTLE)
     if state != "Halted":
         log.info("hard shutdown", vm=label, power_state=state)
         try:

@@ -190,42 +190,58 @@ class XapiClient:
             self._transport.timeout = self.settings.timeout
 
     def _guard(self, method: str, thunk: Any) -> Any:
+        # The error is raised outside the except blocks so that no exception keeps
+        # the SDK's original (which may name the user) as its context.
+        error = self._failure_of(method, thunk)
+        if isinstance(error, GuestError):
+            raise error
+        return error.value
+
+    def _failure_of(self, method: str, thunk: Any) -> _Answer | GuestError:
         import XenAPI
 
         url = self.settings.url
         scrub = self.credentials.scrub
         try:
-            return thunk()
+            return _Answer(thunk())
         except XenAPI.Failure as exc:
             details = [scrub(str(d)) for d in (exc.details or [])]
             code = details[0] if details else "UNKNOWN"
-            raise XapiFailure(method, code, details, _failure_message(method, code, details,
-                                                                      self.settings)) from None
+            return XapiFailure(method, code, details,
+                               _failure_message(method, code, details, self.settings))
         except CertificatePinError as exc:
-            raise GuestError(f"{url}: TLS certificate does not match pinned_cert_sha256 "
-                             f"({exc.args[0]})") from None
+            return GuestError(f"{url}: TLS certificate does not match pinned_cert_sha256 "
+                              f"({exc.args[0]})")
         except ssl.SSLCertVerificationError as exc:
-            raise GuestError(f"{url}: TLS certificate not trusted ({exc.verify_message}); set "
-                             "ca_file or pinned_cert_sha256 (insecure only for a lab)") from None
+            return GuestError(f"{url}: TLS certificate not trusted ({exc.verify_message}); set "
+                              "ca_file or pinned_cert_sha256 (insecure only for a lab)")
         except ssl.SSLError as exc:
-            raise GuestError(f"{url}: TLS handshake failed: {scrub(str(exc))}") from None
+            return GuestError(f"{url}: TLS handshake failed: {scrub(str(exc))}")
         except TimeoutError:
-            raise GuestError(f"{url}: XenAPI call {method} got no answer within "
-                             f"{self._transport.timeout:g} s (timeout)") from None
+            return GuestError(f"{url}: XenAPI call {method} got no answer within "
+                              f"{self._transport.timeout:g} s (timeout)")
         except ConnectionRefusedError:
-            raise GuestError(f"{url}: connection refused (is this the pool master?)") from None
+            return GuestError(f"{url}: connection refused (is this the pool master?)")
         except OSError as exc:
-            raise GuestError(f"{url}: cannot reach the pool master: "
-                             f"{scrub(exc.strerror or str(exc))}") from None
+            return GuestError(f"{url}: cannot reach the pool master: "
+                              f"{scrub(exc.strerror or str(exc))}")
         except xmlrpc.client.ProtocolError as exc:
-            raise GuestError(f"{url}: HTTP error {exc.errcode} {scrub(exc.errmsg)} "
-                             f"calling {method}") from None
+            return GuestError(f"{url}: HTTP error {exc.errcode} {scrub(exc.errmsg)} "
+                              f"calling {method}")
         except xmlrpc.client.Fault as exc:
-            raise GuestError(f"{url}: XenAPI call {method} failed: "
-                             f"{scrub(str(exc.faultString))}") from None
+            return GuestError(f"{url}: XenAPI call {method} failed: "
+                              f"{scrub(str(exc.faultString))}")
         except (http.client.HTTPException, xmlrpc.client.ResponseError) as exc:
-            raise GuestError(f"{url}: bad answer to {method}: "
-                             f"{scrub(type(exc).__name__)}") from None
+            return GuestError(f"{url}: bad answer to {method}: {type(exc).__name__}")
+
+
+class _Answer:
+    """A successful call's value (distinct from an error to raise)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
 
 
 _HINTS = {

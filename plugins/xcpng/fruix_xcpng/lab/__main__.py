@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", metavar="DIR", help="keys, guest roots and snapshots")
     parser.add_argument("--json", action="store_true", help="print the description as one "
                         "JSON document")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console",
+                        help="log lines on stderr: console or JSON lines")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
+                        help="log level (debug shows every call)")
     return parser
 
 
@@ -99,7 +103,10 @@ def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fruix-xapi-lab``."""
+    from fruix_core.logconfig import configure_logging
+
     args = _parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -1,0 +1,323 @@
+"""The host-initiated executor against a real sshd and a guest system root.
+
+Most tests drive the real CLI (``fruix native-build run``) in a subprocess, as
+an operator would; the cancel test uses the runner API to hold the token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fruix_core.config import load_config
+from fruix_core.errors import Cancelled, ExitCode
+from fruix_core.model import CancelToken
+from fruix_core.promotion.nar import tree_signature
+from fruix_core.resultroot import ResultRoot
+from fruix_core.testkit import Workspace, run_cli
+from fruix_core.testkit.guest import GuestRoot, make_guest_root
+from fruix_core.testkit.sshd import SshServer
+
+KINDS = ("world", "kernel", "headers", "bootloader")
+
+
+@dataclass
+class Lab:
+    """A guest root, the sshd reaching it, and a workspace with a config for both."""
+
+    server: SshServer
+    root: GuestRoot
+    ws: Workspace
+
+    def config(self, guest_extra: str = "", executor_extra: str = "", **build) -> Path:
+        s = self.server
+        text = (f'[guests.ssh]\nhost = "{s.host}"\nport = {s.port}\nuser = "{s.user}"\n'
+                f'identity_file = "{s.client_key}"\nknown_hosts = "{s.known_hosts}"\n'
+                f'system_root = "{self.root.path}"\n{guest_extra}\n'
+                f'[executors.host-initiated]\n{executor_extra}\n')
+        build.setdefault("promote", False)
+        return self.ws.write_config(text, executor="host-initiated", guest="ssh", jobs=2,
+                                    **build)
+
+    def run(self, *extra: str, config: Path | None = None, **build) -> subprocess.CompletedProcess:
+        conf = config or self.config(**build)
+        return run_cli("native-build", "run", "--config", str(conf), "--json", *extra,
+                       cwd=self.ws.root, timeout=300)
+
+    def guest_run_root(self, run_id: str) -> Path:
+        return self.root.results_dir / run_id
+
+    def only_run_id(self) -> str:
+        runs = [p.name for p in self.ws.results.iterdir() if not p.name.startswith(".")
+                and p.name != "latest"]
+        assert len(runs) == 1, runs
+        return runs[0]
+
+
+def _lab(tmp_path: Path, workspace: Workspace, source: Path, **kw) -> Lab:
+    root = make_guest_root(tmp_path / "guest", source, **kw)
+    server = SshServer(tmp_path / "sshd", system_root=root.path)
+    server.start()
+    return Lab(server=server, root=root, ws=workspace)
+
+
+@pytest.fixture
+def toy_lab(tmp_path, fruix_workspace, fruix_toy_source):
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source)
+    yield lab
+    lab.server.stop()
+
+
+def _alive(pattern: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if pattern in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pattern):
+        time.sleep(0.1)
+    return _alive(pattern)
+
+
+def _store_is_empty(ws: Workspace) -> bool:
+    return not ws.store.exists() or not [p for p in ws.store.iterdir()
+                                         if not p.name.startswith(".")]
+
+
+# -- the full chain ----------------------------------------------------------------------------
+
+
+def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_sample_source):
+    lab = _lab(tmp_path, fruix_workspace, fruix_sample_source)
+    try:
+        proc = lab.run(promote=True)
+    finally:
+        lab.server.stop()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["executor"] == "host-initiated" and doc["status"] == "ok"
+    assert sorted(doc["artifacts"]) == sorted(KINDS)
+    for path in [doc["bundle"], *doc["artifacts"].values()]:
+        assert Path(path).parent == fruix_workspace.store and Path(path).is_dir()
+    host_root = Path(doc["result_root"])
+    assert (host_root / "status").read_text() == "ok\n"
+    guest_root = lab.guest_run_root(doc["run_id"])
+    assert (guest_root / "status").read_text() == "ok\n"
+    assert (lab.root.results_dir / "latest").resolve() == guest_root.resolve()
+    assert not (lab.root.path / "var/tmp/fruix-native-builds" / doc["run_id"]).exists()
+    for name in ("metadata", "promotion.scm"):
+        assert (host_root / name).read_bytes() == (guest_root / name).read_bytes()
+    metadata = ResultRoot(host_root).read_metadata()
+    assert metadata["source_store"] == lab.root.source_store
+    assert metadata["source_signature"] == "sha256:" + tree_signature(fruix_sample_source)
+    assert sorted(p.name for p in (host_root / "logs").iterdir()) == sorted(
+        f"{p}.log" for p in ("buildworld", "buildkernel", "installworld", "distribution",
+                             "installkernel"))
+
+    local_ws = Workspace(tmp_path / "local")
+    local_ws.root.mkdir()
+    conf = local_ws.write_config(source=fruix_sample_source, promote=False, jobs=2)
+    local = run_cli("native-build", "run", "--config", str(conf), "--json", cwd=local_ws.root)
+    assert local.returncode == 0, local.stderr
+    local_root = Path(json.loads(local.stdout)["result_root"])
+    for kind in KINDS:
+        assert tree_signature(host_root / "artifacts" / kind) == \
+            tree_signature(local_root / "artifacts" / kind), kind
+    local_meta = ResultRoot(local_root).read_metadata()
+    for key, value in local_meta.items():
+        if key.startswith(("sha256_", "size_")):
+            assert metadata[key] == value, key
+
+
+# -- bad input and faults ------------------------------------------------------------------------
+
+
+def test_failing_phase_is_a_build_failure(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "fail-buildkernel").write_text("")
+    proc = toy_lab.run(promote=True)
+    assert proc.returncode == ExitCode.BUILD_FAILED, proc.stderr
+    assert "buildkernel" in proc.stderr and "Traceback" not in proc.stderr
+    run_id = toy_lab.only_run_id()
+    host = ResultRoot(toy_lab.ws.results / run_id)
+    assert host.status().state == "failed" and host.status().phase == "buildkernel"
+    assert "failing on purpose" in host.log_path("buildkernel").read_text()
+    guest = toy_lab.guest_run_root(run_id)
+    assert (guest / "status").read_text() == "failed buildkernel\n"
+    assert "failing on purpose" in (guest / "logs/buildkernel.log").read_text()
+    assert _store_is_empty(toy_lab.ws)
+
+
+def test_missing_overlay_is_refused(tmp_path, fruix_workspace, fruix_toy_source) -> None:
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source, with_overlay=False)
+    try:
+        proc = lab.run()
+    finally:
+        lab.server.stop()
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "development overlay" in proc.stderr and "/usr/include" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run_id = lab.only_run_id()
+    assert ResultRoot(fruix_workspace.results / run_id).status().state == "failed"
+
+
+def test_missing_store_layout(toy_lab: Lab) -> None:
+    toy_lab.root.layout_file.unlink()
+    proc = toy_lab.run()
+    assert proc.returncode == ExitCode.USAGE
+    assert "store-layout.scm" in proc.stderr and "missing" in proc.stderr
+
+
+def test_malformed_store_layout(toy_lab: Lab) -> None:
+    toy_lab.root.layout_file.write_text('(fruix-store-layout (version 1) #.(evil))')
+    proc = toy_lab.run()
+    assert proc.returncode == ExitCode.USAGE
+    assert "store-layout.scm" in proc.stderr and "not accepted" in proc.stderr
+
+
+def test_source_store_without_makefile(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "Makefile").unlink()
+    proc = toy_lab.run()
+    assert proc.returncode == ExitCode.USAGE and "Makefile" in proc.stderr
+
+
+def test_unknown_host_key(toy_lab: Lab) -> None:
+    toy_lab.server.known_hosts.write_text("")
+    proc = toy_lab.run()
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "host key" in proc.stderr and "unknown" in proc.stderr
+
+
+def test_changed_host_key(toy_lab: Lab, tmp_path: Path) -> None:
+    other = SshServer(tmp_path / "impostor")
+    other._write_files()
+    conf = toy_lab.config(guest_extra="") 
+    text = conf.read_text().replace(f'known_hosts = "{toy_lab.server.known_hosts}"',
+                                    f'host_key = "{other.host_key_line}"')
+    conf.write_text(text)
+    proc = toy_lab.run(config=conf)
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "does not match" in proc.stderr
+
+
+def test_wrong_user_key(toy_lab: Lab, tmp_path: Path) -> None:
+    stranger = tmp_path / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    conf = toy_lab.config()
+    conf.write_text(conf.read_text().replace(str(toy_lab.server.client_key), str(stranger)))
+    proc = toy_lab.run(config=conf)
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "authentication refused" in proc.stderr
+
+
+def test_unreachable_guest(toy_lab: Lab) -> None:
+    conf = toy_lab.config(guest_extra="connect_timeout = 2")
+    toy_lab.server.stop()
+    proc = toy_lab.run(config=conf)
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_executor_needs_a_guest(toy_lab: Lab) -> None:
+    conf = toy_lab.config()
+    proc = run_cli("native-build", "run", "--config", str(conf), "--guest", "",
+                   cwd=toy_lab.ws.root)
+    assert proc.returncode == ExitCode.USAGE and "guest" in proc.stderr
+
+
+def test_bad_executor_setting_names_the_key(toy_lab: Lab) -> None:
+    proc = toy_lab.run(config=toy_lab.config(executor_extra='work_dir = "relative"'))
+    assert proc.returncode == ExitCode.USAGE
+    assert "executors.host-initiated.work_dir" in proc.stderr
+
+
+def test_sshd_killed_mid_phase(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("308")
+    conf = toy_lab.config()
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(conf)], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _alive("sleep 308") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive("sleep 308"), "the phase never started"
+        toy_lab.server.kill()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, err
+    assert "connection lost" in err and "Traceback" not in err
+    host = ResultRoot(toy_lab.ws.results / toy_lab.only_run_id())
+    assert host.status().state == "failed" and host.status().phase == "buildworld"
+    assert _store_is_empty(toy_lab.ws)
+    toy_lab.server.stop()
+    assert _wait_gone("sleep 308") == []
+
+
+def test_cancel_leaves_no_process_in_the_guest(toy_lab: Lab) -> None:
+    from fruix_core.runner import run_build
+
+    (toy_lab.root.source_dir / "sleep-buildkernel").write_text("309")
+    cancel = CancelToken()
+
+    def watch(phase: str, line: str) -> None:
+        if "sleeping" in line:
+            threading.Timer(0.5, cancel.cancel).start()
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_build(load_config(toy_lab.config()), cancel=cancel, on_output=watch)
+    assert time.monotonic() - started < 60
+    assert _wait_gone("sleep 309") == []
+    assert toy_lab.server.command_pids() == []
+    run_id = toy_lab.only_run_id()
+    assert ResultRoot(toy_lab.ws.results / run_id).status().state == "failed"
+    assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed buildkernel\n"
+
+
+def test_sigint_stops_the_run_and_the_guest_command(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-installworld").write_text("310")
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(toy_lab.config())], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _alive("sleep 310") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert _wait_gone("sleep 310") == []
+
+
+def test_phase_timeout_stops_the_guest_command(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-distribution").write_text("311")
+    proc = toy_lab.run(phase_timeout=2)
+    assert proc.returncode == ExitCode.INFRASTRUCTURE
+    assert "timeout" in proc.stderr
+    assert _wait_gone("sleep 311") == []

@@ -1,0 +1,273 @@
+"""Tree transfer: one tar stream out of the guest, extracted safely on the host."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fruix_core.errors import ConnectionLostError, PromotionInputError, TransportError
+from fruix_core.promotion.nar import tree_signature
+from fruix_core.testkit.sshd import SshServer
+from fruix_core.transport.ssh import SSHSession, connect
+from fruix_core.transport.tarstream import (
+    UnsafeArchiveError,
+    extract_stream,
+    fetch_tree,
+    verify_result_root,
+)
+
+
+@pytest.fixture
+def session(fruix_sshd_shared: SshServer):
+    with connect(fruix_sshd_shared.guest()) as sess:
+        yield sess
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _file(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    return info, data
+
+
+def _entry(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o755
+    return info, None
+
+
+def _sample_tree(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/sh").write_bytes(b"#!/bin/sh\n" * 1000)
+    (root / "bin/sh").chmod(0o555)
+    os.link(root / "bin/sh", root / "bin/-sh")
+    (root / "etc").mkdir()
+    (root / "etc/motd").write_text("hello\n")
+    (root / "empty").mkdir()
+    os.symlink("../etc/motd", root / "bin/motd-link")
+    os.symlink("/does/not/exist", root / "dangling")
+    (root / "big").write_bytes(os.urandom(3 << 20))
+    (root / "ro").mkdir()
+    (root / "ro/file").write_text("r")
+    (root / "ro").chmod(0o555)
+    return root
+
+
+# -- good streams ----------------------------------------------------------------------------
+
+
+def test_tree_round_trip_keeps_its_signature(session: SSHSession, tmp_path: Path) -> None:
+    source = _sample_tree(tmp_path / "guest-tree")
+    dest = tmp_path / "host" / "tree"
+    stats = fetch_tree(session, str(source), dest, progress=False)
+    assert tree_signature(dest) == tree_signature(source)
+    assert stats.bytes > 3 << 20 and stats.members >= 10
+    assert os.readlink(dest / "dangling") == "/does/not/exist"
+    assert os.stat(dest / "bin/sh").st_ino == os.stat(dest / "bin/-sh").st_ino
+    assert stat.S_IMODE(os.stat(dest / "ro").st_mode) == 0o555
+    assert [p.name for p in dest.parent.iterdir()] == ["tree"]  # no partial leftovers
+    os.chmod(dest / "ro", 0o755)
+    os.chmod(source / "ro", 0o755)
+
+
+def test_existing_destination_is_replaced_whole(session: SSHSession, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "new").write_text("new")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "stale").write_text("old")
+    fetch_tree(session, str(source), dest, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "src"]
+
+
+def test_progress_is_shown_in_bytes(session: SSHSession, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"a" * 100_000)
+    fetch_tree(session, str(source), tmp_path / "dest", progress=True)
+    assert "MiB" in capsys.readouterr().err
+
+
+def test_remote_tar_failure_is_reported(session: SSHSession, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    with pytest.raises(TransportError):
+        fetch_tree(session, str(tmp_path / "no-such-dir"), dest, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- hostile streams, fed by the guest ---------------------------------------------------------
+
+
+HOSTILE = {
+    "dotdot": _tar(_file("ok"), _file("../escaped")),
+    "nested-dotdot": _tar(_file("a/../../escaped")),
+    "absolute": _tar(_file("/tmp/fruix-absolute-escape")),
+    "device": _tar(_entry("dev/null", tarfile.CHRTYPE)),
+    "block-device": _tar(_entry("disk", tarfile.BLKTYPE)),
+    "fifo": _tar(_entry("pipe", tarfile.FIFOTYPE)),
+    "symlink-then-file": _tar(_entry("link", tarfile.SYMTYPE, ".."), _file("link/escaped")),
+    "symlink-then-dir": _tar(_entry("link", tarfile.SYMTYPE, "/tmp"), _entry("link/d", tarfile.DIRTYPE)),
+    "symlink-replaced": _tar(_entry("x", tarfile.SYMTYPE, "/etc/passwd"), _file("x")),
+    "hardlink-outside": _tar(_entry("h", tarfile.LNKTYPE, "../../etc/passwd")),
+    "hardlink-absolute": _tar(_entry("h", tarfile.LNKTYPE, "/etc/passwd")),
+    "hardlink-to-symlink": _tar(_entry("s", tarfile.SYMTYPE, "/etc/passwd"),
+                                _entry("h", tarfile.LNKTYPE, "s")),
+    "file-then-file-under-it": _tar(_file("f"), _file("f/g")),
+    "duplicate": _tar(_file("f"), _file("f")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_stream_is_refused(case: str, session: SSHSession, tmp_path: Path) -> None:
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(HOSTILE[case])
+    area = tmp_path / "area"
+    area.mkdir()
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    dest = area / "dest"
+    with pytest.raises(UnsafeArchiveError):
+        fetch_tree(session, "/", dest, command=f"cat {archive}", progress=False)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/fruix-absolute-escape").exists()
+
+
+def test_refusals_are_usage_errors_naming_the_member(tmp_path: Path) -> None:
+    with pytest.raises(PromotionInputError, match="escaped"):
+        extract_stream(io.BytesIO(HOSTILE["dotdot"]), tmp_path)
+
+
+def test_symlink_targets_are_kept_not_followed(tmp_path: Path) -> None:
+    data = _tar(_entry("abs", tarfile.SYMTYPE, "/etc/passwd"),
+                _entry("rel", tarfile.SYMTYPE, "../../../x"))
+    extract_stream(io.BytesIO(data), tmp_path)
+    assert os.readlink(tmp_path / "abs") == "/etc/passwd"
+    assert os.readlink(tmp_path / "rel") == "../../../x"
+
+
+# -- truncation and interruption ----------------------------------------------------------------
+
+
+def test_truncated_streams_are_detected(session: SSHSession, tmp_path: Path) -> None:
+    good = _tar(_file("a", b"A" * 5000), _file("b", b"B" * 700))
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(good)
+    # Mid-member, on a member boundary (tarfile alone would accept that), mid-header.
+    boundary = 512 + 5120  # header + padded data of "a" (pax header first: find it)
+    offsets = [3000, 700, len(good) - 10240 + 100]
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        boundary = members[1].offset
+    offsets.append(boundary)
+    for size in offsets:
+        dest = tmp_path / f"dest-{size}"
+        with pytest.raises(TransportError, match="truncated|corrupt"):
+            fetch_tree(session, "/", dest, command=f"head -c {size} {archive}", progress=False)
+        assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar"]
+
+
+def test_truncated_stream_without_end_marker_unit(tmp_path: Path) -> None:
+    good = _tar(_file("a", b"A" * 600))
+    with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+        end = tar.getmembers()[-1].offset_data + 1024
+    with pytest.raises(TransportError, match="truncated"):
+        extract_stream(io.BytesIO(good[:end]), tmp_path)
+
+
+def test_dropped_connection_leaves_nothing(fruix_sshd: SshServer, tmp_path: Path) -> None:
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(_tar(_file("a", b"A" * 100_000)))
+    dest = tmp_path / "dest"
+    with connect(fruix_sshd.guest()) as sess:
+        threading.Timer(1.0, fruix_sshd.kill).start()
+        started = time.monotonic()
+        with pytest.raises(ConnectionLostError):
+            fetch_tree(sess, "/", dest, command=f"head -c 20000 {archive}; sleep 306",
+                       progress=False)
+        assert time.monotonic() - started < 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar", "sshd"]
+
+
+# -- verification of a result root -------------------------------------------------------------
+
+
+def _result_root(root: Path) -> Path:
+    from fruix_core.model import (
+        ArtifactEntry,
+        BaseMetadata,
+        BuildPolicy,
+        Promotion,
+        SourceStore,
+    )
+    from fruix_core.promotion.schema import write_promotion
+
+    import hashlib
+
+    (root / "artifacts/world/bin").mkdir(parents=True)
+    (root / "artifacts/world/bin/sh").write_bytes(b"shell")
+    digest = hashlib.sha256(b"shell").hexdigest()
+    for kind in ("kernel", "headers", "bootloader"):
+        (root / "artifacts" / kind).mkdir()
+    write_promotion(Promotion(
+        executor="host-initiated", executor_version="0.1.0", run_id="r1",
+        guest_host_name="guest", base=BaseMetadata(),
+        source=SourceStore(path="/frx/store/" + "a" * 32 + "-freebsd-source", signature="a" * 32),
+        policy=BuildPolicy(phases=("buildworld",), jobs=1, environment_policy="sanitised-v1"),
+        artifacts=(ArtifactEntry("world", "artifacts/world", (("bin/sh", digest),)),
+                   ArtifactEntry("kernel", "artifacts/kernel", ()),
+                   ArtifactEntry("headers", "artifacts/headers", ()),
+                   ArtifactEntry("bootloader", "artifacts/bootloader", ()))),
+        root / "promotion.scm")
+    (root / "metadata").write_text(f"run_id=r1\nsha256_world_bin_sh={digest}\n")
+    (root / "status").write_text("ok\n")
+    return root
+
+
+def test_imported_result_root_is_verified(session: SSHSession, tmp_path: Path) -> None:
+    guest_root = _result_root(tmp_path / "guest-root")
+    dest = tmp_path / "host" / "r1"
+    fetch_tree(session, str(guest_root), dest, verify=verify_result_root, progress=False)
+    assert (dest / "status").read_text() == "ok\n"
+
+
+def test_digest_mismatch_refuses_the_import(session: SSHSession, tmp_path: Path) -> None:
+    guest_root = _result_root(tmp_path / "guest-root")
+    (guest_root / "artifacts/world/bin/sh").write_bytes(b"tampered")
+    dest = tmp_path / "host" / "r1"
+    with pytest.raises(PromotionInputError, match="bin/sh"):
+        fetch_tree(session, str(guest_root), dest, verify=verify_result_root, progress=False)
+    assert not dest.exists() and list((tmp_path / "host").iterdir()) == []
+
+
+def test_metadata_disagreeing_with_promotion_is_refused(tmp_path: Path) -> None:
+    root = _result_root(tmp_path / "r")
+    with open(root / "metadata", "a") as handle:
+        handle.write("sha256_world_bin_sh=" + "0" * 64 + "\n")
+    with pytest.raises(PromotionInputError, match="metadata"):
+        verify_result_root(root)
+
+
+def test_missing_artifact_or_promotion_is_refused(tmp_path: Path) -> None:
+    root = _result_root(tmp_path / "r")
+    (root / "artifacts/kernel").rmdir()
+    with pytest.raises(PromotionInputError, match="kernel"):
+        verify_result_root(root)
+    (root / "promotion.scm").unlink()
+    with pytest.raises(PromotionInputError, match="promotion.scm"):
+        verify_result_root(root)
