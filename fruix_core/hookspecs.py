@@ -42,7 +42,7 @@ class ExecutorSpec:
     # -- preparation -------------------------------------------------------------
 
     @hookspec(firstresult=True)
-    def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:  # type: ignore[empty-body]
+    def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
         """Make the build machine ready and describe it.
 
         Runs once per run, before any phase. Check that the tools and source
@@ -63,7 +63,7 @@ class ExecutorSpec:
     @hookspec(firstresult=True)
     def fruix_run_phase(
         self, request: BuildRequest, env: PreparedEnv, phase: Phase
-    ) -> PhaseResult:  # type: ignore[empty-body]
+    ) -> PhaseResult:
         """Run one phase (``buildworld``, ``buildkernel``, ``installworld``, ...).
 
         Called once per phase in profile order (from ``request.resume_from`` on
@@ -84,7 +84,7 @@ class ExecutorSpec:
     @hookspec(firstresult=True)
     def fruix_stage_artifacts(
         self, request: BuildRequest, env: PreparedEnv
-    ) -> StagedArtifacts:  # type: ignore[empty-body]
+    ) -> StagedArtifacts:
         """Move the installed trees into ``<result root>/artifacts/<kind>``.
 
         Called once after every phase succeeded. The split into ``world``,
@@ -101,7 +101,7 @@ class ExecutorSpec:
     @hookspec(firstresult=True)
     def fruix_emit_promotion(
         self, request: BuildRequest, env: PreparedEnv, staged: StagedArtifacts
-    ) -> EmittedResult:  # type: ignore[empty-body]
+    ) -> EmittedResult:
         """Write ``metadata``, ``promotion.scm`` and ``status`` = ``ok``, and hand the root over.
 
         Called once, last. In-guest executors write the result root in the
@@ -123,7 +123,7 @@ class GuestProviderSpec:
     # -- guest lifecycle -----------------------------------------------------------
 
     @hookspec(firstresult=True)
-    def fruix_acquire_guest(self, request: GuestRequest) -> Guest:  # type: ignore[empty-body]
+    def fruix_acquire_guest(self, request: GuestRequest) -> Guest:
         """Make a guest available (boot it, find its address) and describe it.
 
         Called once, before the executor's :func:`fruix_prepare_env`, when the

@@ -48,7 +48,9 @@ __all__ = [
     "key_file_digests",
     "list_runs",
     "new_run_id",
+    "resolve_run",
     "stage_trees",
+    "staged_artifacts",
     "swap_latest",
     "tree_size",
 ]
@@ -251,7 +253,8 @@ def _move_tree(src: Path, dst: Path) -> None:
         target_dir = dst / rel
         target_dir.mkdir(parents=True, exist_ok=True)
         shutil.copystat(dirpath, target_dir)
-        for name in [*filenames, *[d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]]:
+        linked_dirs = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in [*filenames, *linked_dirs]:
             s = Path(dirpath) / name
             t = target_dir / name
             st = os.lstat(s)

@@ -118,7 +118,6 @@ def run_build(
     provider = None
     if guest_name:
         provider = provider_plugin or load_plugin("guest-provider", guest_name)
-    version = str(getattr(plugin, "version", "") or "")
 
     source_dir = _source_dir(config)
     config.results.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,8 @@ def ensure_env(with_tests: bool) -> Path:
 
 def missing_tools() -> dict[str, str]:
     path = os.environ.get("PATH", "") + ":" + SBIN
-    return {tool: pkg for tool, pkg in SYSTEM_TOOLS.items() if shutil.which(tool, path=path) is None}
+    return {tool: pkg for tool, pkg in SYSTEM_TOOLS.items()
+            if shutil.which(tool, path=path) is None}
 
 
 def ensure_system_tools() -> None:

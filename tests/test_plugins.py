@@ -16,7 +16,6 @@ import pytest
 from fruix_core import hookimpl
 from fruix_core.errors import ExitCode, PluginLoadError, UnknownPluginError
 from fruix_core.plugins import discover, load_plugin, make_plugin_manager
-
 from fruix_core.testkit import run_cli as fruix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,9 +121,10 @@ class Spy:
 
 
 def test_hooks_called_in_order_with_the_right_data(toy_source, fruix_workspace):
+    from fruix_local import LocalExecutor
+
     from fruix_core.config import load_config
     from fruix_core.runner import run_build
-    from fruix_local import LocalExecutor
 
     config = load_config(fruix_workspace.write_config(source=toy_source))
     spy = Spy()
@@ -163,7 +163,8 @@ def _build_wheel(dest: Path) -> Path:
         f"{name}-{version}.dist-info/METADATA":
             f"Metadata-Version: 2.1\nName: fruix-throwaway\nVersion: {version}\n",
         f"{name}-{version}.dist-info/WHEEL":
-            "Wheel-Version: 1.0\nGenerator: fruix-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+            "Wheel-Version: 1.0\nGenerator: fruix-tests\nRoot-Is-Purelib: true\n"
+            "Tag: py3-none-any\n",
         f"{name}-{version}.dist-info/entry_points.txt":
             "[fruix.executors]\nthrowaway = fruix_throwaway:ThrowawayExecutor\n",
     }
@@ -181,10 +182,12 @@ def test_installed_outside_plugin_is_discovered_and_selected(tmp_path, toy_sourc
     env_dir = tmp_path / "env"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([python, "-c", query], capture_output=True, text=True,
+                          check=True).stdout.strip()
     # The new environment sees this one's packages (core and local executor), nothing more.
-    Path(site, "fruix-parent.pth").write_text(f"import site; site.addsitedir({_site_packages()!r})\n")
+    parent = f"import site; site.addsitedir({_site_packages()!r})\n"
+    Path(site, "fruix-parent.pth").write_text(parent)
     wheel = _build_wheel(tmp_path)
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)],
                    check=True, capture_output=True)

@@ -129,9 +129,9 @@ def test_sample_world_keeps_what_nar_cannot(tmp_path, fruix_workspace, fruix_sam
 @pytest.mark.parametrize("argv", [["--help"], ["executors", "list", "--json"]])
 def test_light_commands_import_no_heavy_dependency(argv, tmp_path):
     code = ("import sys\nfrom fruix_core.cli.main import main\n"
-            "try:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('paramiko', 'XenAPI', 'cryptography') if m in sys.modules]\n"
-            "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n" % (argv,))
+            "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True)
     assert "HEAVY=\n" in proc.stderr, proc.stderr

@@ -28,6 +28,7 @@ __all__ = [
     "phase_end",
     "phase_start",
     "summary_line",
+    "unescape_output",
 ]
 
 MARKER = "@@fruix-self-hosted@@"
@@ -67,6 +68,11 @@ def summary_line(document: dict[str, Any]) -> str:
 def escape_output(line: str) -> str:
     """A build output line as sent in marker mode (never mistaken for a marker)."""
     return " " + line if line.startswith(MARKER) else line
+
+
+def unescape_output(line: str) -> str:
+    """The build output line that :func:`escape_output` sent as ``line``."""
+    return line[1:] if line.startswith(" " + MARKER) else line
 
 
 def parse_marker(line: str) -> Marker | None:

@@ -193,7 +193,8 @@ def test_live_view_on_a_terminal(fruix_workspace, fruix_toy_source):
     ("extra", "code", "fragment"),
     [
         ({"executor": "no-such"}, ExitCode.USAGE, "unknown executor 'no-such'"),
-        ({"make": "no-such-make"}, ExitCode.INFRASTRUCTURE, "make command 'no-such-make' not found"),
+        ({"make": "no-such-make"}, ExitCode.INFRASTRUCTURE,
+         "make command 'no-such-make' not found"),
     ],
 )
 def test_bad_setup_is_one_clear_message(fruix_workspace, fruix_toy_source, extra, code, fragment):

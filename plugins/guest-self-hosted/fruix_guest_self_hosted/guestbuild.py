@@ -1,0 +1,343 @@
+"""The build inside the guest: checks, run id, the five phases, the result root.
+
+The helper reuses the ``local`` executor: :class:`InGuestExecutor` is a
+:class:`~fruix_local.LocalExecutor` whose name is ``guest-self-hosted``, whose
+version is the helper version, and whose ``prepare_env`` takes the source
+store from the guest's own ``store-layout.scm`` instead of the host's config.
+:func:`run_in_guest` drives its four hooks like the core's runner does::
+
+    <root>/var/lib/fruix/native-builds/<run-id>/          the result root (small, legible)
+    <root>/var/lib/fruix/native-builds/latest -> <run-id> swapped once the root is complete
+    <root>/var/tmp/fruix-self-hosted-native-builds/<run-id>/  objects and stages (heavy)
+
+Every path is seen through the system root (``/`` in production).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from fruix_core import hookimpl
+from fruix_core.environment import BASE_PATH, ENVIRONMENT_POLICY, sanitised_environment
+from fruix_core.errors import BuildFailed, Cancelled, GuestError, UsageError
+from fruix_core.guestlayout import StoreLayout, read_store_layout
+from fruix_core.model import (
+    BaseMetadata,
+    BuildRequest,
+    CancelToken,
+    EmittedResult,
+    PhaseResult,
+    PreparedEnv,
+    SourceStore,
+    StagedArtifacts,
+)
+from fruix_core.plugins import make_plugin_manager
+from fruix_core.profile import PHASES
+from fruix_core.resultroot import ResultRoot, build_metadata, new_run_id, swap_latest
+from fruix_guest_self_hosted.__about__ import __version__
+from fruix_local import LocalExecutor, check_source, check_tools
+
+__all__ = [
+    "EXECUTOR_NAME",
+    "OVERLAY",
+    "RESULTS_DIR",
+    "WORK_DIR",
+    "GuestFacts",
+    "GuestRun",
+    "InGuestExecutor",
+    "check_overlay",
+    "inspect_guest",
+    "reserve_run_id",
+    "run_in_guest",
+]
+
+log = structlog.get_logger(__name__)
+
+EXECUTOR_NAME = "guest-self-hosted"
+#: Result roots, as the guest sees them.
+RESULTS_DIR = "/var/lib/fruix/native-builds"
+#: Heavy object and stage work, as the guest sees it.
+WORK_DIR = "/var/tmp/fruix-self-hosted-native-builds"
+#: The development overlay: (directory, file it must hold or None for "not empty").
+OVERLAY: tuple[tuple[str, str | None], ...] = (("/usr/include", None), ("/usr/share/mk", "sys.mk"))
+
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def on_root(system_root: Path, guest_path: str) -> Path:
+    """This machine's path of a guest path seen through ``system_root``."""
+    return system_root / guest_path.lstrip("/")
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def _overlay_problem(path: Path, marker: str | None) -> str | None:
+    if path.is_symlink() and not path.exists():
+        return f"is a dangling link (to {os.readlink(path)})"
+    if not path.exists():
+        return "is missing"
+    if not path.is_dir():
+        return "is not a directory"
+    try:
+        entries = os.listdir(path)
+    except OSError as exc:
+        return f"is not readable ({exc.strerror})"
+    if marker is not None and not (path / marker).is_file():
+        return f"has no {marker}"
+    if not entries:
+        return "is empty"
+    return None
+
+
+def check_overlay(system_root: Path) -> None:
+    """Refuse a guest without the development overlay and its compatibility links.
+
+    :raises GuestError: naming every missing piece.
+    """
+    problems = []
+    for guest_path, marker in OVERLAY:
+        problem = _overlay_problem(on_root(system_root, guest_path), marker)
+        if problem:
+            problems.append(f"{guest_path} {problem}")
+    if problems:
+        where = "" if str(system_root) == "/" else f" (system root {system_root})"
+        raise GuestError(
+            f"the development overlay is not present in this guest{where}: "
+            f"{'; '.join(problems)}; boot a development-enabled Fruix system "
+            "(or install its development profile) before building the base")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFacts:
+    """What the helper found in the guest before building."""
+
+    system_root: Path
+    layout: StoreLayout
+    source_dir: Path
+    results_dir: Path
+    work_dir: Path
+    host_name: str
+
+    @property
+    def source(self) -> SourceStore:
+        """Source provenance as the guest declares it (signature, else the store hash)."""
+        return SourceStore(path=self.layout.source_path,
+                           signature=self.layout.source_signature or self.layout.source_hash)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system_root": str(self.system_root),
+            "source_store": self.layout.source_path,
+            "source_signature": self.source.signature,
+            "source_dir": str(self.source_dir),
+            "closure": self.layout.closure_path,
+            "development_profile": self.layout.development_profile_path,
+            "results_dir": str(self.results_dir),
+            "work_dir": str(self.work_dir),
+            "host_name": self.host_name,
+        }
+
+
+def inspect_guest(system_root: Path, make: str) -> GuestFacts:
+    """Check the guest and recover its source store, without any help from the host.
+
+    :raises GuestError: the development overlay is missing.
+    :raises fruix_core.errors.MetadataError: ``store-layout.scm`` is missing or malformed.
+    :raises fruix_core.errors.SourceTreeError: the source store is not a source tree.
+    :raises fruix_core.errors.ToolMissingError: make or cc is not on the base PATH.
+    """
+    system_root = Path(system_root)
+    if not system_root.is_dir():
+        raise UsageError(f"system root {system_root} is not a directory")
+    check_overlay(system_root)
+    layout = read_store_layout(system_root)
+    source_dir = on_root(system_root, layout.source_path)
+    check_source(source_dir)
+    check_tools(make, BASE_PATH)
+    return GuestFacts(system_root=system_root, layout=layout, source_dir=source_dir,
+                      results_dir=on_root(system_root, RESULTS_DIR),
+                      work_dir=on_root(system_root, WORK_DIR), host_name=socket.gethostname())
+
+
+def reserve_run_id(results_dir: Path, run_id: str | None) -> str:
+    """Reserve ``run_id`` (or a fresh one) by creating its result root directory.
+
+    Creating the directory is the reservation, so two helpers never share a run id.
+
+    :raises UsageError: the id is malformed or already taken.
+    """
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if run_id is None:
+        return new_run_id(results_dir)
+    if not _RUN_ID_RE.match(run_id) or run_id == "latest":
+        raise UsageError(f"invalid run id '{run_id}' (letters, digits, '.', '_', '-'; "
+                         "at most 64 characters; not 'latest')")
+    try:
+        (results_dir / run_id).mkdir()
+    except FileExistsError:
+        raise UsageError(f"run id '{run_id}' is already taken in {results_dir}") from None
+    return run_id
+
+
+# -- the executor -------------------------------------------------------------------------
+
+
+class InGuestExecutor(LocalExecutor):
+    """The ``local`` executor, run by the helper inside the guest, on the guest's source store."""
+
+    name = EXECUTOR_NAME
+    version = __version__
+
+    def __init__(self, facts: GuestFacts) -> None:
+        self.facts = facts
+
+    @hookimpl
+    def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
+        root = ResultRoot(request.result_root)
+        root.create()
+        build_root = request.build_root
+        if build_root.exists():
+            shutil.rmtree(build_root)
+        build_root.mkdir(parents=True)
+        layout = self.facts.layout
+        env = PreparedEnv(
+            host_name=self.facts.host_name,
+            environment=dict(request.environment),
+            source_dir=str(request.source_dir),
+            source=self.facts.source,
+            build_root=str(build_root),
+            result_root=str(root.path),
+            closure_path=layout.closure_path,
+            development_profile_path=layout.development_profile_path,
+        )
+        root.write_metadata(build_metadata(request, env, None, self.version))
+        return env
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class GuestRun:
+    """What happened in one helper run (filled in as it goes; read for the summary)."""
+
+    facts: GuestFacts | None = None
+    run_id: str | None = None
+    result_root: Path | None = None
+    build_root: Path | None = None
+    phases: list[PhaseResult] = field(default_factory=list)
+    current: str = "prepare"
+    staged: StagedArtifacts | None = None
+    emitted: EmittedResult | None = None
+    latest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseEvents:
+    """Callbacks for the helper's output: build lines and phase boundaries."""
+
+    on_output: Callable[[str, str], None] | None = None
+    on_phase_start: Callable[[str], None] | None = None
+    on_phase_end: Callable[[PhaseResult], None] | None = None
+
+
+def _record_failure(root: ResultRoot, phase: str) -> None:
+    """The result root says ``failed`` whatever stopped the run (never ``ok``, never ``running``)."""
+    try:
+        root.path.mkdir(parents=True, exist_ok=True)
+        if root.status().state != "failed":
+            root.set_failed(phase)
+    except OSError as exc:
+        log.error("cannot record failure", result_root=str(root.path), error=str(exc))
+
+
+def run_in_guest(
+    *,
+    system_root: Path,
+    jobs: int,
+    make: str = "make",
+    base: BaseMetadata | None = None,
+    run_id: str | None = None,
+    phase_timeout: float | None = None,
+    keep_work: bool = False,
+    cancel: CancelToken | None = None,
+    events: PhaseEvents | None = None,
+    run: GuestRun | None = None,
+    environ: dict[str, str] | None = None,
+) -> GuestRun:
+    """Build the base inside this guest and leave a complete result root.
+
+    :param environ: the caller's environment (``os.environ``); only what
+        :func:`~fruix_core.environment.sanitised_environment` keeps reaches make.
+    :param run: filled in as the run goes, so a caller still knows the run id and
+        the failing phase when this raises.
+    :raises BuildFailed: a phase exited non-zero (status ``failed <phase>``).
+    :raises Cancelled: SIGTERM / SIGINT (status ``failed <phase>``).
+    :raises FruixError: the guest is unfit (nothing written) or the run broke.
+    """
+    run = run if run is not None else GuestRun()
+    events = events or PhaseEvents()
+    cancel = cancel or CancelToken()
+    facts = inspect_guest(system_root, make)
+    run.facts = facts
+    run.run_id = reserve_run_id(facts.results_dir, run_id)
+    run.result_root = facts.results_dir / run.run_id
+    run.build_root = facts.work_dir / run.run_id
+    executor = InGuestExecutor(facts)
+    request = BuildRequest(
+        run_id=run.run_id, executor=EXECUTOR_NAME, base=base or BaseMetadata(), phases=PHASES,
+        jobs=jobs, make=make, source_dir=facts.source_dir, results_dir=facts.results_dir,
+        result_root=run.result_root, build_root=run.build_root,
+        environment=sanitised_environment(environ), environment_policy=ENVIRONMENT_POLICY,
+        phase_timeout=phase_timeout, cancel=cancel, on_output=events.on_output,
+    )
+    pm = make_plugin_manager(executor)
+    bound = log.bind(run_id=run.run_id)
+    bound.info("self-hosted build started", system_root=str(system_root),
+               source=facts.layout.source_path, result_root=str(run.result_root))
+    root = ResultRoot(run.result_root)
+    try:
+        env = pm.prepare_env(request)
+        for phase in request.phases:
+            run.current = phase.name
+            if cancel.cancelled:
+                raise Cancelled(cancel.reason or "interrupted")
+            if events.on_phase_start is not None:
+                events.on_phase_start(phase.name)
+            result = pm.run_phase(request, env, phase)
+            run.phases.append(result)
+            if events.on_phase_end is not None:
+                events.on_phase_end(result)
+            if not result.ok:
+                raise BuildFailed(phase.name, result.returncode, "\n".join(result.last_lines),
+                                  log_path=root.log_path(phase.name))
+        run.current = "stage"
+        run.staged = pm.stage_artifacts(request, env)
+        run.current = "emit"
+        run.emitted = pm.emit_promotion(request, env, run.staged)
+    except (KeyboardInterrupt, SystemExit):
+        _record_failure(root, run.current)
+        raise Cancelled("interrupted") from None
+    except BaseException:
+        _record_failure(root, run.current)
+        raise
+    # Only a complete result root (status ok, promotion.scm written) becomes latest.
+    swap_latest(facts.results_dir, run.run_id)
+    run.latest = True
+    if not keep_work:
+        started = time.monotonic()
+        shutil.rmtree(run.build_root, ignore_errors=True)
+        bound.debug("work area removed", seconds=round(time.monotonic() - started, 3))
+    bound.info("self-hosted build finished", result_root=str(run.result_root))
+    return run

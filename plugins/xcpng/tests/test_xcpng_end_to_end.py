@@ -1,0 +1,225 @@
+"""``fruix native-build run --guest xcpng`` against the lab, through the real CLI.
+
+The full chain: boot → address → build in the guest (``host-initiated`` and
+``guest-self-hosted``) → import → promote → shutdown → revert, with artifacts
+identical to the ``local`` executor's; and on every way a run can go wrong
+(a failing phase, a dropped SSH connection, SIGTERM) a clear error, the VM
+halted and reverted (or kept when configured), every session logged out and
+the login in no log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fruix_xcpng.lab import LabVM, XapiLab
+from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, fast_settings
+
+from fruix_core.errors import PluginLoadError, UnknownPluginError
+from fruix_core.plugins import load_plugin
+
+EXECUTORS = ["host-initiated", "guest-self-hosted"]
+
+
+def require_executor(name: str) -> None:
+    try:
+        load_plugin("executor", name)
+    except (PluginLoadError, UnknownPluginError) as exc:
+        pytest.skip(f"executor {name} is not usable yet: {exc}")
+
+
+def write_config(path: Path, work: Path, executor: str, guest: dict[str, Any] | None) -> Path:
+    lines = ["[build]", f"executor = {json.dumps(executor)}", "jobs = 2"]
+    if guest is not None:
+        lines.append('guest = "xcpng"')
+    lines += ["[paths]", f"store = {json.dumps(str(work / 'store'))}",
+              f"results = {json.dumps(str(work / 'results'))}",
+              f"build_root = {json.dumps(str(work / 'build'))}"]
+    if guest is not None:
+        lines.append("[guests.xcpng]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in guest.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fruix(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fruix_core.cli.main", "--log-level", "info",
+            "--log-format", "json", "native-build", "run", "--config", str(config), "--json",
+            *extra]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FRUIX_XCPNG_USERNAME=LAB_USER, FRUIX_XCPNG_PASSWORD=LAB_PASSWORD)
+    return env
+
+
+def signatures(result_root: Path) -> dict[str, str]:
+    from fruix_core.promotion.nar import tree_signature
+
+    artifacts = result_root / "artifacts"
+    return {kind.name: tree_signature(kind) for kind in sorted(artifacts.iterdir())}
+
+
+def assert_released(lab: XapiLab, vm: LabVM) -> None:
+    assert vm.power_state == "Halted", "the VM must be halted"
+    assert vm.reverts == 1, "the VM must be reverted"
+    builds = Path(vm.root) / "var/lib/fruix/native-builds"  # type: ignore[arg-type]
+    assert not any(builds.iterdir()), "the revert must remove the run's result root"
+    assert lab.live_sessions() == []
+
+
+def assert_no_login(*texts: str) -> None:
+    for text in texts:
+        assert LAB_PASSWORD not in text and LAB_USER not in text
+
+
+def lab_settings(lab: XapiLab, **overrides: Any) -> dict[str, Any]:
+    return lab.provider_settings("build", **fast_settings(ip_timeout=20, ssh_timeout=20,
+                                                          **overrides))
+
+
+def wait_for(path_glob: str, root: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(root.glob(path_glob)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path_glob} never appeared under {root}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
+                                               executor: str) -> None:
+    require_executor(executor)
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "guest-run", executor,
+                          lab_settings(lab))
+    done = subprocess.run(fruix(config), capture_output=True, text=True, env=environment(),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["status"] == "ok" and result["guest"] == "xcpng"
+    assert set(result["artifacts"]) == {"world", "kernel", "headers", "bootloader"}
+    assert_released(lab, vm)
+    assert_no_login(done.stdout, done.stderr)
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()
+              if line.startswith("{")]
+    assert events.index("guest acquired") < events.index("VM released: halted and reverted")
+
+    local_config = write_config(tmp_path / "local.toml", tmp_path / "local-run", "local", None)
+    local = subprocess.run(fruix(local_config), capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    local_root = Path(json.loads(local.stdout)["result_root"])
+    assert signatures(Path(result["result_root"])) == signatures(local_root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", ["never", "on-failure"])
+def test_failing_phase_releases_or_keeps_the_vm(lab: XapiLab, tmp_path: Path, keep: str) -> None:
+    require_executor("host-initiated")
+    from fruix_xcpng.lab.guests import sample_source_dir
+
+    broken = tmp_path / "broken-source"
+    shutil.copytree(sample_source_dir(), broken)
+    (broken / "sys/kern/kern_module.c").write_text("this is not C;\n")
+    vm = lab.add_vm("build", ip_delay=0.1, source=broken)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab, keep=keep))
+    done = subprocess.run(fruix(config), capture_output=True, text=True, env=environment(),
+                          timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "buildkernel" in done.stderr
+    assert_no_login(done.stdout, done.stderr)
+    if keep == "never":
+        assert_released(lab, vm)
+    else:
+        assert vm.power_state == "Running" and vm.reverts == 0
+        assert f"KEEPING VM 'build' RUNNING at {vm.address}" in done.stderr
+        assert lab.live_sessions() == []
+
+
+@pytest.mark.slow
+def test_dropped_ssh_connection_releases_the_vm(lab: XapiLab, tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab))
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+
+    def drop_when_building() -> None:
+        wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+        lab.drop_ssh("build")
+
+    dropper = threading.Thread(target=drop_when_building, daemon=True)
+    dropper.start()
+    out, err = process.communicate(timeout=300)
+    dropper.join(5)
+    assert process.returncode == 3, err[-3000:]
+    assert_released(lab, vm)
+    assert_no_login(out, err)
+
+
+@pytest.mark.slow
+def test_sigterm_to_fruix_releases_the_vm(lab: XapiLab, tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab))
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    try:
+        wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+    finally:
+        process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert_released(lab, vm)
+    assert_no_login(out, err)
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_the_address(lab: XapiLab, tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=60)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab, ip_timeout=60))
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    deadline = time.monotonic() + 30
+    while vm.power_state != "Running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert vm.power_state == "Halted" and vm.reverts == 1 and lab.live_sessions() == []
+    assert_no_login(out, err)
+
+
+@pytest.mark.slow
+def test_acquire_failure_through_the_cli_is_one_line(lab: XapiLab, tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    settings = lab_settings(lab, host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEH6R1q1l0O9o1o"
+                                          "Ww4Y0G3B3lO0x3ZC2Fq2Yj3u7bL4e")
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated", settings)
+    done = subprocess.run(fruix(config), capture_output=True, text=True, env=environment(),
+                          timeout=120)
+    assert done.returncode == 3
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fruix: error:")]
+    assert len(errors) == 1 and "presented host key" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert vm.power_state == "Halted" and vm.reverts == 1 and lab.live_sessions() == []
