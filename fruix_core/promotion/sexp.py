@@ -58,7 +58,7 @@ class Symbol:
         return self.name
 
 
-class SList(list):  # type: ignore[type-arg]
+class SList(list):
     """A proper list read from input; ``line`` is where its ``(`` stood."""
 
     line: int

@@ -177,7 +177,8 @@ def _iter_tree(top: Path) -> Iterator[tuple[Path, os.stat_result, int]]:
 
 def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
     files = size = 0
-    links: dict[tuple[int, int], list[int | Path]] = {}
+    inside: dict[tuple[int, int], int] = {}
+    first: dict[tuple[int, int], tuple[int, Path]] = {}
     try:
         with os.scandir(tree) as top:
             names = {item.name for item in top}
@@ -196,18 +197,19 @@ def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
                 files += 1
                 size += st.st_size
                 if st.st_nlink > 1:
-                    group = links.setdefault((st.st_dev, st.st_ino), [st.st_nlink, 0, path])
-                    group[1] = int(group[1]) + 1
+                    key = (st.st_dev, st.st_ino)
+                    inside[key] = inside.get(key, 0) + 1
+                    first.setdefault(key, (st.st_nlink, path))
             elif stat.S_ISLNK(st.st_mode):
                 files += 1
     except OSError as err:
         raise PromotionInputError(
             f"{kind} artifact: cannot read {err.filename or tree}: {err.strerror}") from None
-    for nlink, seen, first in links.values():
-        if int(seen) < int(nlink):
+    for key, (nlink, path) in first.items():
+        if inside[key] < nlink:
             raise ExternalHardLinkError(
-                f"{kind} artifact: {first} has {nlink} hard links but only {seen} inside the "
-                "artifact; a hard link to a file outside the artifact is refused")
+                f"{kind} artifact: {path} has {nlink} hard links but only {inside[key]} inside "
+                "the artifact; a hard link to a file outside the artifact is refused")
     return files, size
 
 

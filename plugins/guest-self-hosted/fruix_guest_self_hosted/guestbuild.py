@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from fruix_local import LocalExecutor, check_source, check_tools
 
 from fruix_core import hookimpl
 from fruix_core.environment import BASE_PATH, ENVIRONMENT_POLICY, sanitised_environment
@@ -45,7 +46,6 @@ from fruix_core.plugins import make_plugin_manager
 from fruix_core.profile import PHASES
 from fruix_core.resultroot import ResultRoot, build_metadata, new_run_id, swap_latest
 from fruix_guest_self_hosted.__about__ import __version__
-from fruix_local import LocalExecutor, check_source, check_tools
 
 __all__ = [
     "EXECUTOR_NAME",
@@ -253,7 +253,7 @@ class PhaseEvents:
 
 
 def _record_failure(root: ResultRoot, phase: str) -> None:
-    """The result root says ``failed`` whatever stopped the run (never ``ok``, never ``running``)."""
+    """Leave ``failed`` in the result root whatever stopped the run (never ``ok``)."""
     try:
         root.path.mkdir(parents=True, exist_ok=True)
         if root.status().state != "failed":

@@ -1,0 +1,98 @@
+"""The runner's guarantees: hook order, guest always released, failures recorded."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fruix_core import hookimpl
+from fruix_core.config import load_config
+from fruix_core.errors import BuildFailed, Cancelled, GuestError
+from fruix_core.model import Guest
+from fruix_core.resultroot import ResultRoot, list_runs
+from fruix_core.runner import run_build
+
+
+class RecordingProvider:
+    """A guest provider that records what the core asked of it."""
+
+    def __init__(self, fail_acquire=False, fail_release=False):
+        self.acquired: list[str] = []
+        self.released: list[tuple[str, str]] = []
+        self.fail_acquire = fail_acquire
+        self.fail_release = fail_release
+
+    @hookimpl
+    def fruix_acquire_guest(self, request):
+        if self.fail_acquire:
+            raise GuestError("no guest today")
+        self.acquired.append(request.run_id)
+        return Guest(name="g1", provider=request.provider, host="127.0.0.1")
+
+    @hookimpl
+    def fruix_release_guest(self, guest, outcome):
+        self.released.append((guest.name, outcome))
+        if self.fail_release:
+            raise GuestError("release went wrong")
+
+
+def _config(ws, source):
+    return load_config(ws.write_config(source=source, promote=False))
+
+
+def test_guest_released_after_success(fruix_workspace, toy_source):
+    provider = RecordingProvider()
+    outcome = run_build(_config(fruix_workspace, toy_source), guest="recording",
+                        provider_plugin=provider)
+    assert outcome.status == "ok" and outcome.guest == "recording"
+    assert provider.acquired == [outcome.run_id]
+    assert provider.released == [("g1", "ok")]
+
+
+def test_guest_released_after_a_failed_phase(fruix_workspace, toy_source):
+    (toy_source / "fail-installworld").touch()
+    provider = RecordingProvider(fail_release=True)
+    with pytest.raises(BuildFailed) as info:  # the release error does not hide it
+        run_build(_config(fruix_workspace, toy_source), guest="recording",
+                  provider_plugin=provider)
+    assert info.value.phase == "installworld"
+    assert provider.released == [("g1", "failed")]
+    (root,) = list_runs(fruix_workspace.results)
+    assert root.status().state == "failed" and root.status().phase == "installworld"
+
+
+def test_guest_released_when_cancelled(fruix_workspace, toy_source):
+    from fruix_core.model import CancelToken
+
+    (toy_source / "sleep-buildkernel").touch()
+    cancel = CancelToken()
+    provider = RecordingProvider()
+
+    def cancel_when_sleeping(phase, line):
+        if "sleeping" in line:
+            threading.Timer(0.2, cancel.cancel).start()
+
+    with pytest.raises(Cancelled):
+        run_build(_config(fruix_workspace, toy_source), guest="recording",
+                  provider_plugin=provider, cancel=cancel, on_output=cancel_when_sleeping)
+    assert provider.released == [("g1", "interrupted")]
+    (root,) = list_runs(fruix_workspace.results)
+    assert ResultRoot(root.path).status().phase == "buildkernel"
+
+
+def test_failed_acquire_releases_nothing_and_records_it(fruix_workspace, toy_source):
+    provider = RecordingProvider(fail_acquire=True)
+    with pytest.raises(GuestError, match="no guest today"):
+        run_build(_config(fruix_workspace, toy_source), guest="recording",
+                  provider_plugin=provider)
+    assert provider.released == []
+    (root,) = list_runs(fruix_workspace.results)
+    assert root.status().state == "failed" and root.status().phase == "acquire-guest"
+
+
+def test_release_failure_after_success_is_reported(fruix_workspace, toy_source):
+    provider = RecordingProvider(fail_release=True)
+    with pytest.raises(GuestError, match="release went wrong"):
+        run_build(_config(fruix_workspace, toy_source), guest="recording",
+                  provider_plugin=provider)
