@@ -128,7 +128,12 @@ def promote_command(args: argparse.Namespace) -> int:
     from fruix_core.cli.store import promote_command as promote
 
     config = _config(args)
-    return promote(args.result_root, str(config.store), dry_run=args.dry_run, as_json=args.json)
+    # The operator's own argument may be a link such as <results>/latest; resolve it once
+    # here. Inside the result root nothing is ever followed.
+    root = Path(args.result_root)
+    if root.is_symlink():
+        root = root.resolve()
+    return promote(str(root), str(config.store), dry_run=args.dry_run, as_json=args.json)
 
 
 def dispatch(args: argparse.Namespace) -> int:

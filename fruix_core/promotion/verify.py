@@ -118,7 +118,7 @@ def _verify_artifact(path: Path) -> Iterator[Problem]:
     obj = str(path)
     record = read_object_record(path / OBJECT_FILE)
     yield from _check_name(path, record.name, record.derived_name)
-    yield from _check_own_files(path, {OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE}, b"")
+    yield from _check_own_files(path, {OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE})
     manifest_path = path / MANIFEST_FILE
     digest = hashlib.sha256()
     with open(manifest_path, "rb") as stream:
@@ -126,36 +126,23 @@ def _verify_artifact(path: Path) -> Iterator[Problem]:
             digest.update(chunk)
     if digest.hexdigest() != record.manifest_sha256:
         yield Problem(obj, MANIFEST_FILE, "manifest digest differs from the recorded one")
-    found: list[tuple[bytes, os.stat_result, bytes | None, str | None]] = []
     problems: list[Problem] = []
-    pending: dict[str, str] = {}
-
-    def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
-        if not stat.S_ISREG(st.st_mode):
-            found.append((rel, st, target, None))
-
-    def on_regular(p: bytes, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
-        file_hash = hashlib.sha256()
-        read_regular(p, rel, st, nar, file_hash.update)
-        found.append((rel, st, None, file_hash.hexdigest()))
-
-    # Walk in NAR order while streaming the manifest alongside (merge join).
+    # Walk in NAR order while streaming the manifest alongside (a merge join).
     with open(manifest_path, "rb") as stream:
-        entries = parse_manifest(stream, str(manifest_path))
-        state = _Merge(obj, entries, problems)
+        merge = _Merge(obj, parse_manifest(stream, str(manifest_path)), problems)
 
         def observe(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
-            on_entry(rel, st, target)
-            state.drain(found)
+            if not stat.S_ISREG(st.st_mode):
+                merge.node(rel, st, target, None)
 
         def read(p: bytes, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
-            on_regular(p, rel, st, nar)
-            state.drain(found)
+            file_hash = hashlib.sha256()
+            read_regular(p, rel, st, nar, file_hash.update)
+            merge.node(rel, st, None, file_hash.hexdigest())
 
         nar = walk(os.fsencode(path), on_entry=observe, on_regular=read,
                    exclude_top=tuple(os.fsencode(n) for n in RESERVED_NAMES))
-        state.finish()
-    del pending
+        merge.finish()
     yield from problems
     if nar.hexdigest() != record.tree_signature:
         yield Problem(obj, "", f"tree signature is sha256:{nar.hexdigest()}, identity records "
@@ -181,13 +168,9 @@ class _Merge:
     def _add(self, rel: bytes, message: str) -> None:
         self.problems.append(Problem(self.obj, self._show(rel), message))
 
-    def drain(self, found: list) -> None:
-        for item in found:
-            self._one(*item)
-        found.clear()
-
-    def _one(self, rel: bytes, st: os.stat_result, target: bytes | None,
+    def node(self, rel: bytes, st: os.stat_result, target: bytes | None,
              digest: str | None) -> None:
+        """Compare one walked node with the manifest entries up to it."""
         key = _component_key(rel)
         while self.current is not None and _component_key(self.current.rel) < key:
             self._add(self.current.rel, "missing (listed in the manifest)")
@@ -235,7 +218,7 @@ class _Merge:
             self.current = next(self.entries, None)
 
 
-def _check_own_files(path: Path, names: set[str], _unused: bytes) -> Iterator[Problem]:
+def _check_own_files(path: Path, names: set[str]) -> Iterator[Problem]:
     for name in sorted(names):
         full = path / name
         if not full.is_file() or full.is_symlink():
@@ -248,7 +231,7 @@ def _verify_bundle(path: Path) -> Iterator[Problem]:
     obj = str(path)
     record = read_bundle_record(path / RESULT_FILE)
     yield from _check_name(path, record.name, record.derived_name)
-    yield from _check_own_files(path, {RESULT_FILE, REFERENCES_FILE}, b"")
+    yield from _check_own_files(path, {RESULT_FILE, REFERENCES_FILE})
     extra = sorted(set(os.listdir(path)) - {RESULT_FILE, REFERENCES_FILE, "artifacts"})
     for name in extra:
         yield Problem(obj, name, "unexpected file in the bundle")
