@@ -179,7 +179,7 @@ def dumps_store_layout(layout: StoreLayout) -> str:
                 ("host-name", layout.host_name))
     fields.extend([Symbol(k), v] for k, v in optional if v is not None)
     header = ";; Fruix store layout of this system (read, never evaluated).\n"
-    return header + dumps(fields, width=100)  # type: ignore[arg-type]
+    return header + dumps(fields, width=100)
 
 
 def write_store_layout(system_root: str | Path, layout: StoreLayout) -> Path:

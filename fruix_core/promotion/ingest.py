@@ -35,6 +35,7 @@ from fruix_core.promotion.nar import (
     TreeChangedError,
     check_stable,
     open_stable,
+    read_regular,
     walk,
 )
 from fruix_core.promotion.storeio import store_errors, write_all
@@ -108,13 +109,22 @@ class Ingester:
         self.progress = progress
         self.state = totals or Progress()
         self._expect_new = True
+        self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
+
+    def close(self) -> None:
+        """Nothing to release (kept for callers' symmetry)."""
 
     # -- content pool ----------------------------------------------------
 
     def _in_pool(self, digest: str, executable: bool) -> bool:
         if self.layout is None:
             return False
-        return os.path.lexists(self.layout.pool_entry(digest, executable))
+        suffix = b"-x" if executable else b"-r"
+        try:
+            os.lstat(self._pool_prefix + digest.encode() + suffix)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _enter_pool(self, dest: bytes, digest: str, executable: bool) -> None:
         assert self.layout is not None
@@ -175,14 +185,13 @@ class Ingester:
         digest = hashlib.sha256()
         fd = open_stable(path, st)
         try:
-            buf = bytearray(CHUNK_SIZE)
-            view = memoryview(buf)
             total = 0
             while total < st.st_size:
-                n = os.readv(fd, [view[:min(CHUNK_SIZE, st.st_size - total)]])
-                if n == 0:
+                # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
+                chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+                if not chunk:
                     break
-                chunk = view[:n]
+                n = len(chunk)
                 nar.update(chunk)
                 digest.update(chunk)
                 if out is not None:
@@ -220,7 +229,7 @@ class Ingester:
                 os.mkdir(temp, 0o755)
                 stream = open(temp / MANIFEST_FILE, "wb")
         manifest = ManifestWriter(stream)
-        groups: dict[tuple[int, int], tuple[bytes, str]] = {}
+        groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
         written = 0
 
         def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
@@ -240,17 +249,20 @@ class Ingester:
             key = (st.st_dev, st.st_ino)
             first = groups.get(key) if st.st_nlink > 1 else None
             if first is not None:
-                digest = self._stream(path, st, nar, None)
-                if digest != first[1]:
+                # Another name of an inode already read: NAR needs its bytes again,
+                # but its digest is known; it must not have changed in between.
+                if (st.st_size, st.st_mtime_ns) != first[2:]:
                     raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
+                read_regular(path, rel, st, nar)
                 manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=digest, nlink=st.st_nlink, hardlink=first[0]))
-                self._tick(1, 0)
+                                           sha256=first[1], nlink=st.st_nlink,
+                                           hardlink=first[0]))
+                self._tick(1, st.st_size)
                 return
             digest, size = self._file(path, rel, st, nar, temp, executable, mode)
             written += size
             if st.st_nlink > 1:
-                groups[key] = (rel, digest)
+                groups[key] = (rel, digest, st.st_size, st.st_mtime_ns)
             manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
                                        nlink=st.st_nlink))
 

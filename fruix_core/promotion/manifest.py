@@ -46,12 +46,15 @@ __all__ = [
 MANIFEST_HEADER = b"#mtree v2.0\n#fruix-native-build-manifest 1\n"
 
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord("\\"), ord("#")}
+_PLAIN_BYTES = bytes(sorted(_PLAIN))
 _ENCODE = [chr(b).encode() if b in _PLAIN else b"\\%03o" % b for b in range(256)]
 _ESCAPE_RE = re.compile(rb"\\([0-7]{3})")
 
 
 def encode_path(raw: bytes) -> bytes:
     """vis(3)-style octal encoding of a path or link target."""
+    if not raw.translate(None, _PLAIN_BYTES):
+        return raw  # the common case: nothing to escape
     return b"".join(_ENCODE[b] for b in raw)
 
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
 import struct
+import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -38,6 +40,7 @@ __all__ = [
     "MAX_DEPTH",
     "NarHasher",
     "SpecialFileError",
+    "ThreadedNarHasher",
     "TreeChangedError",
     "check_stable",
     "nar_string",
@@ -125,6 +128,70 @@ class NarHasher:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def close(self) -> None:
+        """Release resources (nothing for the plain hasher)."""
+
+
+class ThreadedNarHasher(NarHasher):
+    """A :class:`NarHasher` that hashes on a helper thread.
+
+    Small tokens and contents are batched; the batches and large chunks go
+    through a bounded queue (at most about 32 MiB in flight) to a thread that
+    feeds SHA-256, which releases the GIL, so hashing the archive overlaps
+    with walking, reading and the per-file work of the caller. Chunks handed
+    to :meth:`update` must not be modified afterwards (pass ``bytes``).
+    """
+
+    __slots__ = ("_batch", "_queue", "_thread", "_closed")
+
+    _BATCH = 256 << 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._batch = bytearray()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fruix-nar", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        digest = self._hash
+        while (item := self._queue.get()) is not None:
+            digest.update(item)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._queue.put(bytes(self._batch))
+            self._batch.clear()
+
+    def _put(self, data: bytes) -> None:
+        self.size += len(data)
+        self._batch += data
+        if len(self._batch) >= self._BATCH:
+            self._flush()
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.size += len(chunk)
+        if len(chunk) < self._BATCH // 4:
+            self._batch += chunk
+            if len(self._batch) >= self._BATCH:
+                self._flush()
+            return
+        self._flush()
+        self._queue.put(chunk if isinstance(chunk, bytes) else bytes(chunk))
+
+    def close(self) -> None:
+        """Finish hashing and stop the thread (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._flush()
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
 
 #: ``on_entry(rel, st, target)``: called once per node before its contents;
 #: ``rel`` is the path below the root (``b""`` for the root), ``target`` the
@@ -136,34 +203,35 @@ RegularCallback = Callable[[bytes, bytes, os.stat_result, NarHasher], None]
 
 
 def open_stable(path: bytes, st: os.stat_result) -> int:
-    """Open ``path`` read-only without following symlinks; it must be the walked inode.
+    """Open ``path`` read-only, never following a symlink nor blocking on a FIFO.
 
-    :raises TreeChangedError: when it cannot be opened or was replaced.
+    Whether it is still the walked inode is checked by :func:`check_stable`.
+
+    :raises TreeChangedError: when it cannot be opened.
     """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, flags)
     except OSError as err:
         raise TreeChangedError(f"{os.fsdecode(path)}: cannot open: {err.strerror}") from None
-    before = os.fstat(fd)
-    if (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev):
-        os.close(fd)
-        raise TreeChangedError(f"{os.fsdecode(path)}: replaced while being read")
-    return fd
 
 
 def check_stable(fd: int, path: bytes, st: os.stat_result, total: int) -> None:
-    """Fail unless exactly ``st.st_size`` bytes were read and size/mtime are unchanged.
+    """Fail unless ``fd`` is the walked inode, ``st.st_size`` bytes were read, and
+    size and modification time are unchanged.
 
-    :raises TreeChangedError: when the file grew, shrank or was modified.
+    :raises TreeChangedError: when the file was replaced, grew, shrank or was modified.
     """
     after = os.fstat(fd)
+    if (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev):
+        raise TreeChangedError(f"{os.fsdecode(path)}: replaced while being read")
     if (total != st.st_size or after.st_size != st.st_size
-            or after.st_mtime_ns != st.st_mtime_ns or os.read(fd, 1)):
+            or after.st_mtime_ns != st.st_mtime_ns):
         raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
 
 
 def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
-                 extra: Callable[[memoryview], None] | None = None) -> None:
+                 extra: Callable[[bytes], None] | None = None) -> None:
     """Stream one regular file into ``nar`` (and ``extra``), checking it is stable.
 
     The file is opened without following symlinks, must be the inode that was
@@ -172,18 +240,15 @@ def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
     """
     fd = open_stable(path, st)
     try:
-        buf = bytearray(min(CHUNK_SIZE, max(st.st_size, 1)))
-        view = memoryview(buf)
         total = 0
         while total < st.st_size:
-            n = os.readv(fd, [view[:min(len(buf), st.st_size - total)]])
-            if n == 0:
+            chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+            if not chunk:
                 break
-            chunk = view[:n]
             nar.update(chunk)
             if extra is not None:
                 extra(chunk)
-            total += n
+            total += len(chunk)
         check_stable(fd, path, st, total)
     finally:
         os.close(fd)
@@ -202,9 +267,12 @@ def walk(root: bytes, *, on_entry: EntryCallback | None = None,
     :raises SpecialFileError: on a device node, FIFO or socket.
     :returns: the hasher; ``hexdigest()`` is the tree signature.
     """
-    nar = nar or NarHasher()
+    nar = nar or ThreadedNarHasher()
     reader = on_regular or read_regular
-    _node(root, b"", nar, on_entry, reader, exclude_top, 0)
+    try:
+        _node(root, b"", nar, on_entry, reader, exclude_top, 0)
+    finally:
+        nar.close()
     return nar
 
 

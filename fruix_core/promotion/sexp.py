@@ -332,7 +332,7 @@ def _pretty(value: Datum, indent: int, width: int, out: list[str]) -> None:
     out.append(")")
 
 
-def dumps(value: Datum, *, width: int = 78) -> str:
+def dumps(value: Datum, *, width: int = 100) -> str:
     """Deterministic, indented form of ``value`` ending in a newline.
 
     A list is written on one line when it fits in ``width`` columns; otherwise

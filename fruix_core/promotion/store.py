@@ -133,11 +133,14 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
                         totals=totals)
     artifacts: dict[str, Path] = {}
     signatures: dict[str, str] = {}
-    for staged in validated.artifacts:
-        ingested = ingester.ingest(staged)
-        name, _ = _artifact_name(promotion, ingested)
-        artifacts[staged.kind] = layout.object(name)
-        signatures[staged.kind] = ingested.tree_signature
+    try:
+        for staged in validated.artifacts:
+            ingested = ingester.ingest(staged)
+            name, _ = _artifact_name(promotion, ingested)
+            artifacts[staged.kind] = layout.object(name)
+            signatures[staged.kind] = ingested.tree_signature
+    finally:
+        ingester.close()
     document = bundle_identity(promotion, {k: str(v) for k, v in artifacts.items()})
     bundle = layout.object(bundle_name(document, promotion.base.version, promotion.executor))
     every = [*artifacts.values(), bundle]
@@ -157,10 +160,10 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     owner = OwnerLock(layout)
     owner.acquire()
     temps: list[Path] = []
+    ingester = Ingester(layout, owner.token, dry_run=False, fsync_each=policy == "each",
+                        progress=progress, totals=totals)
     try:
         remove_stale_temporaries(layout, owner.token)
-        ingester = Ingester(layout, owner.token, dry_run=False, fsync_each=policy == "each",
-                            progress=progress, totals=totals)
         artifacts: dict[str, Path] = {}
         signatures: dict[str, str] = {}
         published: list[Path] = []
@@ -193,6 +196,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
                                 bytes=validated.bytes, bytes_written=totals.bytes_written,
                                 tree_signatures=signatures)
     finally:
+        ingester.close()
         for temp in temps:
             try:
                 remove_tree(temp)

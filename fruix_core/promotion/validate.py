@@ -161,7 +161,7 @@ def _special_kind(mode: int) -> str | None:
     return "special file"
 
 
-def _iter_tree(top: Path) -> Iterator[tuple[Path, os.stat_result, int]]:
+def _iter_tree(top: Path) -> Iterator[tuple[bytes, os.stat_result]]:
     stack = [(os.fsencode(top), 0)]
     while stack:
         path, depth = stack.pop()
@@ -170,7 +170,7 @@ def _iter_tree(top: Path) -> Iterator[tuple[Path, os.stat_result, int]]:
         with os.scandir(path) as entries:
             for item in entries:
                 st = item.stat(follow_symlinks=False)
-                yield Path(os.fsdecode(item.path)), st, depth
+                yield item.path, st
                 if stat.S_ISDIR(st.st_mode):
                     stack.append((item.path, depth + 1))
 
@@ -178,7 +178,7 @@ def _iter_tree(top: Path) -> Iterator[tuple[Path, os.stat_result, int]]:
 def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
     files = size = 0
     inside: dict[tuple[int, int], int] = {}
-    first: dict[tuple[int, int], tuple[int, Path]] = {}
+    first: dict[tuple[int, int], tuple[int, bytes]] = {}
     try:
         with os.scandir(tree) as top:
             names = {item.name for item in top}
@@ -189,10 +189,11 @@ def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
                 "the store object's own metadata")
         if not names and kind == "headers":
             raise MissingArtifactError(f"headers artifact {tree} is empty")
-        for path, st, _depth in _iter_tree(tree):
+        for path, st in _iter_tree(tree):
             special = _special_kind(st.st_mode)
             if special:
-                raise SpecialFileError(f"{kind} artifact: {path} is a {special}; refused")
+                raise SpecialFileError(
+                    f"{kind} artifact: {os.fsdecode(path)} is a {special}; refused")
             if stat.S_ISREG(st.st_mode):
                 files += 1
                 size += st.st_size
@@ -208,8 +209,9 @@ def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
     for key, (nlink, path) in first.items():
         if inside[key] < nlink:
             raise ExternalHardLinkError(
-                f"{kind} artifact: {path} has {nlink} hard links but only {inside[key]} inside "
-                "the artifact; a hard link to a file outside the artifact is refused")
+                f"{kind} artifact: {os.fsdecode(path)} has {nlink} hard links but only "
+                f"{inside[key]} inside the artifact; a hard link to a file outside the "
+                "artifact is refused")
     return files, size
 
 

@@ -193,6 +193,10 @@ class SshServer:
             "MaxStartups 64:30:128",
             "LogLevel INFO",
             "Subsystem sftp internal-sftp",
+            # bash (Debian builds it with SSH_SOURCE_BASHRC) reads ~/.bashrc for every
+            # command sshd runs unless it is nested: a developer's rc file (pyenv, conda)
+            # then slows or stalls each command. SHLVL=1 makes the login shell nested.
+            "SetEnv SHLVL=1",
         ]
         self.config_file.write_text("\n".join(config) + "\n", encoding="ascii")
 
@@ -212,7 +216,8 @@ class SshServer:
             try:
                 self.process = subprocess.Popen(
                     [SSHD, "-D", "-e", "-f", str(self.config_file)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                    preexec_fn=_die_with_parent)
             finally:
                 log.close()
             if self._wait_ready():
@@ -335,6 +340,17 @@ class SshServer:
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-F", "/dev/null",
                 f"{self.user}@{self.host}"]
+
+
+def _die_with_parent() -> None:
+    """In the child: have the kernel SIGTERM sshd when the test process dies (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -118,11 +118,10 @@ def test_large_output_does_not_deadlock(session: SSHSession) -> None:
     # Far more than the channel window (2 MiB), stdout and stderr interleaved.
     script = ["sh", "-c", "i=0; while [ $i -lt 40 ]; do head -c 262144 /dev/zero | tr '\\0' x;"
               " echo; head -c 1000 /dev/zero | tr '\\0' y >&2; echo >&2; i=$((i+1)); done"]
-    count = [0]
-    outcome = session.run(script, env=PATH_ENV, on_line=lambda _l: count.__setitem__(0, count[0] + 1),
-                          timeout=60)
+    lines: list[str] = []
+    outcome = session.run(script, env=PATH_ENV, on_line=lines.append, timeout=60)
     assert outcome.returncode == 0
-    assert count[0] == 80
+    assert len(lines) == 80
 
 
 def test_exit_status_of_a_signalled_command(session: SSHSession) -> None:

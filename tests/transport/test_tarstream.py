@@ -122,7 +122,8 @@ HOSTILE = {
     "block-device": _tar(_entry("disk", tarfile.BLKTYPE)),
     "fifo": _tar(_entry("pipe", tarfile.FIFOTYPE)),
     "symlink-then-file": _tar(_entry("link", tarfile.SYMTYPE, ".."), _file("link/escaped")),
-    "symlink-then-dir": _tar(_entry("link", tarfile.SYMTYPE, "/tmp"), _entry("link/d", tarfile.DIRTYPE)),
+    "symlink-then-dir": _tar(_entry("link", tarfile.SYMTYPE, "/tmp"),
+                             _entry("link/d", tarfile.DIRTYPE)),
     "symlink-replaced": _tar(_entry("x", tarfile.SYMTYPE, "/etc/passwd"), _file("x")),
     "hardlink-outside": _tar(_entry("h", tarfile.LNKTYPE, "../../etc/passwd")),
     "hardlink-absolute": _tar(_entry("h", tarfile.LNKTYPE, "/etc/passwd")),
@@ -208,6 +209,8 @@ def test_dropped_connection_leaves_nothing(fruix_sshd: SshServer, tmp_path: Path
 
 
 def _result_root(root: Path) -> Path:
+    import hashlib
+
     from fruix_core.model import (
         ArtifactEntry,
         BaseMetadata,
@@ -216,8 +219,6 @@ def _result_root(root: Path) -> Path:
         SourceStore,
     )
     from fruix_core.promotion.schema import write_promotion
-
-    import hashlib
 
     (root / "artifacts/world/bin").mkdir(parents=True)
     (root / "artifacts/world/bin/sh").write_bytes(b"shell")

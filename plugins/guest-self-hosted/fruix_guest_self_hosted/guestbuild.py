@@ -57,6 +57,7 @@ __all__ = [
     "InGuestExecutor",
     "check_overlay",
     "inspect_guest",
+    "mark_interrupted",
     "reserve_run_id",
     "run_in_guest",
 ]
@@ -250,6 +251,23 @@ class PhaseEvents:
     on_output: Callable[[str, str], None] | None = None
     on_phase_start: Callable[[str], None] | None = None
     on_phase_end: Callable[[PhaseResult], None] | None = None
+
+
+def mark_interrupted(run: GuestRun) -> None:
+    """Say ``failed <phase>`` at once when a stop signal arrives, before stopping make.
+
+    Whoever sent the signal may follow it with SIGKILL after a grace period
+    (the SSH transport does); the status must not still say ``running`` then.
+    A run that already reached ``ok`` keeps it.
+    """
+    if run.result_root is None:
+        return
+    root = ResultRoot(run.result_root)
+    try:
+        if root.status().state == "running":
+            root.set_failed(run.current)
+    except OSError as exc:
+        log.error("cannot record interruption", result_root=str(root.path), error=str(exc))
 
 
 def _record_failure(root: ResultRoot, phase: str) -> None:

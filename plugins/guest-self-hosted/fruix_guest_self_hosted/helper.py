@@ -43,6 +43,7 @@ from fruix_guest_self_hosted.guestbuild import (
     GuestRun,
     PhaseEvents,
     inspect_guest,
+    mark_interrupted,
     run_in_guest,
 )
 
@@ -232,11 +233,14 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
 
 
 @contextlib.contextmanager
-def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
+def _signals_cancel(cancel: CancelToken, run: GuestRun) -> Iterator[None]:
     """SIGTERM, SIGHUP and the first Ctrl-C stop the build cleanly (status ``failed``)."""
     def on_signal(signum: int, _frame: Any) -> None:
+        first = not cancel.cancelled
         cancel.cancel({signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
                       .get(signum, "interrupted"))
+        if first:
+            mark_interrupted(run)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -264,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = GuestRun()
     cancel = CancelToken()
     try:
-        with _signals_cancel(cancel):
+        with _signals_cancel(cancel, run):
             base = _base(args)
             system_root = Path(os.path.abspath(args.system_root))
             if args.check:

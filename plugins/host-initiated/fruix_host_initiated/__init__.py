@@ -300,7 +300,7 @@ def _metadata_text(values: Mapping[str, object]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):  # type: ignore[no-untyped-def]
+def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):
     def sink(line: str) -> None:
         log_file.write(line + "\n")
         if request.on_output is not None:

@@ -210,7 +210,7 @@ def test_unknown_host_key(toy_lab: Lab) -> None:
 def test_changed_host_key(toy_lab: Lab, tmp_path: Path) -> None:
     other = SshServer(tmp_path / "impostor")
     other._write_files()
-    conf = toy_lab.config(guest_extra="") 
+    conf = toy_lab.config(guest_extra="")
     text = conf.read_text().replace(f'known_hosts = "{toy_lab.server.known_hosts}"',
                                     f'host_key = "{other.host_key_line}"')
     conf.write_text(text)

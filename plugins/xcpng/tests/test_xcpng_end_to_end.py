@@ -85,8 +85,9 @@ def assert_no_login(*texts: str) -> None:
 
 
 def lab_settings(lab: XapiLab, **overrides: Any) -> dict[str, Any]:
-    return lab.provider_settings("build", **fast_settings(ip_timeout=20, ssh_timeout=20,
-                                                          **overrides))
+    values: dict[str, Any] = {"ip_timeout": 20, "ssh_timeout": 20}
+    values.update(overrides)
+    return lab.provider_settings("build", **fast_settings(**values))
 
 
 def wait_for(path_glob: str, root: Path, timeout: float = 60) -> None:

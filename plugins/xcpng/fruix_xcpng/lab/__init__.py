@@ -108,6 +108,9 @@ class XapiLab:
             self._server.close()
             self._server = None
         self.state.shutdown()
+        close = getattr(self.booter, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> XapiLab:
         return self.start()

@@ -6,13 +6,17 @@ authorised to log in. Keys are generated when the VM is added, so the lab can
 print the host key to pin before the VM ever boots.
 
 :class:`SshdBooter` uses the core's test kit (:mod:`fruix_core.testkit.sshd`),
-which runs ``/usr/sbin/sshd`` as the current user.
+which runs ``/usr/sbin/sshd`` as the current user. Every sshd is started from
+one long-lived worker thread: the kit asks the kernel to stop sshd when its
+parent dies (``PR_SET_PDEATHSIG``), and on Linux that means the *thread* that
+started it, so a short-lived boot thread would take its guest down with it.
 """
 
 from __future__ import annotations
 
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ class SshdBooter:
         self._servers: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-guests")
 
     def _server(self, vm: LabVM) -> Any:
         from fruix_core.testkit.sshd import SshServer
@@ -88,13 +93,23 @@ class SshdBooter:
         return self._server(vm)
 
     def boot(self, vm: LabVM) -> None:
+        self._worker.submit(self._boot, vm).result()
+
+    def halt(self, vm: LabVM) -> None:
+        self._worker.submit(self._halt, vm).result()
+
+    def close(self) -> None:
+        """Stop the worker thread (after every guest was halted)."""
+        self._worker.shutdown(wait=True)
+
+    def _boot(self, vm: LabVM) -> None:
         server = self._server(vm)
         with self._locks[vm.uuid]:
             if not server.running:
                 server.start()
                 log.debug("lab guest up", vm=vm.name, address=vm.address, port=vm.ssh_port)
 
-    def halt(self, vm: LabVM) -> None:
+    def _halt(self, vm: LabVM) -> None:
         server = self._server(vm)
         with self._locks[vm.uuid]:
             server.stop()

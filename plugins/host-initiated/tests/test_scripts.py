@@ -1,0 +1,98 @@
+"""The guest-side sh scripts, run with the local /bin/sh: same results as the core's helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from fruix_host_initiated import scripts
+
+from fruix_core.profile import BuildPaths
+from fruix_core.promotion.nar import tree_signature
+from fruix_core.resultroot import stage_trees, staged_artifacts
+
+
+def _sh(script: str) -> bytes:
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, check=True)
+    return out.stdout
+
+
+def _stages(build_root: Path) -> BuildPaths:
+    paths = BuildPaths(str(build_root))
+    world, kernel = Path(paths.stage_world), Path(paths.stage_kernel)
+    for rel in ("bin", "usr/include/sys", "usr/bin", "boot/defaults", "etc"):
+        (world / rel).mkdir(parents=True)
+    (world / "bin/sh").write_bytes(b"\x7fELF shell")
+    (world / "bin/sh").chmod(0o555)
+    os.link(world / "bin/sh", world / "bin/-sh")
+    os.symlink("../../bin/sh", world / "usr/bin/sh")
+    (world / "usr/include/sys/param.h").write_text("#define X 1\n")
+    (world / "boot/loader").write_bytes(b"loader" * 100)
+    (world / "boot/defaults/loader.conf").write_text("a=1\n")
+    (world / "etc/rc.conf").write_text("x\n")
+    (kernel / "boot/kernel").mkdir(parents=True)
+    (kernel / "boot/kernel/kernel").write_bytes(b"kernel" * 1000)
+    return paths
+
+
+def test_staging_script_matches_stage_trees(tmp_path: Path) -> None:
+    local_paths = _stages(tmp_path / "local")
+    remote_paths = _stages(tmp_path / "remote")
+    local_root = tmp_path / "local-root"
+    remote_root = tmp_path / "remote-root"
+    stage_trees(local_paths, local_root / "artifacts")
+    expected = staged_artifacts(local_root)
+    output = _sh(scripts.staging_script(remote_paths, str(remote_root)))
+    key_files, sizes = scripts.parse_staging(output)
+    for kind in expected.kinds:
+        assert tree_signature(remote_root / "artifacts" / kind) == \
+            tree_signature(local_root / "artifacts" / kind), kind
+    assert key_files == dict(expected.key_files)
+    assert sizes == dict(expected.sizes)
+
+
+def test_staging_with_missing_stages(tmp_path: Path) -> None:
+    paths = BuildPaths(str(tmp_path / "empty-build"))
+    output = _sh(scripts.staging_script(paths, str(tmp_path / "root")))
+    key_files, sizes = scripts.parse_staging(output)
+    assert sorted((tmp_path / "root/artifacts").iterdir()) == sorted(
+        tmp_path / "root/artifacts" / k for k in ("bootloader", "headers", "kernel", "world"))
+    assert all(v == () for v in key_files.values()) and set(sizes.values()) == {0}
+
+
+def test_paths_with_spaces_and_quotes(tmp_path: Path) -> None:
+    odd = tmp_path / "it's a build"
+    paths = _stages(odd)
+    _sh(scripts.staging_script(paths, str(odd / "result root")))
+    assert (odd / "result root/artifacts/world/bin/sh").is_file()
+
+
+def test_probe_reports_overlay_tools_and_layout(tmp_path: Path) -> None:
+    (tmp_path / "usr/include").mkdir(parents=True)
+    (tmp_path / "usr/include/a.h").write_text("")
+    layout = tmp_path / "run/current-system/metadata/store-layout.scm"
+    layout.parent.mkdir(parents=True)
+    layout.write_text("(fruix-store-layout)\n")
+    facts, text = scripts.parse_probe(_sh(scripts.probe_script(str(tmp_path), "make -s",
+                                                               "/bin:/usr/bin")))
+    assert facts["overlay"] == ["usr/include"]  # usr/share/mk/sys.mk is missing
+    assert set(facts["tool"]) == {"make", "cc"}
+    assert text == b"(fruix-store-layout)\n"
+    layout.unlink()
+    assert scripts.parse_probe(_sh(scripts.probe_script(str(tmp_path), "make", "/bin")))[1] is None
+
+
+def test_guest_path() -> None:
+    assert scripts.guest_path("/", "/var/tmp") == "/var/tmp"
+    assert scripts.guest_path("/srv/g", "/var/tmp") == "/srv/g/var/tmp"
+
+
+def test_swap_latest(tmp_path: Path) -> None:
+    for run in ("r1", "r2"):
+        (tmp_path / run).mkdir()
+        _sh(scripts.swap_latest_script(str(tmp_path), run))
+        assert os.readlink(tmp_path / "latest") == run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "r1", "r2"]
+    shutil.rmtree(tmp_path / "r1")
