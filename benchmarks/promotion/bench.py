@@ -11,11 +11,12 @@ times each:
   of the four trees;
 - promote of B into the store that holds A vs ``nix-store --add`` of B's
   trees into the Nix store that holds A's;
-- peak RSS (``ru_maxrss`` of the promoting process), at this scale and at a
-  tenth of it, to show it does not grow with the tree.
+- peak RSS (``/usr/bin/time -f %M`` of the promoting process), at this
+  scale and at a tenth of it, to show it does not grow with the tree.
 
 Medians are reported with ratios. Page caches are warm for every tool alike
-(the machine is shared; caches are not dropped).
+(the machine is shared; caches are not dropped); ``sync`` runs (untimed)
+before each measurement so no tool pays for another's writeback.
 
 Usage::
 
@@ -73,6 +74,11 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
     return elapsed, peak
 
 
+def settle() -> None:
+    """Flush dirty pages first, so no tool pays for the previous one's writeback."""
+    subprocess.run(["sync"], check=False)
+
+
 def remove(path: Path) -> None:
     if path.exists():
         subprocess.run(["chmod", "-R", "u+w", str(path)], check=False)
@@ -108,6 +114,7 @@ def measure(runs: int, label: str, results: dict[str, list[float]],
             before: Callable[[], None], argv: list[str], after: Callable[[], None],
             env: dict[str, str] | None = None, rss: dict[str, list[int]] | None = None) -> None:
     before()
+    settle()
     seconds, peak = run(argv, env)
     after()
     results.setdefault(label, []).append(seconds)
@@ -169,6 +176,7 @@ def main() -> None:
         measure(index, "fresh promote (syncfs, default)", results, clear,
                 promote_argv(a, scratch), clear, {"FRUIX_STORE_FSYNC": "syncfs"}, rss)
         scratch.mkdir()
+        settle()
         seconds, peak = run(["cp", "-a", *trees(a), str(scratch)])
         results.setdefault("cp -a", []).append(seconds)
         print(f"  {'cp -a':<34} {seconds:8.3f} s", flush=True)
@@ -183,7 +191,8 @@ def main() -> None:
                 promote_argv(b, held), lambda: collect_garbage(held, keep), none, rss)
 
         def forget_b() -> None:
-            new = [p for p in nix_paths_dry(nix_held, b) if p not in nix_a]
+            # ``--add`` of a path that exists only hashes it and prints its store path.
+            new = [p for p in nix_paths(nix_held, b) if p not in nix_a]
             if new:
                 subprocess.run(["nix-store", "--store", str(nix_held), "--delete", *new],
                                check=True, capture_output=True)
@@ -194,11 +203,6 @@ def main() -> None:
         measure(index, "fresh promote, 1/10 scale", results, clear,
                 promote_argv(small, scratch), clear, none, rss)
     report(args, a, results, rss)
-
-
-def nix_paths_dry(store: Path, root: Path) -> list[str]:
-    # ``--add`` of an existing path is cheap (hash only) and prints its store path.
-    return nix_paths(store, root)
 
 
 def report(args: argparse.Namespace, root: Path, results: dict[str, list[float]],

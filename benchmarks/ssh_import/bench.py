@@ -52,13 +52,15 @@ MB = 1 << 20
 
 
 def tree_bytes(root: Path) -> tuple[int, int]:
-    """(regular-file bytes, entries) under ``root``."""
+    """(regular-file bytes with hard links counted once, entries) under ``root``."""
     total = entries = 0
+    seen: set[int] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         entries += len(dirnames) + len(filenames)
         for name in filenames:
             st = os.lstat(os.path.join(dirpath, name))
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
                 total += st.st_size
     return total, entries
 
@@ -121,6 +123,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calls", type=int, default=20, help="commands for the overhead test")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--dest-dir", type=Path, default=None,
+                        help="where imports are written (default: the workdir)")
     parser.add_argument("--no-sftp", action="store_true")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
@@ -146,8 +150,9 @@ def main() -> None:
             for name, method in methods.items():
                 if name == "sftp-per-file" and round_ > 0 and best.get(name, 0) > 60:
                     continue  # one slow round is enough
-                dest = workdir / f"dest-{name}"
+                dest = (args.dest_dir or workdir) / f"dest-{name}"
                 rm(dest)
+                os.sync()  # let the previous round's deletions settle before timing
                 seconds = time_it(lambda m=method, d=dest: m(server, source, d))
                 if round_ == 0 and tree_signature(dest) != expected:
                     raise SystemExit(f"{name}: imported tree differs from the source")
@@ -155,6 +160,7 @@ def main() -> None:
                 print(f"  {name:14s} round {round_ + 1}: {seconds:7.3f} s "
                       f"({size / MB / seconds:7.1f} MiB/s)", flush=True)
                 rm(dest)
+                os.sync()
 
         with connect(server.guest()) as session:
             env = {"PATH": "/bin:/usr/bin"}

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import stat
 import struct
-import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -40,7 +38,6 @@ __all__ = [
     "MAX_DEPTH",
     "NarHasher",
     "SpecialFileError",
-    "ThreadedNarHasher",
     "TreeChangedError",
     "check_stable",
     "nar_string",
@@ -129,68 +126,7 @@ class NarHasher:
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        """Release resources (nothing for the plain hasher)."""
-
-
-class ThreadedNarHasher(NarHasher):
-    """A :class:`NarHasher` that hashes on a helper thread.
-
-    Small tokens and contents are batched; the batches and large chunks go
-    through a bounded queue (at most about 32 MiB in flight) to a thread that
-    feeds SHA-256, which releases the GIL, so hashing the archive overlaps
-    with walking, reading and the per-file work of the caller. Chunks handed
-    to :meth:`update` must not be modified afterwards (pass ``bytes``).
-    """
-
-    __slots__ = ("_batch", "_queue", "_thread", "_closed")
-
-    _BATCH = 256 << 10
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._batch = bytearray()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="fruix-nar", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        digest = self._hash
-        while (item := self._queue.get()) is not None:
-            digest.update(item)
-
-    def _flush(self) -> None:
-        if self._batch:
-            self._queue.put(bytes(self._batch))
-            self._batch.clear()
-
-    def _put(self, data: bytes) -> None:
-        self.size += len(data)
-        self._batch += data
-        if len(self._batch) >= self._BATCH:
-            self._flush()
-
-    def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        self.size += len(chunk)
-        if len(chunk) < self._BATCH // 4:
-            self._batch += chunk
-            if len(self._batch) >= self._BATCH:
-                self._flush()
-            return
-        self._flush()
-        self._queue.put(chunk if isinstance(chunk, bytes) else bytes(chunk))
-
-    def close(self) -> None:
-        """Finish hashing and stop the thread (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._flush()
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hash.hexdigest()
+        """Finish; a hasher that hashes elsewhere would wait for it here."""
 
 
 #: ``on_entry(rel, st, target)``: called once per node before its contents;
@@ -267,7 +203,7 @@ def walk(root: bytes, *, on_entry: EntryCallback | None = None,
     :raises SpecialFileError: on a device node, FIFO or socket.
     :returns: the hasher; ``hexdigest()`` is the tree signature.
     """
-    nar = nar or ThreadedNarHasher()
+    nar = nar or NarHasher()
     reader = on_regular or read_regular
     try:
         _node(root, b"", nar, on_entry, reader, exclude_top, 0)

@@ -343,12 +343,18 @@ class SshServer:
 
 
 def _die_with_parent() -> None:
-    """In the child: have the kernel SIGTERM sshd when the test process dies (Linux)."""
+    """In the child, before exec (Linux): tie sshd to the test process and its commands to sshd.
+
+    sshd gets SIGTERM when the test process dies, and becomes a child
+    subreaper, so commands orphaned by a dropped session stay its descendants
+    and :meth:`SshServer.stop` still finds them.
+    """
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass
 

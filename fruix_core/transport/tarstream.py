@@ -364,19 +364,23 @@ class _ChannelSource:
         self.session = session
         self.channel = channel
         self.stderr = b""
+        self.last_traffic = time.monotonic()
 
     def read(self, size: int) -> bytes:
-
         channel = self.channel
         while True:
             if channel.recv_stderr_ready():
                 self.stderr = (self.stderr + channel.recv_stderr(65536))[-4096:]
             try:
-                return channel.recv(size)
+                data = channel.recv(size)
             except TimeoutError:
                 if not self.session.active:
                     raise ConnectionLostError(
                         f"{self.session.where}: connection lost during transfer") from None
+                self.last_traffic = self.session.check_alive(self.last_traffic)
+                continue
+            self.last_traffic = time.monotonic()
+            return data
 
 
 def fetch_tree(session: SSHSession, remote_dir: str, dest: Path, *,

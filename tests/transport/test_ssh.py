@@ -309,3 +309,25 @@ def test_importing_the_transport_does_not_import_paramiko() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_frozen_peer_is_declared_lost(fruix_sshd: SshServer) -> None:
+    import signal
+
+    # A frozen VM: its sshd stops answering, the TCP connection stays open.
+    with connect(fruix_sshd.guest(), keepalive=0.3) as sess:
+        def freeze() -> None:
+            for pid in fruix_sshd.session_pids():
+                os.kill(pid, signal.SIGSTOP)
+
+        threading.Timer(0.5, freeze).start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ConnectionLostError, match="keepalive"):
+                sess.run(["sh", "-c", "sleep 312"], env=PATH_ENV)
+            assert time.monotonic() - started < 15
+        finally:
+            for pid in fruix_sshd.session_pids():
+                os.kill(pid, signal.SIGCONT)
+    fruix_sshd.stop()
+    assert _wait_gone("sleep 312") == []

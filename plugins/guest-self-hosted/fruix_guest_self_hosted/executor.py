@@ -34,29 +34,24 @@ import collections
 import posixpath
 import queue
 import shlex
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from fruix_core import errors, hookimpl
+from fruix_core import hookimpl
 from fruix_core.config import Key, read_section
 from fruix_core.environment import sanitised_environment
 from fruix_core.errors import (
-    BuildFailed,
     Cancelled,
     ConfigError,
-    FruixError,
     GuestError,
-    PhaseTimeout,
     PromotionInputError,
     UsageError,
 )
 from fruix_core.model import (
     BuildRequest,
-    CancelToken,
     EmittedResult,
     Guest,
     Phase,
@@ -66,10 +61,9 @@ from fruix_core.model import (
     StagedArtifacts,
 )
 from fruix_core.resultroot import ResultRoot, build_metadata
-from fruix_core.transport import CommandOutcome
-from fruix_guest_self_hosted import protocol
 from fruix_guest_self_hosted.__about__ import __version__
-from fruix_guest_self_hosted.helper import PROG
+from fruix_guest_self_hosted.follow import HelperRun, helper_failure, output_tail, staged_from
+from fruix_guest_self_hosted.protocol import PROG
 
 __all__ = ["NAME", "SCHEMA", "GuestSelfHostedExecutor"]
 
@@ -89,16 +83,6 @@ SCHEMA: dict[str, Key] = {
 }
 
 TAIL_LINES = 20
-#: Seconds to wait for the helper to stop after a cancel before giving up on it.
-STOP_WAIT = 20.0
-
-#: Errors the helper may report that the host re-raises as themselves (message-only ones).
-_REPORTED: dict[str, type[FruixError]] = {
-    cls.__name__: cls for cls in (
-        errors.UsageError, errors.SourceTreeError, errors.RunNotFoundError,
-        errors.PromotionInputError, errors.MetadataError, errors.InfrastructureError,
-        errors.ToolMissingError, errors.TransportError, errors.GuestError, errors.StoreError)
-}
 
 
 def _settings(request: BuildRequest) -> dict[str, Any]:
@@ -116,92 +100,6 @@ def _settings(request: BuildRequest) -> dict[str, Any]:
     return values
 
 
-def _tail(lines: Any) -> str:
-    return " | ".join(line.strip() for line in list(lines)[-3:] if line.strip())
-
-
-def helper_failure(summary: Mapping[str, Any] | None, outcome: CommandOutcome | None,
-                   guest: str) -> FruixError:
-    """The host-side error for a helper run (or check) that did not succeed."""
-    where = f"guest {guest}"
-    if summary is None:
-        if outcome is not None and outcome.cancelled:
-            return Cancelled(f"interrupted; the helper in {where} was stopped")
-        status = outcome.returncode if outcome is not None else "unknown"
-        tail = _tail(outcome.last_lines) if outcome is not None else ""
-        return GuestError(f"{where}: the helper ended (exit status {status}) without a "
-                          f"summary{': ' + tail if tail else ''}")
-    message = f"{where}: {summary.get('error') or 'the helper failed'}"
-    code = summary.get("exit_code")
-    kind = summary.get("error_type")
-    if summary.get("status") == "interrupted" or code == errors.ExitCode.INTERRUPTED:
-        return Cancelled(message)
-    if kind == "PhaseTimeout":
-        return PhaseTimeout(str(summary.get("failed_phase") or "?"),
-                            float(summary.get("timeout") or 0))
-    if kind == "BuildFailed" or code == errors.ExitCode.BUILD_FAILED:
-        return BuildFailed(str(summary.get("failed_phase") or "?"), code)
-    cls = _REPORTED.get(str(kind))
-    if cls is not None:
-        return cls(message)
-    return UsageError(message) if code == errors.ExitCode.USAGE else GuestError(message)
-
-
-class _HelperRun:
-    """The helper's one invocation in the guest, read on a background thread.
-
-    Output lines and phase markers are queued for :meth:`GuestSelfHostedExecutor.
-    fruix_run_phase`; the summary marker is kept; ``("exit", None)`` is queued last.
-    """
-
-    def __init__(self, session: Any, script: str, timeout: float | None = None) -> None:
-        self.session = session
-        self.script = script
-        self.timeout = timeout
-        self.cancel = CancelToken()
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.summary: dict[str, Any] | None = None
-        self.outcome: CommandOutcome | None = None
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._follow, name="fruix-self-hosted",
-                                       daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _on_line(self, line: str) -> None:
-        marker = protocol.parse_marker(line)
-        if marker is None:
-            self.events.put(("line", protocol.unescape_output(line)))
-        elif marker.kind == "summary":
-            self.summary = marker.document
-        else:
-            self.events.put((marker.kind, marker))
-
-    def _follow(self) -> None:
-        try:
-            self.outcome = self.session.run_script(self.script, on_line=self._on_line,
-                                                   timeout=self.timeout, cancel=self.cancel)
-        except BaseException as exc:  # handed to the hook that waits for it
-            self.error = exc
-        finally:
-            self.finished.set()
-            self.events.put(("exit", None))
-
-    def stop(self, reason: str = "stopped by the host") -> None:
-        """Stop the helper's process group in the guest and wait for it (bounded)."""
-        if self.thread.is_alive():
-            self.cancel.cancel(reason)
-            self.thread.join(STOP_WAIT)
-
-    def wait(self, cancel: CancelToken) -> None:
-        """Wait for the helper to end, passing a host cancel on to the guest."""
-        while not self.finished.wait(0.1):
-            if cancel.cancelled and not self.cancel.cancelled:
-                self.cancel.cancel(cancel.reason or "interrupted")
-
-
 class _State:
     """What one run keeps between hooks (in ``PreparedEnv.session``)."""
 
@@ -211,7 +109,7 @@ class _State:
         self.settings = settings
         self.version = version
         self.guest = guest
-        self.helper: _HelperRun | None = None
+        self.helper: HelperRun | None = None
 
     def close(self) -> None:
         """Stop the helper if it still runs, then hang up."""
@@ -277,7 +175,7 @@ class GuestSelfHostedExecutor:
         where = f"guest {guest.name}"
         outcome = session.run_script(shell_script([*argv, "--version"]),
                                      timeout=float(settings["check_timeout"]))
-        tail = _tail(outcome.last_lines)
+        tail = output_tail(outcome.last_lines)
         if outcome.returncode == 127:
             raise GuestError(f"{where}: the self-hosted helper '{command}' is not installed "
                              f"(not found{': ' + tail if tail else ''}); install "
@@ -312,8 +210,8 @@ class GuestSelfHostedExecutor:
 
         argv = [*settings["helper_argv"], "--check", "--markers",
                 "--system-root", guest.system_root, "--make", request.make]
-        check = _HelperRun(session, shell_script(argv), timeout=float(settings["check_timeout"]))
-        check._follow()
+        check = HelperRun(session, shell_script(argv), timeout=float(settings["check_timeout"]))
+        check.run()
         if check.error is not None:
             raise check.error
         summary = check.summary
@@ -327,7 +225,7 @@ class GuestSelfHostedExecutor:
 
     # -- building --------------------------------------------------------------------
 
-    def _start(self, request: BuildRequest, state: _State) -> _HelperRun:
+    def _start(self, request: BuildRequest, state: _State) -> HelperRun:
         from fruix_core.transport.ssh import shell_script
 
         base = request.base
@@ -342,7 +240,7 @@ class GuestSelfHostedExecutor:
             argv.append("--keep-work")
         # The helper runs in the guest user's login environment on purpose: it
         # sanitises the build environment itself and must be proven to.
-        helper = _HelperRun(state.session, shell_script(argv))
+        helper = HelperRun(state.session, shell_script(argv))
         state.helper = helper
         helper.start()
         log.info("self-hosted helper started", guest=state.guest.name, run_id=request.run_id)
@@ -367,7 +265,7 @@ class GuestSelfHostedExecutor:
             state.close()
         return result
 
-    def _follow_phase(self, request: BuildRequest, state: _State, helper: _HelperRun,
+    def _follow_phase(self, request: BuildRequest, state: _State, helper: HelperRun,
                       phase: Phase, log_path: Path) -> PhaseResult:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
@@ -388,7 +286,10 @@ class GuestSelfHostedExecutor:
                 elif kind == "phase-start" and payload.phase != phase.name:
                     raise GuestError(f"guest {state.guest.name}: the helper started phase "
                                      f"{payload.phase} while the host expected {phase.name}")
-                elif kind == "phase-end" and payload.phase == phase.name:
+                elif kind == "phase-end":
+                    if payload.phase != phase.name:
+                        raise GuestError(f"guest {state.guest.name}: the helper ended phase "
+                                         f"{payload.phase} while the host expected {phase.name}")
                     return PhaseResult(phase=phase.name, returncode=payload.returncode,
                                        duration=payload.seconds, log_path=str(log_path),
                                        last_lines=tuple(tail))
@@ -419,7 +320,7 @@ class GuestSelfHostedExecutor:
             if summary is None or summary.get("status") != "ok" or \
                     helper.outcome is None or helper.outcome.returncode != 0:
                 raise helper_failure(summary, helper.outcome, state.guest.name)
-            return _staged_from(summary, env.result_root)
+            return staged_from(summary, env.result_root)
         except BaseException:
             state.close()
             raise
@@ -441,24 +342,7 @@ class GuestSelfHostedExecutor:
         return EmittedResult(result_root=request.result_root, promotion=promotion)
 
 
-def _staged_from(summary: Mapping[str, Any], result_root: str) -> StagedArtifacts:
-    """The helper's artifacts as :class:`StagedArtifacts` (paths in the guest)."""
-    artifacts = summary.get("artifacts")
-    if not isinstance(artifacts, dict) or not artifacts:
-        raise GuestError("the helper's summary lists no artifacts")
-    key_files = {}
-    sizes = {}
-    for kind, entry in artifacts.items():
-        files = entry.get("files") if isinstance(entry, dict) else None
-        if not isinstance(files, dict):
-            raise GuestError(f"the helper's summary describes artifact {kind!r} badly")
-        key_files[kind] = tuple(sorted((str(k), str(v)) for k, v in files.items()))
-        sizes[kind] = int(entry.get("size") or 0)
-    return StagedArtifacts(result_root=result_root, kinds=tuple(artifacts), key_files=key_files,
-                           sizes=sizes)
-
-
-def _verifier(request: BuildRequest, version: str):  # type: ignore[no-untyped-def]
+def _verifier(request: BuildRequest, version: str) -> Callable[[Path], None]:
     """Check an imported result root before it is renamed into place."""
     from fruix_core.promotion.schema import read_promotion
     from fruix_core.transport.tarstream import verify_result_root

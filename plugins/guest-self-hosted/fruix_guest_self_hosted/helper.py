@@ -49,7 +49,7 @@ from fruix_guest_self_hosted.guestbuild import (
 
 __all__ = ["PROG", "build_parser", "main", "summary_document"]
 
-PROG = "fruix-self-hosted-native-build"
+PROG = protocol.PROG
 
 log = structlog.get_logger(__name__)
 
@@ -237,8 +237,8 @@ def _signals_cancel(cancel: CancelToken, run: GuestRun) -> Iterator[None]:
     """SIGTERM, SIGHUP and the first Ctrl-C stop the build cleanly (status ``failed``)."""
     def on_signal(signum: int, _frame: Any) -> None:
         first = not cancel.cancelled
-        cancel.cancel({signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
-                      .get(signum, "interrupted"))
+        reasons = {int(signal.SIGTERM): "terminated", int(signal.SIGHUP): "hung up"}
+        cancel.cancel(reasons.get(signum, "interrupted"))
         if first:
             mark_interrupted(run)
         if signum == signal.SIGINT:

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "MARKER",
+    "PROG",
     "Marker",
     "escape_output",
     "parse_marker",
@@ -31,6 +32,8 @@ __all__ = [
     "unescape_output",
 ]
 
+#: The helper's command name, also the first word of its ``--version`` line.
+PROG = "fruix-self-hosted-native-build"
 MARKER = "@@fruix-self-hosted@@"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 
@@ -178,8 +177,6 @@ def test_malformed_store_layout_is_named(kit, toy_guest):
 
 
 def test_source_store_missing(kit, toy_guest):
-    make_writable = toy_guest.source_dir
-    make_writable.chmod(make_writable.stat().st_mode | stat.S_IWUSR)
     shutil.rmtree(toy_guest.source_dir)
     proc = kit.run_helper("--system-root", str(toy_guest.path), "--json")
     assert proc.returncode == ExitCode.USAGE
@@ -262,9 +259,42 @@ def test_markers_for_the_host(kit, toy_guest):
     assert markers[-1].kind == "summary" and markers[-1].document["run_id"] == "m1"
 
 
-def test_module_entry_point(toy_guest):
+def test_module_entry_point():
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "fruix_guest_self_hosted.helper", "--version"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_helper_version_is_part_of_artifact_identity(kit, polluted_run, tmp_path):
+    """A different helper never reuses the objects an older one made."""
+    import dataclasses
+
+    from fruix_core.promotion import promote, read_promotion, write_promotion
+
+    root = Path(kit.summary_of(polluted_run[0])["result_root"])
+    older = tmp_path / "older-result-root"
+    shutil.copytree(root, older, symlinks=True)
+    promotion = read_promotion(older / "promotion.scm")
+    write_promotion(dataclasses.replace(promotion, executor_version="0.0.9"),
+                    older / "promotion.scm")
+    store = tmp_path / "store"
+    current = promote(root, store).artifacts
+    again = promote(root, store).artifacts
+    previous = promote(older, store).artifacts
+    assert current == again
+    assert all(current[kind] != previous[kind] for kind in current)
+
+
+def test_make_command_is_configurable(kit, toy_guest):
+    from fruix_core.promotion import read_promotion
+
+    if shutil.which("bmake", path="/sbin:/bin:/usr/sbin:/usr/bin") is None:
+        pytest.skip("bmake is not installed")
+    proc = kit.run_helper("--system-root", str(toy_guest.path), "--make", "bmake", "--json")
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    root = Path(kit.summary_of(proc)["result_root"])
+    assert ResultRoot(root).read_metadata()["make"] == "bmake"
+    assert read_promotion(root / "promotion.scm").policy.make == "bmake"
+    assert (root / "logs" / "buildworld.log").read_text().startswith("# bmake ")

@@ -321,3 +321,21 @@ def test_phase_timeout_stops_the_guest_command(toy_lab: Lab) -> None:
     assert proc.returncode == ExitCode.INFRASTRUCTURE
     assert "timeout" in proc.stderr
     assert _wait_gone("sleep 311") == []
+
+
+def test_resume_after_a_failed_phase(toy_lab: Lab) -> None:
+    fail = toy_lab.root.source_dir / "fail-installworld"
+    fail.write_text("")
+    first = toy_lab.run()
+    assert first.returncode == ExitCode.BUILD_FAILED
+    run_id = toy_lab.only_run_id()
+    assert (toy_lab.root.path / "var/tmp/fruix-native-builds" / run_id / "obj").is_dir()
+    fail.unlink()
+    second = toy_lab.run("--resume", run_id)
+    assert second.returncode == 0, second.stderr
+    doc = json.loads(second.stdout)
+    assert doc["run_id"] == run_id
+    host = Path(doc["result_root"])
+    assert (host / "status").read_text() == "ok\n"
+    assert (host / "artifacts/world/bin/sh").is_file()
+    assert (host / "logs/buildworld.log").is_file()  # from the first attempt, kept in the guest

@@ -222,11 +222,19 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
             state = record.get("power_state", "")
             log.info("acquiring VM", vm=label, power_state=state, run_id=run_id)
             _check_policy(settings, state, label)
-            lease = Lease(settings=settings, credentials=credentials, vm_ref=ref,
-                          vm_uuid=record["uuid"], vm_name=record.get("name_label", ""),
-                          snapshot_ref=snapshot_ref, snapshot_uuid=snapshot_uuid,
-                          found_state=state)
-            _power_up(xapi, settings, ref, state, label)
+            prepared = Lease(settings=settings, credentials=credentials, vm_ref=ref,
+                             vm_uuid=record["uuid"], vm_name=record.get("name_label", ""),
+                             snapshot_ref=snapshot_ref, snapshot_uuid=snapshot_uuid,
+                             found_state=state)
+            try:
+                _power_up(xapi, settings, ref, state, label)
+            except XapiFailure:
+                # XAPI refused: the VM is as it was, maybe another run's; hands off.
+                raise
+            except BaseException:
+                lease = prepared  # unknown outcome (timeout, interrupt): clean up to be safe
+                raise
+            lease = prepared
             lease.address = wait_for_address(xapi, settings, ref, label, cancel)
         log.info("VM reported its address", vm=label, address=lease.address)
         wait_for_ssh(lease.address, settings.ssh_port, key_type=settings.host_key_type,
@@ -259,6 +267,21 @@ def _wait_halted(xapi: XapiClient, ref: str, timeout: float) -> str:
         time.sleep(0.2)
 
 
+def _hard_shutdown(xapi: XapiClient, lease: Lease) -> None:
+    """``VM.hard_shutdown``, retried while the abandoned clean shutdown still holds the VM."""
+    deadline = time.monotonic() + HALT_SETTLE
+    while True:
+        try:
+            xapi.call("VM.hard_shutdown", lease.vm_ref, timeout=lease.settings.shutdown_timeout)
+            return
+        except XapiFailure as exc:
+            if exc.code == "VM_BAD_POWER_STATE":  # halted meanwhile
+                return
+            if exc.code != "OTHER_OPERATION_IN_PROGRESS" or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
+
+
 def _shut_down(xapi: XapiClient, lease: Lease) -> None:
     settings, ref, label = lease.settings, lease.vm_ref, lease.describe()
     state = xapi.call("VM.get_power_state", ref)
@@ -274,11 +297,7 @@ def _shut_down(xapi: XapiClient, lease: Lease) -> None:
             state = _wait_halted(xapi, ref, HALT_SETTLE)
     if state != "Halted":
         log.info("hard shutdown", vm=label, power_state=state)
-        try:
-            xapi.call("VM.hard_shutdown", ref, timeout=settings.shutdown_timeout)
-        except XapiFailure as exc:
-            if exc.code != "VM_BAD_POWER_STATE":  # already halted meanwhile
-                raise
+        _hard_shutdown(xapi, lease)
         state = _wait_halted(xapi, ref, HALT_SETTLE)
     if state != "Halted":
         raise GuestError(f"{label} is still {state} after a hard shutdown")
@@ -315,7 +334,8 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
     keep = settings.keep == "always" or (settings.keep == "on-failure" and outcome == "failed")
     if keep:
         lease.released = True
-        log.warning(f"KEEPING {label} RUNNING at {lease.address or 'unknown address'} "
+        where = f"RUNNING at {lease.address}" if lease.address else "as it is (no address yet)"
+        log.warning(f"KEEPING {label} {where} "
                     f"(keep = \"{settings.keep}\", run {outcome}); it is NOT reverted; "
                     f"when done: xe vm-shutdown uuid={lease.vm_uuid} force=true && "
                     f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}",

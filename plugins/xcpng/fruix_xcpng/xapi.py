@@ -75,11 +75,12 @@ class _TimeoutTransport(xmlrpc.client.Transport):
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         if self._connection and host == self._connection[0]:
-            conn = self._connection[1]
-            conn.timeout = self.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(self.timeout)
-            return conn
+            kept = self._connection[1]
+            if kept is not None:
+                kept.timeout = self.timeout
+                if kept.sock is not None:
+                    kept.sock.settimeout(self.timeout)
+                return kept
         chost, self._extra_headers, _x509 = self.get_host_info(host)
         conn: http.client.HTTPConnection
         if self._context is None:

@@ -68,7 +68,8 @@ def test_rehearse_a_config_against_the_lab_command(tmp_path: Path,
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=20)
     assert process.returncode == 0
-    assert LAB_PASSWORD not in err and LAB_PASSWORD not in json.dumps(description)
+    for secret in (LAB_USER, LAB_PASSWORD):
+        assert secret not in err and secret not in json.dumps(description)
 
 
 def test_human_output_prints_a_config_table(tmp_path: Path) -> None:

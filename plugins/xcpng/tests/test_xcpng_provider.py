@@ -84,6 +84,7 @@ def test_acquire_gives_a_usable_guest_and_release_reverts(lab: XapiLab,
     assert "VM released: halted and reverted" in events
     # every call was authenticated, and every login was matched by a logout
     assert lab.state.logins == len(lab.state.logged_out) == 2
+    assert {s.originator for s in lab.state.history} == {"fruix-native-build"}
 
 
 def test_vm_by_name_and_snapshot_by_uuid(lab: XapiLab) -> None:
@@ -187,9 +188,37 @@ def test_ip_that_never_comes(lab: XapiLab) -> None:
 
 def test_start_that_fails(lab: XapiLab) -> None:
     vm = lab.add_vm("build", faults=VmFaults(start_fails="BOOTLOADER_FAILED"))
-    dirty(vm)
     with pytest.raises(GuestError, match="VM.start failed: BOOTLOADER_FAILED"):
         XcpngGuestProvider().fruix_acquire_guest(guest_request(lab))
+    # XAPI refused the start: the VM never ran, so there is nothing to shut down or revert.
+    assert vm.power_state == "Halted" and vm.reverts == 0 and lab.live_sessions() == []
+
+
+def test_two_runs_racing_for_one_vm(lab: XapiLab) -> None:
+    vm = lab.add_vm("build", ip_delay=0.3)
+    provider = XcpngGuestProvider()
+    barrier = threading.Barrier(2)
+    outcomes: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(provider.fruix_acquire_guest(guest_request(lab)))
+        except GuestError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    guests = [o for o in outcomes if isinstance(o, Guest)]
+    errors = [str(o) for o in outcomes if isinstance(o, GuestError)]
+    assert len(guests) == 1 and len(errors) == 1
+    assert "VM_BAD_POWER_STATE" in errors[0] or "already Running" in errors[0]
+    # the loser did not take the winner's VM down
+    assert vm.power_state == "Running" and vm.reverts == 0
+    provider.fruix_release_guest(guests[0], "ok")
     released(lab, vm)
 
 
@@ -204,6 +233,16 @@ def test_clean_shutdown_that_hangs_is_forced(lab: XapiLab) -> None:
     assert time.monotonic() - started < 5
     assert any(e["event"].startswith("clean shutdown failed or took too long") for e in logs)
     assert any(e["event"] == "hard shutdown" for e in logs)
+    released(lab, vm)
+
+
+def test_hard_shutdown_retried_while_another_operation_holds_the_vm(lab: XapiLab) -> None:
+    vm = lab.add_vm("build", ip_delay=0.05,
+                    faults=VmFaults(clean_shutdown_hangs=True, hard_shutdown_busy=2))
+    provider = XcpngGuestProvider()
+    guest = provider.fruix_acquire_guest(guest_request(lab, shutdown_timeout=0.3))
+    provider.fruix_release_guest(guest, "ok")
+    assert vm.faults.hard_shutdown_busy == 0
     released(lab, vm)
 
 

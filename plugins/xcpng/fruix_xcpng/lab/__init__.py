@@ -236,7 +236,7 @@ class XapiLab:
         return settings
 
     def describe(self) -> dict[str, Any]:
-        """The lab as ``fruix-xapi-lab`` prints it (no passwords)."""
+        """The lab as ``fruix-xapi-lab`` prints it (no login: neither user nor password)."""
         vms = []
         for vm in self.state.vms.values():
             if vm.is_a_snapshot:
@@ -250,7 +250,7 @@ class XapiLab:
                 entry.update(host_key=self.host_key(vm.name),
                              identity_file=str(self.client_key(vm.name)))
             vms.append(entry)
-        data: dict[str, Any] = {"url": self.url, "users": sorted(self.state.users), "vms": vms}
+        data: dict[str, Any] = {"url": self.url, "vms": vms}
         if self.certificate is not None:
             data["certificate"] = {"file": str(self.certificate.cert_file),
                                    "sha256": self.certificate.sha256}

@@ -68,7 +68,8 @@ def build_lab(args: argparse.Namespace) -> Any:
                    ip_delay=float(vm["ip_delay"]),
                    faults=VmFaults(ip_never=vm["ip_never"],
                                    clean_shutdown_hangs=vm["clean_shutdown_hangs"],
-                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"]))
+                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"],
+                                   hard_shutdown_busy=vm["hard_shutdown_busy"]))
     return lab
 
 
@@ -82,8 +83,7 @@ def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
     if "certificate" in description:
         cert = description["certificate"]
         lines.append(f"  certificate {cert['file']}  sha256 {cert['sha256']}")
-    lines.append(f"  accepted user: {', '.join(description['users'])} (password from the "
-                 "environment)")
+    lines.append("  login: the user and password given in the environment")
     for vm in description["vms"]:
         lines.append(f"VM {vm['name']}  uuid {vm['uuid']}  {vm['power_state']}")
         lines.append(f"  address {vm['address']}  ssh port {vm['ssh_port']}  snapshots "

@@ -25,6 +25,7 @@
     clean_shutdown_hangs = false
     start_fails = ""
     ssh_never = false
+    hard_shutdown_busy = 0        # that many hard shutdowns fail (OTHER_OPERATION_IN_PROGRESS)
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ VM_SCHEMA: dict[str, Key] = {
     "clean_shutdown_hangs": Key(bool, False, "fault: clean shutdown never completes"),
     "start_fails": Key(str, "", "fault: VM.start fails with this error code"),
     "ssh_never": Key(bool, False, "fault: the guest's sshd never starts"),
+    "hard_shutdown_busy": Key(int, 0, "fault: this many hard shutdowns fail as busy"),
 }
 
 

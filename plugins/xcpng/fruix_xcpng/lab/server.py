@@ -121,7 +121,7 @@ class XapiHttpServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
 
     # -- dispatch -------------------------------------------------------------------
 
-    def _dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    def _dispatch(self, method: str, params: Any) -> dict[str, Any]:
         try:
             value = self._call(method, list(params))
         except XapiError as exc:

@@ -72,6 +72,8 @@ class VmFaults:
     start_fails: str = ""
     #: the address is published but the guest's sshd is never started
     ssh_never: bool = False
+    #: this many ``VM.hard_shutdown`` calls fail with ``OTHER_OPERATION_IN_PROGRESS``
+    hard_shutdown_busy: int = 0
 
 
 @dataclass
@@ -185,9 +187,12 @@ class XapiState:
         self.metrics: dict[str, _Metrics] = {}
         self.sessions: dict[str, LabSession] = {}
         self.logged_out: list[str] = []
+        #: every session ever opened, in order (to check originators)
+        self.history: list[LabSession] = []
         self.expired: list[str] = []
         self.logins = 0
-        self.calls: list[str] = []
+        #: the latest calls' method names, oldest first (for debugging a rehearsal)
+        self.calls: deque[str] = deque(maxlen=1000)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._events: deque[dict[str, Any]] = deque(maxlen=10_000)
@@ -351,6 +356,7 @@ class XapiState:
             session = LabSession(new_ref(), str(uuidlib.uuid4()), user, str(originator),
                                  time.monotonic())
             self.sessions[session.ref] = session
+            self.history.append(session)
             self.logins += 1
             return session.ref
 
@@ -434,6 +440,9 @@ class XapiState:
         with self._lock:
             vm = self._vm(ref)
             self._require(vm, "Running", "Paused", "Suspended")
+            if vm.faults.hard_shutdown_busy > 0:
+                vm.faults.hard_shutdown_busy -= 1
+                raise XapiError("OTHER_OPERATION_IN_PROGRESS", "VM", vm.ref, "clean_shutdown")
             self._halt_guest(vm)
             self._set_state(vm, "Halted")
             vm.hard_stop.set()
