@@ -160,6 +160,22 @@ class ResultRoot:
     def set_failed(self, phase: str) -> None:
         _write_atomic(self.path / "status", f"failed {phase}\n")
 
+    def record_failure(self, phase: str) -> None:
+        """Leave ``failed <phase>`` unless a failure is already recorded; never raises.
+
+        Used on every way out of a run that did not finish, so a result root
+        never keeps saying ``running`` (or ``ok``) after one.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if self.status().state != "failed":
+                self.set_failed(phase)
+        except OSError as exc:
+            import structlog
+
+            structlog.get_logger(__name__).error(
+                "cannot record failure", result_root=str(self.path), error=str(exc))
+
     def status(self) -> RunStatus:
         try:
             text = (self.path / "status").read_text(encoding="utf-8").strip()

@@ -173,16 +173,16 @@ def run_build(
         outcome = "ok"
     except Cancelled as exc:
         outcome = "interrupted"
-        _record_failure(host_root, current)
+        host_root.record_failure(current)
         exc.run_id = run_id  # type: ignore[attr-defined]
         exc.result_root = str(host_root.path)  # type: ignore[attr-defined]
         raise
     except (KeyboardInterrupt, SystemExit):
         outcome = "interrupted"
-        _record_failure(host_root, current)
+        host_root.record_failure(current)
         raise Cancelled("interrupted") from None
     except BaseException as exc:
-        _record_failure(host_root, current)
+        host_root.record_failure(current)
         if isinstance(exc, FruixError):
             exc.run_id = run_id  # type: ignore[attr-defined]
             exc.result_root = str(host_root.path)  # type: ignore[attr-defined]
@@ -208,15 +208,3 @@ def run_build(
     return RunOutcome(run_id=run_id, executor=executor_name, status="ok",
                       result_root=emitted.result_root, store=config.store, guest=guest_name,
                       bundle=bundle, artifacts=artifacts)
-
-
-def _record_failure(root: ResultRoot, phase: str) -> None:
-    """Make sure the host's result root says ``failed`` (executors may not have reached it)."""
-    try:
-        root.path.mkdir(parents=True, exist_ok=True)
-        if root.status().state != "failed":
-            root.set_failed(phase)
-    except OSError as exc:
-        log.error("cannot record failure", result_root=str(root.path), error=str(exc))
-
-

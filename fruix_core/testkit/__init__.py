@@ -38,6 +38,7 @@ __all__ = [
     "copy_sample_source",
     "make_toy_source",
     "make_tree_writable",
+    "processes_in",
     "run_cli",
 ]
 
@@ -193,3 +194,16 @@ try:
     from fruix_core.testkit.guest import *  # noqa: F401,F403,E402
 except ImportError:  # pragma: no cover
     pass
+
+
+def processes_in(directory: Path) -> list[int]:
+    """PIDs whose working directory is ``directory``: what a leaked make would leave behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(directory):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -29,14 +29,21 @@ TAIL_LINES = 20
 POLL_SECONDS = 0.1
 
 
-def kill_process_group(pgid: int, grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it."""
+def kill_process_group(pgid: int, grace: float = GRACE_SECONDS,
+                       leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it.
+
+    ``leader`` is reaped while waiting: an unreaped leader keeps its group
+    alive as a zombie, which would make every stop wait the whole grace.
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
@@ -93,7 +100,7 @@ class LocalRunner:
                 elif timeout is not None and time.monotonic() - started > timeout:
                     timed_out = True
                 if timed_out or cancelled:
-                    kill_process_group(proc.pid)
+                    kill_process_group(proc.pid, leader=proc)
                     break
                 # The reader ends at EOF, normally the moment the command exits: waiting
                 # on it (not sleeping) keeps the per-phase latency near zero.
@@ -104,7 +111,7 @@ class LocalRunner:
                     except subprocess.TimeoutExpired:
                         pass
         except BaseException:
-            kill_process_group(proc.pid, grace=0.5)
+            kill_process_group(proc.pid, grace=0.5, leader=proc)
             raise
         finally:
             returncode = proc.wait()

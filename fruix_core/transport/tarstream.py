@@ -108,44 +108,81 @@ class _Progress:
         sys.stderr.flush()
 
 
-class _CountingReader:
-    """A read-only file object over a byte source that counts and remembers its tail.
+class _ForwardReader:
+    """A forward-only, seekable-looking file object over a byte source.
 
-    ``tarfile``'s stream mode reads ahead, so the end-of-archive check looks
-    at the bytes handed out at a given absolute offset: the last :data:`KEEP`
-    of them are kept.
+    ``tarfile``'s stream mode copies its whole read-ahead buffer on every
+    small read; its normal mode only ever seeks forward (plus one byte back),
+    so this reader offers ``seek``/``tell`` over a buffer that keeps
+    :data:`HISTORY` bytes behind the current position. It also counts the
+    bytes received, for progress.
     """
 
-    KEEP = 1 << 17
+    HISTORY = 1 << 16
 
     def __init__(self, read: Callable[[int], bytes],
                  on_progress: Callable[[int], None] | None = None) -> None:
-        self._read = read
+        self._source = read
         self._on_progress = on_progress
+        self._buf = bytearray()
+        self._base = 0   # absolute offset of _buf[0]
+        self._pos = 0    # index of the current position in _buf
+        self._eof = False
         self.count = 0
-        self.tail = b""
+
+    def _fill(self, want: int) -> None:
+        """Make ``want`` bytes available after the position, unless the source ends."""
+        while len(self._buf) - self._pos < want and not self._eof:
+            data = self._source(max(CHUNK, want))
+            if not data:
+                self._eof = True
+                break
+            if self._pos > self.HISTORY + CHUNK:
+                drop = self._pos - self.HISTORY
+                del self._buf[:drop]
+                self._base += drop
+                self._pos -= drop
+            self._buf += data
+            self.count += len(data)
+            if self._on_progress is not None:
+                self._on_progress(self.count)
 
     def read(self, size: int = -1) -> bytes:
-        want = CHUNK if size is None or size < 0 else size
-        out = bytearray()
-        while len(out) < want:
-            data = self._read(want - len(out))
-            if not data:
-                break
-            out += data
-        data = bytes(out)
-        self.count += len(data)
-        self.tail = (self.tail + data)[-self.KEEP:]
-        if self._on_progress is not None:
-            self._on_progress(self.count)
-        return data
+        if size is None or size < 0:
+            chunks = []
+            while True:
+                data = self.read(CHUNK)
+                if not data:
+                    return b"".join(chunks)
+                chunks.append(data)
+        self._fill(size)
+        out = bytes(self._buf[self._pos:self._pos + size])
+        self._pos += len(out)
+        return out
 
-    def bytes_at(self, offset: int, size: int) -> bytes | None:
-        """Bytes ``[offset, offset+size)`` if they are still in the kept tail."""
-        start = self.count - len(self.tail)
-        if offset < start:
-            return None
-        return self.tail[offset - start:offset - start + size]
+    def tell(self) -> int:
+        return self._base + self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self.tell()
+        elif whence != 0:
+            raise OSError("forward reader: only absolute and relative seeks")
+        if offset < self._base:
+            raise OSError("forward reader: cannot seek that far back")
+        ahead = offset - self._base - len(self._buf)
+        while ahead > 0 and not self._eof:
+            self._pos = len(self._buf)
+            self._fill(min(ahead, CHUNK))
+            ahead = offset - self._base - len(self._buf)
+        self._pos = min(offset - self._base, len(self._buf))
+        return self.tell()
+
+    def drain(self) -> None:
+        """Read the source to its end (the rest of the last tar record)."""
+        while not self._eof:
+            self._pos = len(self._buf)
+            self._fill(CHUNK)
 
 
 def _member_path(name: str) -> str:
@@ -256,30 +293,33 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def extract_stream(stream: IO[bytes] | _CountingReader, root: Path) -> int:
+def extract_stream(stream: IO[bytes] | _ForwardReader, root: Path) -> int:
     """Extract a tar stream into the existing, empty directory ``root``.
 
     :returns: the number of members.
     :raises UnsafeArchiveError: a member broke the rules (module docstring).
     :raises TransportError: the stream is truncated or not a tar archive.
     """
-    reader = stream if isinstance(stream, _CountingReader) else _CountingReader(stream.read)
+    reader = stream if isinstance(stream, _ForwardReader) else _ForwardReader(stream.read)
     extractor = _Extractor(root)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
-            for member in tar:
+        with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
+            member = tar.next()
+            while member is not None:
                 extractor.add(tar, member)
+                tar.members.clear()  # sequential: keep memory flat on huge trees
+                member = tar.next()
             end = tar.offset
     except tarfile.ReadError as exc:
         raise TransportError(f"tar stream is truncated or corrupt ({exc})") from None
     except tarfile.HeaderError as exc:
         raise TransportError(f"tar stream is corrupt ({exc})") from None
     # tarfile stops quietly at end of input on a member boundary: insist on the marker.
-    marker = reader.bytes_at(end, tarfile.BLOCKSIZE)
-    if marker is None:
-        while reader.read(CHUNK):
-            pass
-        marker = reader.bytes_at(end, tarfile.BLOCKSIZE)
+    try:
+        reader.seek(end)
+        marker = reader.read(tarfile.BLOCKSIZE)
+    except OSError:
+        marker = b""
     if marker != _ZERO_BLOCK:
         raise TransportError("tar stream is truncated (no end-of-archive marker)")
     extractor.finish()
@@ -413,7 +453,7 @@ def fetch_tree(session: SSHSession, remote_dir: str, dest: Path, *,
         channel.shutdown_write()
         channel.settimeout(1.0)
         source = _ChannelSource(session, channel)
-        reader = _CountingReader(source.read, meter.update)
+        reader = _ForwardReader(source.read, meter.update)
         try:
             members = extract_stream(reader, partial)
         except TransportError:
@@ -421,8 +461,7 @@ def fetch_tree(session: SSHSession, remote_dir: str, dest: Path, *,
                 raise ConnectionLostError(
                     f"{session.where}: connection lost during transfer") from None
             raise
-        while reader.read(CHUNK):
-            pass  # the rest of the last tar record
+        reader.drain()  # the rest of the last tar record
         status = session.exit_status(channel, wait=30.0)
         if status is None:
             raise ConnectionLostError(f"{session.where}: connection lost during transfer")

@@ -272,3 +272,61 @@ def test_missing_artifact_or_promotion_is_refused(tmp_path: Path) -> None:
     (root / "promotion.scm").unlink()
     with pytest.raises(PromotionInputError, match="promotion.scm"):
         verify_result_root(root)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_names = st.text(alphabet="abcXYZ-_.é", min_size=1, max_size=8).filter(
+    lambda n: n not in (".", ".."))
+_trees = st.recursive(
+    st.one_of(st.binary(max_size=3000), st.tuples(st.just("link"), _names)),
+    lambda children: st.dictionaries(_names, children, max_size=5),
+    max_leaves=15,
+)
+
+
+def _write(path: Path, node) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(node, dict):
+        path.mkdir()
+        for name, child in node.items():
+            _write(path / name, child)
+    elif isinstance(node, tuple):
+        os.symlink(node[1], path)
+    else:
+        path.write_bytes(node)
+        if len(node) % 2:
+            path.chmod(0o755)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tree=st.dictionaries(_names, _trees, max_size=6))
+def test_any_tree_survives_the_stream(tree) -> None:  # type: ignore[no-untyped-def]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, dest = Path(tmp) / "src", Path(tmp) / "dest"
+        _write(source, tree)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            tar.add(source, arcname=".")
+        dest.mkdir()
+        extract_stream(io.BytesIO(buffer.getvalue()), dest)
+        assert tree_signature(dest) == tree_signature(source)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=20000))
+def test_any_truncation_is_detected(cut: int) -> None:
+    import tempfile
+
+    good = _tar(_file("a", b"A" * 5000), _file("d/b", b"B" * 3000), _file("c", b""))
+    with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+        last = tar.getmembers()[-1]
+    marker_end = last.offset_data + -(-last.size // 512) * 512 + tarfile.BLOCKSIZE
+    if cut >= marker_end:
+        return  # the end-of-archive marker is complete: not truncated
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(TransportError):
+        extract_stream(io.BytesIO(good[:cut]), Path(tmp))

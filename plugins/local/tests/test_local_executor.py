@@ -16,26 +16,13 @@ import pytest
 
 from fruix_core.errors import ExitCode
 from fruix_core.resultroot import ResultRoot, new_run_id
-from fruix_core.testkit import run_cli
+from fruix_core.testkit import processes_in, run_cli
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
 
 
 def _config(ws, source, extra=""):
     return ws.write_config(extra, source=source, promote=False)
-
-
-def _processes_in(directory: Path) -> list[int]:
-    """PIDs whose working directory is ``directory`` (what a leaked make would have)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.readlink(entry / "cwd") == str(directory):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def test_result_root_layout(fruix_workspace, fruix_toy_source):
@@ -137,13 +124,13 @@ def test_cancel_stops_the_process_group(fruix_workspace, fruix_toy_source, signu
     proc = _start(conf, fruix_workspace.root)
     log = next(iter(_poll_logs(fruix_workspace.results)))
     _wait_for(log, "sleeping")
-    assert _processes_in(fruix_toy_source), "the phase should be running"
+    assert processes_in(fruix_toy_source), "the phase should be running"
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert "Traceback" not in err
     time.sleep(0.2)
-    assert _processes_in(fruix_toy_source) == []
+    assert processes_in(fruix_toy_source) == []
     assert (log.parent.parent / "status").read_text() == "failed buildworld\n"
 
 
@@ -163,7 +150,7 @@ def test_phase_timeout(fruix_workspace, fruix_toy_source):
     proc = run_cli("native-build", "run", "--config", str(conf), cwd=fruix_workspace.root)
     assert proc.returncode == ExitCode.INFRASTRUCTURE
     assert "buildkernel exceeded its timeout of 1 s" in proc.stderr
-    assert _processes_in(fruix_toy_source) == []
+    assert processes_in(fruix_toy_source) == []
 
 
 def test_live_view_on_a_terminal(fruix_workspace, fruix_toy_source):
