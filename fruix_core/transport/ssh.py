@@ -73,6 +73,10 @@ TAIL_LINES = 20
 BULK_WINDOW = 16 * 1024 * 1024
 BULK_PACKET = 128 * 1024
 PGID_MARKER = "@@fruix-pgid@@"
+#: Longest line passed on as one; longer output is cut into pieces of this size.
+MAX_LINE = 1 << 20
+#: Seconds the output may stay open after the command exited before its group is swept.
+LINGER_SECONDS = 5.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: Preferred ciphers: AEAD first (one pass, no separate MAC), then paramiko's defaults.
 _CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
@@ -412,6 +416,13 @@ class SSHSession:
                 except TimeoutError:
                     data = None
                 if data == b"":
+                    # EOF; the exit status may still be on its way (or the command may
+                    # have closed its output and go on): keep honouring cancel/timeout.
+                    if self._await_exit(channel, started, timeout, cancel):
+                        break
+                    timed_out = timeout is not None and not (cancel and cancel.cancelled)
+                    cancelled = not timed_out
+                    self._stop_group(pgid, channel)
                     break
                 if data:
                     last_traffic = time.monotonic()
@@ -419,6 +430,9 @@ class SSHSession:
                     *lines, pending = pending.split(b"\n")
                     for raw in lines:
                         emit(raw)
+                    if len(pending) > MAX_LINE:
+                        emit(pending)
+                        pending = b""
                     continue
                 if cancel is not None and cancel.cancelled:
                     cancelled = True
@@ -428,6 +442,12 @@ class SSHSession:
                     self._stop_group(pgid, channel)
                     break
                 if not self.active:
+                    break
+                if channel.exit_status_ready() and \
+                        time.monotonic() - last_traffic > LINGER_SECONDS:
+                    # The command exited but something it started still holds the
+                    # output open: sweep its group, as the local runner does.
+                    self._stop_group(pgid, channel, grace=0.5)
                     break
                 last_traffic = self.check_alive(last_traffic)
         except BaseException:
@@ -441,7 +461,7 @@ class SSHSession:
             raise
         if pending:
             emit(pending)
-        status = self.exit_status(channel, wait=10.0 if (timed_out or cancelled) else None)
+        status = self.exit_status(channel, wait=10.0)
         channel.close()
         if timed_out or cancelled:
             # The wrapper was killed with its group: report the signal we sent.
@@ -450,6 +470,17 @@ class SSHSession:
             raise ConnectionLostError(f"{self.where}: connection lost before the command finished")
         return CommandOutcome(returncode=status, duration=time.monotonic() - started,
                               last_lines=tuple(tail), timed_out=timed_out, cancelled=cancelled)
+
+    def _await_exit(self, channel: paramiko.Channel, started: float, timeout: float | None,
+                    cancel: CancelToken | None) -> bool:
+        """After EOF, wait for the exit status; ``False`` when cancel or timeout came first."""
+        while not channel.exit_status_ready() and self.active:
+            if cancel is not None and cancel.cancelled:
+                return False
+            if timeout is not None and time.monotonic() - started > timeout:
+                return False
+            channel.status_event.wait(0.2)
+        return True
 
     def exit_status(self, channel: paramiko.Channel, wait: float | None) -> int | None:
         """The exit status after EOF; ``None`` when the connection dropped first."""

@@ -65,6 +65,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+DRAIN = 64 << 20
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 
 
@@ -156,7 +157,8 @@ class _ForwardReader:
                     return b"".join(chunks)
                 chunks.append(data)
         self._fill(size)
-        out = bytes(self._buf[self._pos:self._pos + size])
+        with memoryview(self._buf) as view:
+            out = bytes(view[self._pos:self._pos + size])
         self._pos += len(out)
         return out
 
@@ -200,20 +202,25 @@ def _member_path(name: str) -> str:
 class _Extractor:
     """Writes members under ``root``, tracking what each path is."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, reader: _ForwardReader) -> None:
         self.root = root
+        self.prefix = os.fspath(root) + "/"
+        self.reader = reader
         self.kinds: dict[str, str] = {"": "dir"}   # path → dir | file | symlink
         self.dir_modes: dict[str, tuple[int, float]] = {}
         self.members = 0
 
     def _parent_ready(self, rel: str) -> None:
         """Create missing parents; refuse to go through anything but our directories."""
+        cut = rel.rfind("/")
+        if cut < 0 or self.kinds.get(rel[:cut]) == "dir":
+            return
         parts = rel.split("/")[:-1]
         for i in range(len(parts)):
             prefix = "/".join(parts[: i + 1])
             kind = self.kinds.get(prefix)
             if kind is None:
-                os.mkdir(self.root / prefix, 0o700)
+                os.mkdir(self.prefix + prefix, 0o700)
                 self.kinds[prefix] = "dir"
             elif kind != "dir":
                 raise UnsafeArchiveError(
@@ -227,7 +234,7 @@ class _Extractor:
                 raise UnsafeArchiveError(f"archive member {rel!r} appears twice")
             if rel and rel not in self.kinds:
                 self._parent_ready(rel)
-                os.mkdir(self.root / rel, 0o700)
+                os.mkdir(self.prefix + rel, 0o700)
                 self.kinds[rel] = "dir"
             self.dir_modes[rel] = (member.mode & 0o7777, float(member.mtime))
             return
@@ -236,7 +243,7 @@ class _Extractor:
         if rel in self.kinds:
             raise UnsafeArchiveError(f"archive member {rel!r} appears twice")
         self._parent_ready(rel)
-        target = self.root / rel
+        target = self.prefix + rel
         if member.isreg():
             self._write_file(tar, member, target)
             self.kinds[rel] = "file"
@@ -251,25 +258,29 @@ class _Extractor:
                 raise UnsafeArchiveError(
                     f"hard link {rel!r} points at {member.linkname[:200]!r}, "
                     "which is not a regular file of this archive")
-            os.link(self.root / source, target, follow_symlinks=False)
+            os.link(self.prefix + source, target, follow_symlinks=False)
             self.kinds[rel] = "file"
         else:
             what = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
                     tarfile.FIFOTYPE: "FIFO"}.get(member.type, f"type {member.type!r}")
             raise UnsafeArchiveError(f"archive member {rel!r} is a {what}; refused")
 
-    @staticmethod
-    def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
-        source = tar.extractfile(member)
-        assert source is not None
+    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:
+        if member.issparse():
+            source: Any = tar.extractfile(member)  # tarfile maps the holes
+            read = source.read
+        else:
+            # Plain members: read straight from the stream (no per-member file object).
+            self.reader.seek(member.offset_data)
+            read = self.reader.read
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(target, flags, 0o600)
         try:
             remaining = member.size
             while remaining > 0:
-                data = source.read(min(CHUNK, remaining))
+                data = read(min(CHUNK, remaining))
                 if not data:
-                    raise TransportError(f"archive ended inside {member.name[:200]!r}")
+                    raise TransportError(f"tar stream is truncated inside {member.name[:200]!r}")
                 _write_all(fd, data)
                 remaining -= len(data)
             os.fchmod(fd, member.mode & 0o7777)
@@ -281,8 +292,8 @@ class _Extractor:
         """Apply directory modes and times, deepest first (read-only dirs last)."""
         for rel in sorted(self.dir_modes, key=lambda r: r.count("/") + bool(r), reverse=True):
             mode, mtime = self.dir_modes[rel]
-            path = self.root / rel if rel else self.root
-            os.chmod(path, mode | 0o700 if rel == "" else mode)
+            path = self.prefix + rel if rel else os.fspath(self.root)
+            os.chmod(path, (mode | 0o700) if rel == "" else mode)
             os.utime(path, (mtime, mtime))
 
 
@@ -301,7 +312,7 @@ def extract_stream(stream: IO[bytes] | _ForwardReader, root: Path) -> int:
     :raises TransportError: the stream is truncated or not a tar archive.
     """
     reader = stream if isinstance(stream, _ForwardReader) else _ForwardReader(stream.read)
-    extractor = _Extractor(root)
+    extractor = _Extractor(root, reader)
     try:
         with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
             member = tar.next()
@@ -386,6 +397,18 @@ def verify_result_root(root: Path) -> None:
 # -- transfer ------------------------------------------------------------------------------
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a tree we wrote, read-only directories included (never follows symlinks)."""
+    if not path.exists() or path.is_symlink():
+        return
+    for dirpath, dirnames, _files in os.walk(path):
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def install_tree(partial: Path, dest: Path) -> None:
     """Rename the finished ``partial`` tree to ``dest``, replacing what was there."""
     old: Path | None = None
@@ -394,7 +417,7 @@ def install_tree(partial: Path, dest: Path) -> None:
         os.rename(dest, old)
     os.rename(partial, dest)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_tree(old)
 
 
 class _ChannelSource:
@@ -412,7 +435,9 @@ class _ChannelSource:
             if channel.recv_stderr_ready():
                 self.stderr = (self.stderr + channel.recv_stderr(65536))[-4096:]
             try:
-                data = channel.recv(size)
+                # Take all that is buffered: paramiko's buffer drops what was read by
+                # copying the rest, so small reads of a full window cost quadratic time.
+                data = channel.recv(max(size, DRAIN))
             except TimeoutError:
                 if not self.session.active:
                     raise ConnectionLostError(
@@ -475,7 +500,7 @@ def fetch_tree(session: SSHSession, remote_dir: str, dest: Path, *,
     except BaseException as exc:
         if channel is not None:
             channel.close()
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_tree(partial)
         if isinstance(exc, OSError):
             raise TransportError(f"cannot write {dest}: {exc.strerror or exc}") from None
         raise

@@ -282,11 +282,15 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
 
 
 def test_sshd_killed_mid_command_is_a_lost_connection(fruix_sshd: SshServer) -> None:
+    def kill_when_started(line: str) -> None:
+        if line == "started":
+            threading.Timer(0.3, fruix_sshd.kill).start()
+
     with connect(fruix_sshd.guest()) as sess:
-        threading.Timer(1.0, fruix_sshd.kill).start()
         started = time.monotonic()
         with pytest.raises(ConnectionLostError):
-            sess.run(["sh", "-c", "echo started; sleep 305"], env=PATH_ENV)
+            sess.run(["sh", "-c", "echo started; sleep 305"], env=PATH_ENV,
+                     on_line=kill_when_started)
         assert time.monotonic() - started < 20
     fruix_sshd.stop()
     assert _wait_gone("sleep 305") == []
