@@ -270,16 +270,6 @@ def mark_interrupted(run: GuestRun) -> None:
         log.error("cannot record interruption", result_root=str(root.path), error=str(exc))
 
 
-def _record_failure(root: ResultRoot, phase: str) -> None:
-    """Leave ``failed`` in the result root whatever stopped the run (never ``ok``)."""
-    try:
-        root.path.mkdir(parents=True, exist_ok=True)
-        if root.status().state != "failed":
-            root.set_failed(phase)
-    except OSError as exc:
-        log.error("cannot record failure", result_root=str(root.path), error=str(exc))
-
-
 def run_in_guest(
     *,
     system_root: Path,
@@ -345,10 +335,10 @@ def run_in_guest(
         run.current = "emit"
         run.emitted = pm.emit_promotion(request, env, run.staged)
     except (KeyboardInterrupt, SystemExit):
-        _record_failure(root, run.current)
+        root.record_failure(run.current)
         raise Cancelled("interrupted") from None
     except BaseException:
-        _record_failure(root, run.current)
+        root.record_failure(run.current)
         raise
     # Only a complete result root (status ok, promotion.scm written) becomes latest.
     swap_latest(facts.results_dir, run.run_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fruix_core.model import ARTIFACT_KINDS
-from fruix_core.testkit import make_toy_source, make_tree_writable
+from fruix_core.testkit import make_toy_source, make_tree_writable, processes_in
 from fruix_core.testkit.guest import GuestRoot, make_guest_root
 from fruix_core.testkit.sshd import fruix_sshd, fruix_sshd_shared  # noqa: F401
 
@@ -54,19 +54,6 @@ def signatures(result_root: Path, kinds: Sequence[str] = ARTIFACT_KINDS) -> dict
     from fruix_core.promotion.nar import tree_signature
 
     return {kind: tree_signature(result_root / "artifacts" / kind) for kind in kinds}
-
-
-def processes_in(directory: Path) -> list[int]:
-    """PIDs whose working directory is ``directory`` (what a leaked make would have)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.readlink(entry / "cwd") == str(directory):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def kill_processes_in(directory: Path) -> None:
