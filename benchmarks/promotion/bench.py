@@ -51,8 +51,14 @@ FRUIX = Path(sys.executable).with_name("fruix")
 TIME = shutil.which("time") or "/usr/bin/time"
 
 
-def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+CPU: dict[str, list[float]] = {}
+
+
+def run(argv: list[str], env: dict[str, str] | None = None,
+        label: str | None = None) -> tuple[float, int]:
     """Run ``argv``; returns (wall seconds, peak RSS in KiB of the command).
+
+    With ``label``, the command's CPU time (user + system) is recorded in :data:`CPU`.
 
     The peak RSS comes from ``/usr/bin/time -f %M``: measured on a small
     parent, since Linux carries a process's high-water mark across ``exec``
@@ -62,13 +68,16 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
     os.close(fd)
     try:
         started = time.perf_counter()
-        done = subprocess.run([TIME, "-o", report, "-f", "%M", *argv],
+        done = subprocess.run([TIME, "-o", report, "-f", "%M %U %S", *argv],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, **(env or {})})
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"{argv[0]} failed ({done.returncode}): {done.stderr[-2000:]!r}")
-        peak = int(Path(report).read_text().split()[-1])
+        peak_text, user, system = Path(report).read_text().split()[-3:]
+        peak = int(peak_text)
+        if label:
+            CPU.setdefault(label, []).append(float(user) + float(system))
     finally:
         os.unlink(report)
     return elapsed, peak
@@ -115,7 +124,7 @@ def measure(runs: int, label: str, results: dict[str, list[float]],
             env: dict[str, str] | None = None, rss: dict[str, list[int]] | None = None) -> None:
     before()
     settle()
-    seconds, peak = run(argv, env)
+    seconds, peak = run(argv, env, label)
     after()
     results.setdefault(label, []).append(seconds)
     if rss is not None:
@@ -177,7 +186,7 @@ def main() -> None:
                 promote_argv(a, scratch), clear, {"FRUIX_STORE_FSYNC": "syncfs"}, rss)
         scratch.mkdir()
         settle()
-        seconds, peak = run(["cp", "-a", *trees(a), str(scratch)])
+        seconds, peak = run(["cp", "-a", *trees(a), str(scratch)], label="cp -a")
         results.setdefault("cp -a", []).append(seconds)
         print(f"  {'cp -a':<34} {seconds:8.3f} s", flush=True)
         clear()
@@ -223,6 +232,7 @@ def report(args: argparse.Namespace, root: Path, results: dict[str, list[float]]
     document = {
         "scale": args.scale, "runs": args.runs, "trees": tree_stats(root),
         "median_seconds": med, "all_seconds": results, "peak_rss_mib": peak, "ratios": ratios,
+        "median_cpu_seconds": {label: statistics.median(v) for label, v in CPU.items()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
     }

@@ -110,9 +110,11 @@ class Ingester:
         self.state = totals or Progress()
         self._expect_new = True
         self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
+        self._made: set[bytes] = set()  # directories created in temporary objects
 
     def close(self) -> None:
-        """Nothing to release (kept for callers' symmetry)."""
+        """Forget per-promotion caches."""
+        self._made.clear()
 
     # -- content pool ----------------------------------------------------
 
@@ -138,8 +140,10 @@ class Ingester:
     def _create(self, temp: Path, rel: bytes) -> tuple[int, bytes]:
         dest = os.fsencode(temp) + b"/" + rel
         parent = os.path.dirname(dest)
-        with store_errors(f"cannot create {os.fsdecode(parent)}"):
-            os.makedirs(parent, exist_ok=True)
+        with store_errors(f"cannot create {os.fsdecode(dest)}"):
+            if parent not in self._made:
+                os.makedirs(parent, exist_ok=True)
+                self._made.add(parent)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          0o600)
         return fd, dest

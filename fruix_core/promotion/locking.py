@@ -39,10 +39,15 @@ class OwnerLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Create the owner lock file already locked (locked under a temporary name,
+        then renamed), so no one ever sees it unlocked while this process lives."""
         path = self.layout.owner_lock(self.token)
+        fresh = path.with_name(f".new-{path.name}")
         with store_errors(f"cannot create lock {path}"):
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            self._fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                               | getattr(os, "O_CLOEXEC", 0), 0o644)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.rename(fresh, path)
 
     def release(self) -> None:
         if self._fd is None:
@@ -115,6 +120,11 @@ def remove_stale_temporaries(layout: StoreLayout, own_token: str) -> list[str]:
             continue
         removed.append(name)
         log.info("store.stale_temporary.removed", path=str(layout.root / name))
+    for name in sorted(os.listdir(layout.locks)) if layout.locks.is_dir() else []:
+        if name.startswith("owner-") and name.endswith(".lock"):
+            token = name[len("owner-"):-len(".lock")]
+            if token != own_token and token not in verdicts:
+                _owner_alive(layout, token)  # removes the file when its owner is dead
     return removed
 
 

@@ -12,14 +12,12 @@ new file and directory; after the rename the store directory is fsynced.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 from fruix_core.errors import StoreError
@@ -42,22 +40,33 @@ ENOSPC_SEAM = "FRUIX_TEST_ENOSPC_AFTER_WRITES"
 _writes = 0
 
 
-@contextlib.contextmanager
-def store_errors(what: str) -> Iterator[None]:
-    """Turn any ``OSError`` raised inside into a :class:`StoreError` about ``what``."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except OSError as err:
-        reason = err.strerror or str(err)
-        code = errno.errorcode.get(err.errno or 0, "")
+class store_errors:  # noqa: N801 - used like a function: ``with store_errors(...)``
+    """Turn any ``OSError`` raised inside into a :class:`StoreError` about ``what``.
+
+    A plain class rather than a generator context manager: it wraps every
+    file written, so it must be cheap.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _tb: object) -> None:
+        if error is None or isinstance(error, StoreError) or not isinstance(error, OSError):
+            return
+        reason = error.strerror or str(error)
+        code = errno.errorcode.get(error.errno or 0, "")
         hint = ""
-        if err.errno == errno.ENOSPC:
+        if error.errno == errno.ENOSPC:
             hint = "; free space on the store's file system and promote again"
-        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = "; the store directory is not writable by this user"
-        raise StoreError(f"{what}: {reason}{f' ({code})' if code else ''}{hint}") from None
+        raise StoreError(f"{self.what}: {reason}{f' ({code})' if code else ''}{hint}") from None
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

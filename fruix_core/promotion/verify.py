@@ -76,6 +76,9 @@ def verify(store: Path | str, paths: Sequence[Path | str] | None = None) -> Veri
     :returns: a report listing every problem found; ``report.ok`` when none.
     """
     store = Path(store).absolute()
+    if paths is None and not store.is_dir():
+        return VerifyReport(checked=(), problems=(
+            Problem(str(store), "", "store directory does not exist"),))
     targets = _objects(store) if paths is None else [
         Path(p) if os.path.isabs(p) or os.sep in str(p) else store / p for p in paths]
     problems: list[Problem] = []

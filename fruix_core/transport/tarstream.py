@@ -66,6 +66,19 @@ log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
 DRAIN = 64 << 20
+
+
+def _read_umask() -> int | None:
+    """The process umask without changing it (Linux ``/proc``); ``None`` when unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 
 
@@ -150,7 +163,7 @@ class _ForwardReader:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 data = self.read(CHUNK)
                 if not data:
@@ -200,12 +213,20 @@ def _member_path(name: str) -> str:
 
 
 class _Extractor:
-    """Writes members under ``root``, tracking what each path is."""
+    """Checks members and writes them under ``root``, tracking what each path is.
+
+    Every safety decision is made from what earlier members were (kept in
+    memory: the destination is a fresh directory only we write), never by
+    looking at the file system, which a member could have changed.
+    """
+
+    FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
     def __init__(self, root: Path, reader: _ForwardReader) -> None:
         self.root = root
         self.prefix = os.fspath(root) + "/"
         self.reader = reader
+        self.umask = _read_umask()
         self.kinds: dict[str, str] = {"": "dir"}   # path → dir | file | symlink
         self.dir_modes: dict[str, tuple[int, float]] = {}
         self.members = 0
@@ -250,7 +271,7 @@ class _Extractor:
         elif member.issym():
             if "\0" in member.linkname:
                 raise UnsafeArchiveError(f"symlink {rel!r} target holds a NUL byte")
-            os.symlink(member.linkname, target)   # opaque bytes, never followed
+            os.symlink(member.linkname, target)  # opaque bytes, never followed
             self.kinds[rel] = "symlink"
         elif member.islnk():
             source = _member_path(member.linkname)
@@ -273,17 +294,22 @@ class _Extractor:
             # Plain members: read straight from the stream (no per-member file object).
             self.reader.seek(member.offset_data)
             read = self.reader.read
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(target, flags, 0o600)
+        mode = member.mode & 0o7777
+        # Create with the final mode when the umask leaves it intact (one syscall less
+        # per file); the creating descriptor may write even to a read-only mode.
+        exact = mode <= 0o777 and self.umask is not None and not mode & self.umask
+        fd = os.open(target, self.FLAGS, mode if exact else 0o600)
         try:
             remaining = member.size
             while remaining > 0:
                 data = read(min(CHUNK, remaining))
                 if not data:
-                    raise TransportError(f"tar stream is truncated inside {member.name[:200]!r}")
+                    raise TransportError(
+                        f"tar stream is truncated inside {member.name[:200]!r}")
                 _write_all(fd, data)
                 remaining -= len(data)
-            os.fchmod(fd, member.mode & 0o7777)
+            if not exact:
+                os.fchmod(fd, mode)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)

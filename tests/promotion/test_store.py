@@ -253,3 +253,12 @@ def test_full_disk_through_the_seam(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert _store_entries(store) == []
     monkeypatch.delenv(ENOSPC_SEAM)
     assert len(promote(root, store).published) == 5
+
+
+def test_lock_files_of_dead_owners_are_removed(result_root: Path, store: Path) -> None:
+    promote(result_root, store)
+    dead = store / ".locks/owner-1deadbeef.lock"
+    dead.write_text("")
+    promote(result_root, store)
+    assert not dead.exists()
+    assert [n for n in os.listdir(store / ".locks") if n.startswith("owner-")] == []

@@ -144,3 +144,8 @@ def test_references_and_bundle_links(promoted: PromotionOutcome, store: Path) ->
 def test_not_an_object(store: Path, promoted: PromotionOutcome) -> None:
     problems = _problems(store, [store / "no-such-object"])
     assert problems == [("no-such-object", "", "no such store object")]
+
+
+def test_missing_store(tmp_path: Path) -> None:
+    report = verify(tmp_path / "nowhere")
+    assert not report.ok and report.problems[0].problem == "store directory does not exist"

@@ -330,3 +330,13 @@ def test_any_truncation_is_detected(cut: int) -> None:
         return  # the end-of-archive marker is complete: not truncated
     with tempfile.TemporaryDirectory() as tmp, pytest.raises(TransportError):
         extract_stream(io.BytesIO(good[:cut]), Path(tmp))
+
+
+def test_file_modes_are_kept_exactly(tmp_path: Path) -> None:
+    modes = {"ro": 0o444, "exe": 0o755, "group": 0o664, "private": 0o600, "setuid": 0o4755,
+             "none": 0o000}
+    data = _tar(*(_file(name, b"data", mode) for name, mode in modes.items()))
+    extract_stream(io.BytesIO(data), tmp_path)
+    for name, mode in modes.items():
+        assert stat.S_IMODE(os.lstat(tmp_path / name).st_mode) == mode, name
+        assert (tmp_path / name).read_bytes() == b"data"
