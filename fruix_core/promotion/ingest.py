@@ -150,11 +150,13 @@ class Ingester:
 
     def _finish(self, fd: int, dest: bytes, mode: int, digest: str, executable: bool) -> None:
         with store_errors(f"cannot write {os.fsdecode(dest)}"):
-            os.fchmod(fd, canonical_mode(mode))
-            os.utime(fd, (FIXED_MTIME, FIXED_MTIME))
-            if self.fsync_each:
-                os.fsync(fd)
-            os.close(fd)
+            try:
+                os.fchmod(fd, canonical_mode(mode))
+                os.utime(fd, (FIXED_MTIME, FIXED_MTIME))
+                if self.fsync_each:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             self._enter_pool(dest, digest, executable)
 
     def _discard(self, fd: int, dest: bytes) -> None:

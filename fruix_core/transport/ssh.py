@@ -22,7 +22,9 @@ session's shell a session leader, and the ``exec`` chain keeps its pid, so
 ``$$`` *is* the process group of everything the command starts; cancel and
 timeout kill that group through a second channel. Output (stdout and stderr
 merged) is read continuously, so a full window never deadlocks, and the exit
-status is read after EOF.
+status is read after EOF. Output still held open :data:`LINGER_SECONDS` after
+the command exited (a daemonised child) gets its group swept, as the local
+runner does.
 """
 
 from __future__ import annotations

@@ -335,3 +335,24 @@ def test_frozen_peer_is_declared_lost(fruix_sshd: SshServer) -> None:
                 os.kill(pid, signal.SIGCONT)
     fruix_sshd.stop()
     assert _wait_gone("sleep 312") == []
+
+
+def test_output_held_open_after_exit_is_swept(session: SSHSession, monkeypatch) -> None:
+    from fruix_core.transport import ssh
+
+    monkeypatch.setattr(ssh, "LINGER_SECONDS", 0.5)
+    started = time.monotonic()
+    outcome = session.run(["sh", "-c", "sleep 314 & echo bye; exit 4"], env=PATH_ENV)
+    assert outcome.returncode == 4 and outcome.last_lines == ("bye",)
+    assert not outcome.timed_out and not outcome.cancelled
+    assert time.monotonic() - started < 10
+    assert _wait_gone("sleep 314") == []
+
+
+def test_cancel_while_output_is_closed(session: SSHSession) -> None:
+    cancel = CancelToken()
+    threading.Timer(1.0, cancel.cancel).start()
+    outcome = session.run(["sh", "-c", "exec >/dev/null 2>&1; sleep 315"], env=PATH_ENV,
+                          cancel=cancel)
+    assert outcome.cancelled
+    assert _wait_gone("sleep 315") == []
