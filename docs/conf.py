@@ -23,9 +23,12 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+# Hints stay in signatures: as :type: fields they would be cross-referenced fuzzily,
+# and builtins such as ``bytes`` would clash with attributes of the same name.
+autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "undoc-members": False}
 nitpicky = False
 html_theme = "alabaster"
 myst_heading_anchors = 3
-suppress_warnings = ["myst.header"]
+# "more than one target found" for builtins named like attributes (bytes, type, object).
+suppress_warnings = ["myst.header", "ref.python"]
