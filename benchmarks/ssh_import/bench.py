@@ -120,7 +120,7 @@ def rm(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.25)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20, help="commands for the overhead test")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--dest-dir", type=Path, default=None,

@@ -1,4 +1,8 @@
-"""Test kit for plugin authors: a pytest plugin (``-p fruix_core.testkit``, auto-loaded).
+"""Test kit for plugin authors: helpers here, pytest fixtures in :mod:`fruix_core.testkit.fixtures`.
+
+The fixtures module is a pytest plugin, loaded automatically once ``fruix-core``
+is installed (entry point ``pytest11``). This package itself does not import
+pytest, so the XAPI lab and other tools can use the helpers without it.
 
 Fixtures:
 
@@ -25,12 +29,9 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 __all__ = [
     "TOY_MAKEFILE",
@@ -160,40 +161,6 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-@pytest.fixture
-def fruix_sample_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A read-only copy of the bundled sample base."""
-    dest = tmp_path_factory.mktemp("sample-source") / "src"
-    copy_sample_source(dest)
-    yield dest
-    make_tree_writable(dest)
-
-
-@pytest.fixture
-def fruix_workspace(tmp_path: Path) -> Iterator[Workspace]:
-    """Temporary results directory, build root and store."""
-    ws = Workspace(tmp_path / "fruix")
-    ws.root.mkdir()
-    yield ws
-    make_tree_writable(ws.root)
-
-
-@pytest.fixture
-def fruix_toy_source(tmp_path: Path) -> Path:
-    """A toy base (shell one-liners, FreeBSD's make interface): fast, easy to break."""
-    return make_toy_source(tmp_path / "toy-src")
-
-
-try:  # The SSH test kit needs paramiko only at use; import failures must not break pytest.
-    from fruix_core.testkit.sshd import *  # noqa: F401,F403,E402
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from fruix_core.testkit.guest import *  # noqa: F401,F403,E402
-except ImportError:  # pragma: no cover
-    pass
 
 
 def processes_in(directory: Path) -> list[int]:

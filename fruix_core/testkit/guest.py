@@ -9,7 +9,7 @@ executor expects on a real Fruix guest (whose system root is ``/``)::
     <root>/var/lib/fruix/native-builds/                   result roots
     <root>/var/tmp/                                       heavy work area
 
-Pytest fixtures (plain functions, registered by the core's pytest plugin):
+Pytest fixtures (in :mod:`fruix_core.testkit.fixtures`):
 
 ``fruix_guest_root``
     a :class:`GuestRoot` holding the bundled sample base;
@@ -26,12 +26,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, StoreLayout, write_store_layout
-from fruix_core.model import Guest
 
-__all__ = ["GuestRoot", "fruix_guest", "fruix_guest_root", "make_guest_root", "source_hash"]
+__all__ = ["GuestRoot", "make_guest_root", "source_hash"]
 
 _NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE_DIRECTORY = "/frx/store"
@@ -128,20 +125,3 @@ def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
     return GuestRoot(path=path, source_store=source_store, source_dir=host_source,
                      layout_file=layout_file, results_dir=results, work_dir=work,
                      closure_path=closure, development_profile_path=profile)
-
-
-# -- pytest fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def fruix_guest_root(tmp_path: Path) -> GuestRoot:
-    """A guest system root holding the bundled sample base as its source store."""
-    from fruix_core.sample import sample_base_path
-
-    return make_guest_root(tmp_path / "guest-root", sample_base_path())
-
-
-@pytest.fixture
-def fruix_guest(fruix_sshd, fruix_guest_root: GuestRoot) -> Guest:
-    """A :class:`~fruix_core.model.Guest` whose system root is ``fruix_guest_root``."""
-    return fruix_sshd.guest(system_root=fruix_guest_root.path)

@@ -11,7 +11,7 @@ through this server: commands run on this machine, paths are prefixed by
 It never skips: when ``sshd`` is missing the fixture fails and says that
 ``.ci/run`` installs Debian's ``openssh-server``.
 
-Pytest fixtures (plain functions, registered by the core's pytest plugin):
+Pytest fixtures (in :mod:`fruix_core.testkit.fixtures`):
 
 ``fruix_sshd``
     a started :class:`SshServer` for one test (stopped afterwards);
@@ -28,11 +28,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-
-import pytest
 
 from fruix_core.model import Guest
 
@@ -40,8 +37,6 @@ __all__ = [
     "SSHD",
     "SshServer",
     "SshdMissingError",
-    "fruix_sshd",
-    "fruix_sshd_shared",
     "free_port",
 ]
 
@@ -364,34 +359,3 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-# -- pytest fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def fruix_sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """A real OpenSSH sshd on loopback for one test, stopped afterwards."""
-    server = SshServer(tmp_path / "sshd")
-    try:
-        server.start()
-    except SshdMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def fruix_sshd_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """One real OpenSSH sshd for the whole session; tests must not kill it."""
-    server = SshServer(tmp_path_factory.mktemp("sshd-shared"))
-    try:
-        server.start()
-    except SshdMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()

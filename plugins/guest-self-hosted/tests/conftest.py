@@ -20,7 +20,6 @@ import pytest
 from fruix_core.model import ARTIFACT_KINDS
 from fruix_core.testkit import make_toy_source, make_tree_writable, processes_in
 from fruix_core.testkit.guest import GuestRoot, make_guest_root
-from fruix_core.testkit.sshd import fruix_sshd, fruix_sshd_shared  # noqa: F401
 
 HELPER_SCRIPT = Path(sys.executable).parent / "fruix-self-hosted-native-build"
 
