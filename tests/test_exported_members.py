@@ -11,7 +11,8 @@ import fruix_core
 MODULES = ["fruix_core", "fruix_core.errors", "fruix_core.model", "fruix_core.hookspecs",
            "fruix_core.plugins", "fruix_core.config", "fruix_core.profile",
            "fruix_core.environment", "fruix_core.resultroot", "fruix_core.runner",
-           "fruix_core.transport", "fruix_core.transport.local", "fruix_core.testkit", "fruix_core.testkit.fixtures"]
+           "fruix_core.transport", "fruix_core.transport.local", "fruix_core.testkit",
+           "fruix_core.testkit.fixtures"]
 
 
 @pytest.mark.parametrize("name", MODULES)
