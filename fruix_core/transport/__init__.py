@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from fruix_core.model import CancelToken
+from fruix_core.errors import Cancelled, PhaseTimeout
+from fruix_core.model import CancelToken, PhaseResult
 
 __all__ = ["CommandOutcome", "CommandRunner", "LineSink"]
 
@@ -32,6 +33,24 @@ class CommandOutcome:
     last_lines: tuple[str, ...] = ()
     timed_out: bool = False
     cancelled: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether the phase this command ran must be recorded as failed."""
+        return self.cancelled or self.timed_out or self.returncode != 0
+
+    def phase_result(self, phase: str, log_path: str, timeout: float | None) -> PhaseResult:
+        """The :class:`PhaseResult` of a phase this command ran.
+
+        :raises Cancelled: the command was stopped by Ctrl-C / SIGTERM.
+        :raises PhaseTimeout: the command ran past ``timeout``.
+        """
+        if self.cancelled:
+            raise Cancelled(f"interrupted during {phase}")
+        if self.timed_out:
+            raise PhaseTimeout(phase, timeout or 0)
+        return PhaseResult(phase=phase, returncode=self.returncode, duration=self.duration,
+                           log_path=log_path, last_lines=self.last_lines)
 
 
 class CommandRunner(Protocol):

@@ -130,12 +130,10 @@ class GuestSelfHostedExecutor:
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
+        from fruix_core.guests import require_guest
         from fruix_core.transport.ssh import connect
 
-        guest = request.guest
-        if guest is None:
-            raise UsageError(f"executor '{NAME}' builds in a guest: name a guest provider "
-                             "(--guest ssh, or [build] guest in the config)")
+        guest = require_guest(request, NAME)
         settings = _settings(request)
         if request.resume_from is not None:
             raise UsageError(f"executor '{NAME}' cannot resume a run: its helper builds every "

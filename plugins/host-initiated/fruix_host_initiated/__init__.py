@@ -40,12 +40,10 @@ from fruix_core.__about__ import __version__ as _core_version
 from fruix_core.config import Key, read_section
 from fruix_core.environment import sanitised_environment
 from fruix_core.errors import (
-    Cancelled,
     ConfigError,
     ConnectionLostError,
     GuestError,
     MetadataError,
-    PhaseTimeout,
     SourceTreeError,
     ToolMissingError,
     TransportError,
@@ -120,12 +118,10 @@ class HostInitiatedExecutor:
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
+        from fruix_core.guests import require_guest
         from fruix_core.transport.ssh import connect
 
-        guest = request.guest
-        if guest is None:
-            raise UsageError(f"executor '{NAME}' builds in a guest: name a guest provider "
-                             "(--guest ssh, or [build] guest in the config)")
+        guest = require_guest(request, NAME)
         settings = _settings(request)
         host_root = ResultRoot(request.result_root)
         host_root.create()
@@ -221,7 +217,7 @@ class HostInitiatedExecutor:
                     on_line=_line_sink(log_file, phase.name, request),
                     timeout=request.phase_timeout, cancel=request.cancel,
                 )
-            failed = outcome.cancelled or outcome.timed_out or outcome.returncode != 0
+            failed = outcome.failed
             session.write_file(guest_log, log_path.read_bytes())
             if failed:
                 session.write_file(posixpath.join(env.result_root, "status"),
@@ -233,13 +229,7 @@ class HostInitiatedExecutor:
         if failed:
             host_root.set_failed(phase.name)
             state.close()
-        if outcome.cancelled:
-            raise Cancelled(f"interrupted during {phase.name}")
-        if outcome.timed_out:
-            raise PhaseTimeout(phase.name, request.phase_timeout or 0)
-        return PhaseResult(phase=phase.name, returncode=outcome.returncode,
-                           duration=outcome.duration, log_path=str(log_path),
-                           last_lines=outcome.last_lines)
+        return outcome.phase_result(phase.name, str(log_path), request.phase_timeout)
 
     # -- result root -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import structlog
 
 from fruix_core import hookimpl
 from fruix_core.__about__ import __version__ as _core_version
-from fruix_core.errors import Cancelled, PhaseTimeout, SourceTreeError, ToolMissingError
+from fruix_core.errors import SourceTreeError, ToolMissingError
 from fruix_core.model import (
     BuildRequest,
     EmittedResult,
@@ -115,15 +115,9 @@ class LocalExecutor:
                 on_line=_line_sink(log_file, phase.name, request),
                 timeout=request.phase_timeout, cancel=request.cancel,
             )
-        if outcome.cancelled or outcome.timed_out or outcome.returncode != 0:
+        if outcome.failed:
             root.set_failed(phase.name)
-        if outcome.cancelled:
-            raise Cancelled(f"interrupted during {phase.name}")
-        if outcome.timed_out:
-            raise PhaseTimeout(phase.name, request.phase_timeout or 0)
-        return PhaseResult(phase=phase.name, returncode=outcome.returncode,
-                           duration=outcome.duration, log_path=str(log_path),
-                           last_lines=outcome.last_lines)
+        return outcome.phase_result(phase.name, str(log_path), request.phase_timeout)
 
     @hookimpl
     def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
