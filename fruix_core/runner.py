@@ -99,11 +99,13 @@ def run_build(
     executor_plugin: Any = None,
     provider_plugin: Any = None,
     extra_plugins: tuple[Any, ...] = (),
+    progress: Callable[[Any], None] | None = None,
 ) -> RunOutcome:
     """Run one native base build and (by default) promote it.
 
     ``executor_plugin`` / ``provider_plugin`` bypass discovery (tests);
-    ``extra_plugins`` are registered beside them (hook wrappers: tracing, timing).
+    ``extra_plugins`` are registered beside them (hook wrappers: tracing, timing);
+    ``progress`` receives the promotion engine's progress (files and bytes).
 
     :raises BuildFailed: a phase failed (status ``failed <phase>``).
     :raises Cancelled: Ctrl-C / SIGTERM.
@@ -203,7 +205,7 @@ def run_build(
     if do_promote:
         from fruix_core.promotion import promote as promote_root
 
-        promoted = promote_root(emitted.result_root, config.store)
+        promoted = promote_root(emitted.result_root, config.store, progress=progress)
         bundle, artifacts = promoted.bundle, dict(promoted.artifacts)
     return RunOutcome(run_id=run_id, executor=executor_name, status="ok",
                       result_root=emitted.result_root, store=config.store, guest=guest_name,

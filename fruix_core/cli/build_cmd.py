@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,20 @@ def run_command(args: argparse.Namespace) -> int:
 
     config = _config(args)
     cancel = CancelToken()
+    progress = None
+    if sys.stderr.isatty():
+        from fruix_core.cli.store import ProgressLine
+
+        progress = ProgressLine(sys.stderr)
     try:
         with _signals_cancel(cancel), LiveView() as live:
             outcome = run_build(config, executor=args.executor, guest=args.guest,
                                 promote=False if args.no_promote else None,
-                                resume=args.resume, cancel=cancel, on_output=live.on_output)
+                                resume=args.resume, cancel=cancel, on_output=live.on_output,
+                                progress=progress)
     except FruixError as exc:
+        if progress is not None:
+            progress.close()
         if args.json:
             doc = {"run_id": getattr(exc, "run_id", None), "status": "failed",
                    "executor": args.executor or config.executor,
@@ -63,6 +72,8 @@ def run_command(args: argparse.Namespace) -> int:
                    "exit_code": int(exc.exit_code)}
             print(json.dumps(doc, indent=2))
         raise
+    if progress is not None:
+        progress.close()
     if args.json:
         print(json.dumps(outcome.as_dict(), indent=2))
         return int(ExitCode.OK)
