@@ -40,6 +40,7 @@ __all__ = [
     "make_toy_source",
     "make_tree_writable",
     "processes_in",
+    "require_tool",
     "run_cli",
 ]
 
@@ -173,4 +174,19 @@ def processes_in(directory: Path) -> list[int]:
                     found.append(int(entry.name))
             except OSError:
                 continue
+    return found
+
+
+def require_tool(tool: str, package: str) -> str:
+    """The path of ``tool``, or a test failure naming the Debian package to install.
+
+    Tests never skip for a missing tool: a skipped test proves nothing, and
+    ``.ci/run`` installs every tool the suite needs.
+    """
+    found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if found is None:
+        import pytest
+
+        pytest.fail(f"'{tool}' is not installed: apt-get install {package} "
+                    "(.ci/run and scripts/bootstrap.py test install it)", pytrace=False)
     return found

@@ -130,3 +130,11 @@ def store(tmp_path: Path) -> Path:
 def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     # The suite shares a busy machine: durability is covered by test_publish's own cases.
     monkeypatch.setenv("FRUIX_STORE_FSYNC", "none")
+
+
+@pytest.fixture
+def guile_installed() -> None:
+    """Guile's reader is the golden check of our S-expressions."""
+    from fruix_core.testkit import require_tool
+
+    require_tool("guile", "guile-3.0")

@@ -34,7 +34,9 @@ _DESCRIBE = r"""
       (loop (read port) (cons (describe d) acc))))
 """
 
-needs_guile = pytest.mark.skipif(GUILE is None, reason="guile is not installed")
+#: Marks a test that reads our output with Guile's reader: it fails, never skips,
+#: without guile (the ``guile_installed`` fixture lives in conftest.py).
+needs_guile = pytest.mark.usefixtures("guile_installed")
 
 
 def guile_describe(path: Path) -> str:

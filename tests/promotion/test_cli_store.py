@@ -79,8 +79,7 @@ def test_progress_line_writes_to_terminal_stream() -> None:
 
 def test_fruix_command_line(result_root: Path, store: Path) -> None:
     fruix = Path(sys.executable).with_name("fruix")
-    if not fruix.exists():
-        pytest.skip("the fruix console script is not installed")
+    assert fruix.exists(), "the fruix console script is installed with fruix-core"
     done = subprocess.run([str(fruix), "native-build", "promote", str(result_root),
                            "--store", str(store), "--json"], capture_output=True, text=True,
                           env={**os.environ, "FRUIX_STORE_FSYNC": "none"}, timeout=120)

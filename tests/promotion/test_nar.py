@@ -19,7 +19,15 @@ from fruix_core.promotion.nar import (
 )
 
 NIX_HASH = shutil.which("nix-hash")
-needs_nix = pytest.mark.skipif(NIX_HASH is None, reason="nix-hash (nix-bin) is not installed")
+#: Golden tests against nix-hash: they fail, never skip, when nix-bin is missing.
+needs_nix = pytest.mark.usefixtures("nix_hash_installed")
+
+
+@pytest.fixture
+def nix_hash_installed() -> None:
+    from fruix_core.testkit import require_tool
+
+    require_tool("nix-hash", "nix-bin")
 
 
 def nix_hash(path: Path) -> str:

@@ -23,15 +23,19 @@ import pytest
 from fruix_core.environment import sanitised_environment
 from fruix_core.profile import PHASES, BuildPaths, phase_by_name, phase_command
 from fruix_core.sample import SAMPLE_KERNCONFS, sample_base_path
+from fruix_core.testkit import require_tool
 
 GNU_MAKE = "make"
 BSD_MAKE = "bmake"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("cc") is None or shutil.which(GNU_MAKE) is None,
-    reason="needs a C compiler and GNU make",
-)
-needs_bmake = pytest.mark.skipif(shutil.which(BSD_MAKE) is None, reason="needs bmake")
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    """A C compiler, GNU make and bmake are required (never a skip)."""
+    require_tool("cc", "gcc")
+    require_tool(GNU_MAKE, "make")
+    require_tool(BSD_MAKE, "bmake")
 
 
 # ---- helpers
@@ -180,8 +184,7 @@ def gnu_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
 
 @pytest.fixture(scope="module")
 def bsd_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
-    if shutil.which(BSD_MAKE) is None:
-        pytest.skip("needs bmake")
+    require_tool(BSD_MAKE, "bmake")
     # Other lengths and depths for both the source tree and the object directory.
     top = tmp_path_factory.mktemp("bsd")
     build = _build(BSD_MAKE, top / "a" / "longer" / "source-tree-location",
@@ -219,7 +222,6 @@ def test_makefiles_use_only_constructs_both_makes_share() -> None:
 
 # ---- reproducibility
 
-@needs_bmake
 def test_gnu_make_and_bmake_builds_are_bit_for_bit_identical(gnu_build: Build,
                                                              bsd_build: Build) -> None:
     assert gnu_build.source != bsd_build.source
@@ -230,9 +232,8 @@ def test_gnu_make_and_bmake_builds_are_bit_for_bit_identical(gnu_build: Build,
         assert ours.hard_links == theirs.hard_links, stage
 
 
-@needs_bmake
-@pytest.mark.skipif(shutil.which("nix-hash") is None, reason="needs nix-hash")
 def test_nix_hash_of_the_stages_agrees(gnu_build: Build, bsd_build: Build) -> None:
+    require_tool("nix-hash", "nix-bin")
     for stage in ("world", "kernel"):
         hashes = {
             subprocess.run(["nix-hash", "--type", "sha256", str(getattr(b, stage))],
@@ -249,7 +250,6 @@ def test_rebuild_in_place_changes_nothing(gnu_build: Build) -> None:
     assert describe(gnu_build.kernel) == kernel
 
 
-@needs_bmake
 def test_nothing_is_written_into_the_source_tree(gnu_build: Build, bsd_build: Build) -> None:
     # Run as root, the read-only modes alone would not stop a write; compare everything.
     for build in (gnu_build, bsd_build):
@@ -369,7 +369,7 @@ def test_kernconf_selects_the_kernel(gnu_build: Build, tmp_path: Path) -> None:
 
 # ---- failures are clear
 
-MAKES = [GNU_MAKE, pytest.param(BSD_MAKE, marks=needs_bmake)]
+MAKES = [GNU_MAKE, BSD_MAKE]
 
 
 @pytest.mark.parametrize("make", MAKES)
@@ -410,7 +410,6 @@ def test_install_needs_a_build_and_a_destdir(gnu_build: Build, tmp_path: Path,
 
 # ---- as an unprivileged user, where read-only really means read-only
 
-@needs_bmake
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None
                     or not os.path.isdir("/tmp"),
                     reason="needs root, setpriv and /tmp to switch to an unprivileged user")

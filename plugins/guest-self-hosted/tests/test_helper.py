@@ -15,6 +15,7 @@ from fruix_guest_self_hosted.guestbuild import WORK_DIR
 from fruix_core.errors import ExitCode
 from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH
 from fruix_core.resultroot import ResultRoot
+from fruix_core.testkit import require_tool
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
 
@@ -290,8 +291,7 @@ def test_helper_version_is_part_of_artifact_identity(kit, polluted_run, tmp_path
 def test_make_command_is_configurable(kit, toy_guest):
     from fruix_core.promotion import read_promotion
 
-    if shutil.which("bmake", path="/sbin:/bin:/usr/sbin:/usr/bin") is None:
-        pytest.skip("bmake is not installed")
+    require_tool("bmake", "bmake")
     proc = kit.run_helper("--system-root", str(toy_guest.path), "--make", "bmake", "--json")
     assert proc.returncode == ExitCode.OK, proc.stderr
     root = Path(kit.summary_of(proc)["result_root"])

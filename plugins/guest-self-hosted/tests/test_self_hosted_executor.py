@@ -137,7 +137,6 @@ def test_full_chain_signatures_equal_the_local_executor(chain, kit, local_refere
 def test_signatures_equal_the_host_initiated_executor(tmp_path, kit, fruix_workspace,
                                                      fruix_sshd_shared, sample_guest,
                                                      local_reference):
-    pytest.importorskip("fruix_host_initiated")
     conf = _config(fruix_workspace, fruix_sshd_shared, sample_guest, executor="host-initiated")
     outcome = run_build(load_config(conf))
     assert outcome.executor == "host-initiated"
