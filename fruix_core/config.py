@@ -23,7 +23,7 @@ from typing import Any
 from fruix_core.errors import ConfigError
 from fruix_core.model import BaseMetadata
 
-__all__ = ["Config", "Key", "find_config_file", "load_config", "read_section"]
+__all__ = ["Config", "Key", "find_config_file", "load_config", "read_section", "read_toml"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,17 @@ def _resolve(value: str, anchor: Path) -> Path:
     return path if path.is_absolute() else anchor / path
 
 
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML file; unreadable or malformed files raise :class:`ConfigError` naming it."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=os.fspath(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
+
+
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Find, parse and validate the configuration.
 
@@ -164,13 +175,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     anchor = Path.cwd()
     if path is not None:
         file = str(path)
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", file=file) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+        data = read_toml(path)
         anchor = path.resolve().parent
     for table in data:
         if table not in SCHEMA and table not in PLUGIN_TABLES:

@@ -39,9 +39,11 @@ __all__ = [
     "copy_sample_source",
     "make_toy_source",
     "make_tree_writable",
+    "live_processes",
     "processes_in",
     "require_tool",
     "run_cli",
+    "wait_gone",
 ]
 
 
@@ -190,3 +192,29 @@ def require_tool(tool: str, package: str) -> str:
         pytest.fail(f"'{tool}' is not installed: apt-get install {package} "
                     "(.ci/run and scripts/bootstrap.py test install it)", pytrace=False)
     return found
+
+
+def live_processes(pattern: str) -> list[int]:
+    """Live (non-zombie) processes, other than this one, whose command line contains ``pattern``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if pattern in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
+    """Wait until no live process matches ``pattern``; the ones left after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and live_processes(pattern):
+        time.sleep(0.1)
+    return live_processes(pattern)

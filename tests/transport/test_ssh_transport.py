@@ -20,6 +20,7 @@ from fruix_core.errors import (
     TransportError,
 )
 from fruix_core.model import CancelToken
+from fruix_core.testkit import wait_gone
 from fruix_core.testkit.sshd import SshServer, free_port
 from fruix_core.transport import CommandRunner
 from fruix_core.transport.ssh import SSHSession, connect, remote_command, shell_script
@@ -27,30 +28,8 @@ from fruix_core.transport.ssh import SSHSession, connect, remote_command, shell_
 PATH_ENV = {"PATH": "/bin:/usr/bin"}
 
 
-def _alive(pattern: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains ``pattern``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if pattern in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
-def _wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = _alive(pattern)
-        if not left:
-            return []
-        time.sleep(0.1)
-    return _alive(pattern)
 
 
 @pytest.fixture
@@ -141,7 +120,7 @@ def test_timeout_kills_the_remote_process_group(session: SSHSession) -> None:
     outcome = session.run(["sh", "-c", "sleep 300 & sleep 301"], env=PATH_ENV, timeout=1.0)
     assert outcome.timed_out and outcome.returncode < 0
     assert time.monotonic() - started < 10
-    assert _wait_gone("sleep 300") == [] and _wait_gone("sleep 301") == []
+    assert wait_gone("sleep 300") == [] and wait_gone("sleep 301") == []
 
 
 def test_cancel_kills_the_remote_process_group(session: SSHSession) -> None:
@@ -150,7 +129,7 @@ def test_cancel_kills_the_remote_process_group(session: SSHSession) -> None:
     outcome = session.run(["sh", "-c", "sleep 302 & (sleep 303; echo never) & wait"],
                           env=PATH_ENV, cancel=cancel)
     assert outcome.cancelled and outcome.returncode < 0
-    assert _wait_gone("sleep 302") == [] and _wait_gone("sleep 303") == []
+    assert wait_gone("sleep 302") == [] and wait_gone("sleep 303") == []
 
 
 def test_interrupt_in_the_sink_stops_the_remote_command(session: SSHSession) -> None:
@@ -159,7 +138,7 @@ def test_interrupt_in_the_sink_stops_the_remote_command(session: SSHSession) -> 
 
     with pytest.raises(KeyboardInterrupt):
         session.run(["sh", "-c", "echo go; sleep 304"], env=PATH_ENV, on_line=sink)
-    assert _wait_gone("sleep 304") == []
+    assert wait_gone("sleep 304") == []
 
 
 def test_files_round_trip(session: SSHSession, tmp_path: Path) -> None:
@@ -293,7 +272,7 @@ def test_sshd_killed_mid_command_is_a_lost_connection(fruix_sshd: SshServer) -> 
                      on_line=kill_when_started)
         assert time.monotonic() - started < 20
     fruix_sshd.stop()
-    assert _wait_gone("sleep 305") == []
+    assert wait_gone("sleep 305") == []
 
 
 def test_commands_after_a_drop_fail_cleanly(fruix_sshd: SshServer) -> None:
@@ -334,7 +313,7 @@ def test_frozen_peer_is_declared_lost(fruix_sshd: SshServer) -> None:
             for pid in fruix_sshd.session_pids():
                 os.kill(pid, signal.SIGCONT)
     fruix_sshd.stop()
-    assert _wait_gone("sleep 312") == []
+    assert wait_gone("sleep 312") == []
 
 
 def test_output_held_open_after_exit_is_swept(session: SSHSession, monkeypatch) -> None:
@@ -346,7 +325,7 @@ def test_output_held_open_after_exit_is_swept(session: SSHSession, monkeypatch) 
     assert outcome.returncode == 4 and outcome.last_lines == ("bye",)
     assert not outcome.timed_out and not outcome.cancelled
     assert time.monotonic() - started < 10
-    assert _wait_gone("sleep 314") == []
+    assert wait_gone("sleep 314") == []
 
 
 def test_cancel_while_output_is_closed(session: SSHSession) -> None:
@@ -355,4 +334,4 @@ def test_cancel_while_output_is_closed(session: SSHSession) -> None:
     outcome = session.run(["sh", "-c", "exec >/dev/null 2>&1; sleep 315"], env=PATH_ENV,
                           cancel=cancel)
     assert outcome.cancelled
-    assert _wait_gone("sleep 315") == []
+    assert wait_gone("sleep 315") == []

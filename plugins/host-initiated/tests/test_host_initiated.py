@@ -7,7 +7,6 @@ an operator would; the cancel test uses the runner API to hold the token.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from fruix_core.errors import Cancelled, ExitCode
 from fruix_core.model import CancelToken
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
-from fruix_core.testkit import Workspace, run_cli
+from fruix_core.testkit import Workspace, live_processes, run_cli, wait_gone
 from fruix_core.testkit.guest import GuestRoot, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
@@ -77,26 +76,8 @@ def toy_lab(tmp_path, fruix_workspace, fruix_toy_source):
     lab.server.stop()
 
 
-def _alive(pattern: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if pattern in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
-def _wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _alive(pattern):
-        time.sleep(0.1)
-    return _alive(pattern)
 
 
 def _store_is_empty(ws: Workspace) -> bool:
@@ -259,9 +240,9 @@ def test_sshd_killed_mid_phase(toy_lab: Lab) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not _alive("sleep 308") and time.monotonic() < deadline:
+        while not live_processes("sleep 308") and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _alive("sleep 308"), "the phase never started"
+        assert live_processes("sleep 308"), "the phase never started"
         toy_lab.server.kill()
         _out, err = proc.communicate(timeout=60)
     finally:
@@ -273,7 +254,7 @@ def test_sshd_killed_mid_phase(toy_lab: Lab) -> None:
     assert host.status().state == "failed" and host.status().phase == "buildworld"
     assert _store_is_empty(toy_lab.ws)
     toy_lab.server.stop()
-    assert _wait_gone("sleep 308") == []
+    assert wait_gone("sleep 308") == []
 
 
 def test_cancel_leaves_no_process_in_the_guest(toy_lab: Lab) -> None:
@@ -290,7 +271,7 @@ def test_cancel_leaves_no_process_in_the_guest(toy_lab: Lab) -> None:
     with pytest.raises(Cancelled):
         run_build(load_config(toy_lab.config()), cancel=cancel, on_output=watch)
     assert time.monotonic() - started < 60
-    assert _wait_gone("sleep 309") == []
+    assert wait_gone("sleep 309") == []
     assert toy_lab.server.command_pids() == []
     run_id = toy_lab.only_run_id()
     assert ResultRoot(toy_lab.ws.results / run_id).status().state == "failed"
@@ -304,7 +285,7 @@ def test_sigint_stops_the_run_and_the_guest_command(toy_lab: Lab) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not _alive("sleep 310") and time.monotonic() < deadline:
+        while not live_processes("sleep 310") and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
@@ -312,7 +293,7 @@ def test_sigint_stops_the_run_and_the_guest_command(toy_lab: Lab) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == ExitCode.INTERRUPTED, err
-    assert _wait_gone("sleep 310") == []
+    assert wait_gone("sleep 310") == []
 
 
 def test_phase_timeout_stops_the_guest_command(toy_lab: Lab) -> None:
@@ -320,7 +301,7 @@ def test_phase_timeout_stops_the_guest_command(toy_lab: Lab) -> None:
     proc = toy_lab.run(phase_timeout=2)
     assert proc.returncode == ExitCode.INFRASTRUCTURE
     assert "timeout" in proc.stderr
-    assert _wait_gone("sleep 311") == []
+    assert wait_gone("sleep 311") == []
 
 
 def test_resume_after_a_failed_phase(toy_lab: Lab) -> None:

@@ -31,13 +31,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fruix_core.config import Key, read_section
+from fruix_core.config import Key, read_section, read_toml
 from fruix_core.errors import ConfigError
 
 __all__ = ["LAB_SCHEMA", "VM_SCHEMA", "LabConfig", "load_lab_config"]
@@ -87,13 +86,7 @@ def load_lab_config(path: str | os.PathLike[str] | None) -> LabConfig:
     anchor = Path.cwd()
     if path is not None:
         file = str(path)
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", file=file) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+        data = read_toml(path)
         anchor = Path(path).resolve().parent
     for table in data:
         if table not in ("lab", "vms"):
