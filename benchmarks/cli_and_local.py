@@ -48,11 +48,29 @@ def by_hand(source: Path, build_root: Path, jobs: int) -> float:
     return time.perf_counter() - start
 
 
+def in_process(work: Path) -> float:
+    """The same run through :func:`run_build`, without the interpreter's start-up."""
+    from fruix_core.config import load_config
+    from fruix_core.runner import run_build
+
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        start = time.perf_counter()
+        run_build(load_config(work / "fruix.toml"))
+        return time.perf_counter() - start
+    finally:
+        os.chdir(cwd)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="start-up runs (>= 10)")
     parser.add_argument("--builds", type=int, default=7, help="build runs (>= 5)")
     args = parser.parse_args()
+    from fruix_core.logconfig import configure_logging
+
+    configure_logging("console", "warning")  # as the CLI does by default
     fruix = [sys.executable, "-m", "fruix_core.cli.main"]
     baseline = [sys.executable, "-c", "import pluggy, stevedore, structlog"]
     samples: dict[str, list[float]] = {"imports": [], "help": [], "list": []}
@@ -63,7 +81,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     jobs = os.cpu_count() or 1
-    builds: dict[str, list[float]] = {"by-hand": [], "fruix": []}
+    builds: dict[str, list[float]] = {"by-hand": [], "fruix": [], "in-process": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "fruix.toml").write_text(
@@ -73,6 +91,8 @@ def main() -> int:
             builds["by-hand"].append(by_hand(sample_base_path(), root, jobs))
             shutil.rmtree(root)
             builds["fruix"].append(timed([*fruix, "native-build", "run"], cwd=work))
+            shutil.rmtree(work / ".fruix")
+            builds["in-process"].append(in_process(work))
             shutil.rmtree(work / ".fruix")
     bmed = {k: statistics.median(v) for k, v in builds.items()}
 
@@ -90,6 +110,8 @@ def main() -> int:
           f"  ratio {bmed['fruix'] / bmed['by-hand']:.2f}x  (target <= 1.1x)")
     print(f"  overhead per run                                  "
           f"{(bmed['fruix'] - bmed['by-hand']) * 1000:7.1f} ms")
+    print(f"  run_build() in process (no interpreter start-up)  {bmed['in-process'] * 1000:7.1f} ms"
+          f"  ratio {bmed['in-process'] / bmed['by-hand']:.2f}x")
     return 0
 
 
