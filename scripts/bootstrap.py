@@ -46,7 +46,9 @@ def ensure_env(with_tests: bool) -> Path:
     python = ENV / "bin" / "python"
     marker = ENV / (".fruix-stamp-test" if with_tests else ".fruix-stamp")
     stamp = _stamp()
-    if python.exists() and marker.exists() and marker.read_text() == stamp:
+    # The test environment is a superset of the plain one: either stamp will do for fruix.
+    ready = [marker] if with_tests else [marker, ENV / ".fruix-stamp-test"]
+    if python.exists() and any(m.exists() and m.read_text() == stamp for m in ready):
         return python
     if not python.exists():
         print(f"bootstrap: creating {ENV}", file=sys.stderr)
