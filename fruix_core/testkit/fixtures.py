@@ -50,10 +50,9 @@ def fruix_toy_source(tmp_path: Path) -> Path:
     return make_toy_source(tmp_path / "toy-src")
 
 
-@pytest.fixture
-def fruix_sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """A real OpenSSH sshd on loopback for one test, stopped afterwards."""
-    server = SshServer(tmp_path / "sshd")
+def _running_sshd(workdir: Path) -> Iterator[SshServer]:
+    """Start an sshd in ``workdir`` (a missing sshd fails the test, never skips it)."""
+    server = SshServer(workdir)
     try:
         server.start()
     except SshdMissingError as exc:
@@ -62,20 +61,18 @@ def fruix_sshd(tmp_path: Path) -> Iterator[SshServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fruix_sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real OpenSSH sshd on loopback for one test, stopped afterwards."""
+    yield from _running_sshd(tmp_path / "sshd")
 
 
 @pytest.fixture(scope="session")
 def fruix_sshd_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """One real OpenSSH sshd for the whole session; tests must not kill it."""
-    server = SshServer(tmp_path_factory.mktemp("sshd-shared"))
-    try:
-        server.start()
-    except SshdMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_sshd(tmp_path_factory.mktemp("sshd-shared"))
 
 
 @pytest.fixture
