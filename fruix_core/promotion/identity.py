@@ -36,6 +36,7 @@ Names: ``<h40>-fruix-native-<kind>-<version>-<executor>`` and
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 
 from fruix_core.model import ARTIFACT_KINDS, Promotion
@@ -51,6 +52,7 @@ __all__ = [
     "bundle_identity",
     "bundle_name",
     "identity_hash",
+    "store_path_text",
 ]
 
 ARTIFACT_IDENTITY_FORM = "fruix-native-artifact-identity"
@@ -84,6 +86,22 @@ def artifact_identity(promotion: Promotion, kind: str, tree_signature: str,
         [s("tree-signature"), "sha256:" + tree_signature],
         [s("manifest-sha256"), manifest_sha256],
     ]
+
+
+def store_path_text(path: str | os.PathLike[str] | bytes) -> str:
+    """How a store path is written in identity documents and metadata.
+
+    Its bytes decoded as UTF-8 when they are UTF-8 (the common case, ASCII
+    included); otherwise each byte as the character of the same number
+    (Latin-1), so any path the file system accepts can be recorded and Guile
+    reads it. :func:`fruix store verify <fruix_core.promotion.verify.verify>`
+    applies the same function to the symlinks it finds.
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def artifact_name(document: Datum, kind: str, version: str, executor: str) -> str:

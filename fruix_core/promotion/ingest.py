@@ -12,9 +12,20 @@ content) or hashed first and copied only when new, re-hashing the copy and
 failing if the two reads differ. Promoting a tree the store already holds
 writes nothing; a rebuilt tree writes only what changed.
 
-Every new file is written with its final mode (``0444``/``0555``) and time,
-then entered into the content pool ``STORE/.links`` so later objects link to
-it instead of storing it again.
+The walk is the one of :func:`~fruix_core.promotion.nar.walk`: every
+directory opened relative to its parent's descriptor, every file opened
+``O_NOFOLLOW | O_NONBLOCK`` and ``fstat``-ed, starting from the artifact
+directory opened during validation. Every check of validation is made again
+on what is actually read (special files, depth, reserved names, hard links to
+outside, key files and their digests), so a tree rearranged between or
+during the two passes is refused or ingested as validated, never followed
+out of the result root.
+
+Every new file is written with its final mode (``0444``/``0555``) and time;
+runs of zero bytes in large files become holes, so sparse files stay sparse.
+New content is *not* entered into the content pool ``STORE/.links`` here:
+the promotion does that only after its objects are published, so a refused
+promotion leaves no pool entries behind.
 """
 
 from __future__ import annotations
@@ -23,26 +34,32 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fruix_core.errors import PromotionInputError
-from fruix_core.promotion.layout import MANIFEST_FILE, RESERVED_NAMES, StoreLayout
+from fruix_core.promotion.display import shown
+from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.manifest import ManifestEntry, ManifestWriter
 from fruix_core.promotion.nar import (
     CHUNK_SIZE,
     NarHasher,
     TreeChangedError,
     check_stable,
-    open_stable,
     read_regular,
     walk,
 )
+from fruix_core.promotion.safeio import open_dir_at, open_regular_at
 from fruix_core.promotion.storeio import store_errors, write_all
-from fruix_core.promotion.validate import StagedArtifact
+from fruix_core.promotion.validate import (
+    DigestMismatchError,
+    StagedArtifact,
+    TreeCheck,
+    required_key_files,
+)
 
 __all__ = ["BUFFER_LIMIT", "FIXED_MTIME", "IngestedArtifact", "Ingester", "Progress",
-           "canonical_mode"]
+           "canonical_mode", "restage"]
 
 #: Files up to this size are buffered in memory while hashed.
 BUFFER_LIMIT = 4 << 20
@@ -80,6 +97,8 @@ class IngestedArtifact:
     temp_dir: Path | None
     files: int
     bytes_written: int
+    #: (sha256, executable) -> path (below ``temp_dir``) of each content written new.
+    new_content: dict[tuple[str, bool], bytes] = field(default_factory=dict)
 
 
 class _NullNar(NarHasher):
@@ -89,6 +108,9 @@ class _NullNar(NarHasher):
         return None
 
 
+_ZEROS = bytes(CHUNK_SIZE)
+
+
 class Ingester:
     """Reads artifact trees into a store's temporary objects.
 
@@ -96,21 +118,26 @@ class Ingester:
     :param token: this process's owner token (names the temporary directories).
     :param dry_run: hash only; write nothing anywhere.
     :param fsync_each: fsync every new file (when ``syncfs`` is unavailable).
+    :param store_id: ``(st_dev, st_ino)`` of the store, refused inside a tree.
     """
 
     def __init__(self, layout: StoreLayout | None, token: str, *, dry_run: bool,
                  fsync_each: bool = False,
                  progress: Callable[[Progress], None] | None = None,
-                 totals: Progress | None = None) -> None:
+                 totals: Progress | None = None,
+                 store_id: tuple[int, int] | None = None) -> None:
         self.layout = layout
         self.token = token
         self.dry_run = dry_run
         self.fsync_each = fsync_each
         self.progress = progress
         self.state = totals or Progress()
+        self.store_id = store_id
         self._expect_new = True
         self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
         self._made: set[bytes] = set()  # directories created in temporary objects
+        #: Content written by this promotion so far: (sha256, executable) -> file.
+        self.session: dict[tuple[str, bool], bytes] = {}
 
     def close(self) -> None:
         """Forget per-promotion caches."""
@@ -118,46 +145,46 @@ class Ingester:
 
     # -- content pool ----------------------------------------------------
 
-    def _in_pool(self, digest: str, executable: bool) -> bool:
+    def _known(self, digest: str, executable: bool) -> bool:
+        """Whether this promotion wrote, or the pool holds, that content already."""
         if self.layout is None:
             return False
+        if (digest, executable) in self.session:
+            return True
         suffix = b"-x" if executable else b"-r"
         try:
-            os.lstat(self._pool_prefix + digest.encode() + suffix)
+            st = os.lstat(self._pool_prefix + digest.encode() + suffix)
         except FileNotFoundError:
             return False
-        return True
-
-    def _enter_pool(self, dest: bytes, digest: str, executable: bool) -> None:
-        assert self.layout is not None
-        try:
-            os.link(dest, self.layout.pool_entry(digest, executable))
-        except FileExistsError:
-            pass  # another promoter entered the same content first: equally good
+        # Anything but a regular file there is not content: write ours (verify reports it).
+        return stat.S_ISREG(st.st_mode)
 
     # -- writing ---------------------------------------------------------
 
     def _create(self, temp: Path, rel: bytes) -> tuple[int, bytes]:
         dest = os.fsencode(temp) + b"/" + rel
         parent = os.path.dirname(dest)
-        with store_errors(f"cannot create {os.fsdecode(dest)}"):
+        with store_errors(f"cannot create {shown(dest)}"):
             if parent not in self._made:
                 os.makedirs(parent, exist_ok=True)
                 self._made.add(parent)
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o600)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
         return fd, dest
 
-    def _finish(self, fd: int, dest: bytes, mode: int, digest: str, executable: bool) -> None:
-        with store_errors(f"cannot write {os.fsdecode(dest)}"):
+    def _finish(self, fd: int, dest: bytes, mode: int, digest: str, executable: bool,
+                size: int) -> None:
+        with store_errors(f"cannot write {shown(dest)}"):
             try:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)  # a trailing hole
                 os.fchmod(fd, canonical_mode(mode))
                 os.utime(fd, (FIXED_MTIME, FIXED_MTIME))
                 if self.fsync_each:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            self._enter_pool(dest, digest, executable)
+        self.session.setdefault((digest, executable), dest)
 
     def _discard(self, fd: int, dest: bytes) -> None:
         os.close(fd)
@@ -168,47 +195,43 @@ class Ingester:
 
     # -- reading ---------------------------------------------------------
 
-    def _small(self, path: bytes, st: os.stat_result, nar: NarHasher) -> tuple[str, bytes]:
-        fd = open_stable(path, st)
-        try:
-            parts = []
-            total = 0
-            while total < st.st_size:
-                chunk = os.read(fd, st.st_size - total)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                total += len(chunk)
-            check_stable(fd, path, st, total)
-        finally:
-            os.close(fd)
+    def _small(self, fd: int, rel: bytes, st: os.stat_result,
+               nar: NarHasher) -> tuple[str, bytes]:
+        parts = []
+        total = 0
+        while total < st.st_size:
+            chunk = os.read(fd, st.st_size - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+        check_stable(fd, rel, st, total)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         nar.update(data)
         return hashlib.sha256(data).hexdigest(), data
 
-    def _stream(self, path: bytes, st: os.stat_result, nar: NarHasher,
+    def _stream(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
                 out: int | None, *, count: bool = True) -> str:
         digest = hashlib.sha256()
-        fd = open_stable(path, st)
-        try:
-            total = 0
-            while total < st.st_size:
-                # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
-                chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
-                if not chunk:
-                    break
-                n = len(chunk)
-                nar.update(chunk)
-                digest.update(chunk)
-                if out is not None:
-                    with store_errors("cannot write to the store"):
+        total = 0
+        while total < st.st_size:
+            # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
+            chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+            if not chunk:
+                break
+            n = len(chunk)
+            nar.update(chunk)
+            digest.update(chunk)
+            if out is not None:
+                with store_errors("cannot write to the store"):
+                    if n == CHUNK_SIZE and chunk == _ZEROS:
+                        os.lseek(out, n, os.SEEK_CUR)  # leave a hole: sparse stays sparse
+                    else:
                         write_all(out, chunk)
-                total += n
-                if count:
-                    self._tick(0, n)
-            check_stable(fd, path, st, total)
-        finally:
-            os.close(fd)
+            total += n
+            if count:
+                self._tick(0, n)
+        check_stable(fd, rel, st, total)
         return digest.hexdigest()
 
     def _tick(self, files: int, size: int) -> None:
@@ -222,7 +245,8 @@ class Ingester:
     def ingest(self, staged: StagedArtifact) -> IngestedArtifact:
         """Walk ``staged`` once; returns its signature and the temporary object.
 
-        :raises PromotionInputError: when the tree changes or holds special files.
+        :raises PromotionInputError: when the tree changes, holds special files,
+            or fails a check of validation.
         :raises StoreError: when the store cannot be written.
         """
         self.state.kind = staged.kind
@@ -231,24 +255,28 @@ class Ingester:
         if not self.dry_run:
             assert self.layout is not None
             temp = self.layout.temp(self.token, staged.kind)
-            with store_errors(f"cannot create {temp}"):
+            with store_errors(f"cannot create {shown(temp)}"):
                 os.mkdir(temp, 0o755)
-                stream = open(temp / MANIFEST_FILE, "wb")
+                fd = os.open(temp / MANIFEST_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+                stream = os.fdopen(fd, "wb")
         manifest = ManifestWriter(stream)
         groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
+        check = TreeCheck(staged.kind, staged.path, self.store_id)
+        keys = required_key_files(staged.entry)
+        found: dict[str, str] = {}
+        new_content: dict[tuple[str, bool], bytes] = {}
         written = 0
 
         def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
-            if b"/" not in rel and os.fsdecode(rel) in RESERVED_NAMES:
-                raise PromotionInputError(
-                    f"{staged.kind} artifact: top-level name {os.fsdecode(rel)!r} is reserved")
+            check.entry(rel, st)
             if stat.S_ISDIR(st.st_mode):
                 manifest.add(ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode)))
             elif target is not None:
                 manifest.add(ManifestEntry(rel, "link", link=target))
                 self._tick(1, 0)
 
-        def on_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
+        def on_regular(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
             nonlocal written
             mode = stat.S_IMODE(st.st_mode)
             executable = bool(mode & stat.S_IXUSR)
@@ -258,29 +286,38 @@ class Ingester:
                 # Another name of an inode already read: NAR needs its bytes again,
                 # but its digest is known; it must not have changed in between.
                 if (st.st_size, st.st_mtime_ns) != first[2:]:
-                    raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
-                read_regular(path, rel, st, nar)
+                    raise TreeChangedError(f"{self._show(staged, rel)}: changed while being read")
+                read_regular(fd, rel, st, nar)
+                digest = first[1]
                 manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=first[1], nlink=st.st_nlink,
+                                           sha256=digest, nlink=st.st_nlink,
                                            hardlink=first[0]))
                 self._tick(1, st.st_size)
-                return
-            digest, size = self._file(path, rel, st, nar, temp, executable, mode)
-            written += size
-            if st.st_nlink > 1:
-                groups[key] = (rel, digest, st.st_size, st.st_mtime_ns)
-            manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
-                                       nlink=st.st_nlink))
+            else:
+                digest, size = self._file(fd, rel, st, nar, temp, executable, mode)
+                if size:
+                    new_content.setdefault((digest, executable), rel)
+                written += size
+                if st.st_nlink > 1:
+                    groups[key] = (rel, digest, st.st_size, st.st_mtime_ns)
+                manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
+                                           sha256=digest, nlink=st.st_nlink))
+            text = os.fsdecode(rel)
+            if text in keys:
+                found[text] = digest
 
         try:
             try:
-                nar = walk(os.fsencode(staged.path), on_entry=on_entry, on_regular=on_regular)
+                nar = walk(root_fd=staged.fd, display=os.fsencode(staged.path),
+                           on_entry=on_entry, on_regular=on_regular)
             except OSError as err:
                 raise PromotionInputError(
-                    f"{staged.kind} artifact: cannot read {err.filename or staged.path}: "
+                    f"{staged.kind} artifact: cannot read {shown(err.filename or staged.path)}: "
                     f"{err.strerror}") from None
+            check.finish()
+            self._check_keys(staged, keys, found)
             if stream is not None:
-                with store_errors(f"cannot write {temp}/{MANIFEST_FILE}"):
+                with store_errors(f"cannot write {shown(temp)}/{MANIFEST_FILE}"):
                     stream.flush()
                     if self.fsync_each:
                         os.fsync(stream.fileno())
@@ -290,58 +327,126 @@ class Ingester:
         self.state.bytes_written += written
         return IngestedArtifact(kind=staged.kind, tree_signature=nar.hexdigest(),
                                 nar_size=nar.size, manifest_sha256=manifest.hexdigest(),
-                                temp_dir=temp, files=manifest.entries, bytes_written=written)
+                                temp_dir=temp, files=manifest.entries, bytes_written=written,
+                                new_content=new_content)
 
-    def _file(self, path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
+    @staticmethod
+    def _show(staged: StagedArtifact, rel: bytes) -> str:
+        return shown(os.fsencode(staged.path) + b"/" + rel)
+
+    @staticmethod
+    def _check_keys(staged: StagedArtifact, keys: dict[str, str | None],
+                    found: dict[str, str]) -> None:
+        """Key files, as read: regular files with the recorded digests."""
+        for rel, expected in sorted(keys.items()):
+            actual = found.get(rel)
+            if actual is None:
+                raise PromotionInputError(
+                    f"{staged.kind} key file {shown(rel)!r} is not a regular file in the tree "
+                    "read; the result root changed while it was promoted")
+            if expected is not None and actual != expected:
+                raise DigestMismatchError(
+                    f"{staged.kind} key file {shown(rel)!r}: sha256 is {actual}, promotion.scm "
+                    f"records {expected}; the result root changed while it was promoted")
+
+    def _file(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
               temp: Path | None, executable: bool, mode: int) -> tuple[str, int]:
         """Hash one file into ``nar``, writing it if new; returns (sha256, bytes written)."""
         if st.st_size <= BUFFER_LIMIT:
-            digest, data = self._small(path, st, nar)
+            digest, data = self._small(fd, rel, st, nar)
             self._tick(1, st.st_size)
-            if temp is None or self._in_pool(digest, executable):
+            if temp is None or self._known(digest, executable):
                 self._expect_new = False
                 return digest, 0
             self._expect_new = True
-            fd, dest = self._create(temp, rel)
+            out, dest = self._create(temp, rel)
             try:
-                with store_errors(f"cannot write {os.fsdecode(dest)}"):
-                    write_all(fd, data)
+                with store_errors(f"cannot write {shown(dest)}"):
+                    write_all(out, data)
             except BaseException:
-                self._discard(fd, dest)
+                self._discard(out, dest)
                 raise
-            self._finish(fd, dest, mode, digest, executable)
+            self._finish(out, dest, mode, digest, executable, st.st_size)
             return digest, st.st_size
         if temp is None:
-            digest = self._stream(path, st, nar, None)
+            digest = self._stream(fd, rel, st, nar, None)
             self._tick(1, 0)
             return digest, 0
         if self._expect_new:
-            fd, dest = self._create(temp, rel)
+            out, dest = self._create(temp, rel)
             try:
-                digest = self._stream(path, st, nar, fd)
+                digest = self._stream(fd, rel, st, nar, out)
             except BaseException:
-                self._discard(fd, dest)
+                self._discard(out, dest)
                 raise
             self._tick(1, 0)
-            if self._in_pool(digest, executable):
+            if self._known(digest, executable):
                 self._expect_new = False
-                self._discard(fd, dest)
+                self._discard(out, dest)
                 return digest, 0
-            self._finish(fd, dest, mode, digest, executable)
+            self._finish(out, dest, mode, digest, executable, st.st_size)
             return digest, st.st_size
-        digest = self._stream(path, st, nar, None)
+        digest = self._stream(fd, rel, st, nar, None)
         self._tick(1, 0)
-        if self._in_pool(digest, executable):
+        if self._known(digest, executable):
             return digest, 0
         self._expect_new = True
-        fd, dest = self._create(temp, rel)
+        out, dest = self._create(temp, rel)
         try:
-            again = self._stream(path, st, _NullNar(), fd, count=False)
+            os.lseek(fd, 0, os.SEEK_SET)
+            again = self._stream(fd, rel, st, _NullNar(), out, count=False)
         except BaseException:
-            self._discard(fd, dest)
+            self._discard(out, dest)
             raise
         if again != digest:
-            self._discard(fd, dest)
-            raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
-        self._finish(fd, dest, mode, digest, executable)
+            self._discard(out, dest)
+            raise TreeChangedError(f"{shown(rel)}: changed while being read")
+        self._finish(out, dest, mode, digest, executable, st.st_size)
         return digest, st.st_size
+
+
+def restage(staged: StagedArtifact, rel: bytes, dest: bytes, digest: str,
+            executable: bool) -> None:
+    """Write the staged file ``rel`` to ``dest`` again, from the validated tree.
+
+    Used when the content pool turned out to hold a wrong entry for content
+    ingestion did not write. The file is reached from the artifact directory
+    opened at validation, one component at a time without following symlinks,
+    and must still have ``digest``.
+
+    :raises TreeChangedError: when it cannot be reached or its content changed.
+    """
+    parts = rel.split(b"/")
+    fd = os.dup(staged.fd)
+    try:
+        for part in parts[:-1]:
+            child, _ = open_dir_at(part, fd)
+            os.close(fd)
+            fd = child
+        src, _st = open_regular_at(parts[-1], fd)
+    except OSError as err:
+        raise TreeChangedError(f"{shown(os.fsencode(staged.path) + b'/' + rel)}: "
+                               f"{err.strerror}; the tree changed while it was promoted") from None
+    finally:
+        os.close(fd)
+    try:
+        with store_errors(f"cannot write {shown(dest)}"):
+            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            while chunk := os.read(src, CHUNK_SIZE):
+                hasher.update(chunk)
+                size += len(chunk)
+                with store_errors(f"cannot write {shown(dest)}"):
+                    write_all(out, chunk)
+            if hasher.hexdigest() != digest:
+                raise TreeChangedError(f"{shown(os.fsencode(staged.path) + b'/' + rel)}: "
+                                       "changed while being promoted")
+            os.fchmod(out, 0o555 if executable else 0o444)
+            os.utime(out, (FIXED_MTIME, FIXED_MTIME))
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)

@@ -7,7 +7,11 @@
     STORE/.links/<sha256>-<r|x>     content pool: one inode per (content, executable bit)
     STORE/.locks/<name>.lock        per-object publish lock (flock)
     STORE/.locks/owner-<token>.lock held by a live promoting process for its lifetime
+    STORE/.locks/gc.lock            the collector's lock (shared while promoting)
     STORE/.tmp-<token>-<what>       an object being built by the process ``<token>``
+    STORE/.trash-<name>             an object being deleted by the collector
+    STORE/.roots/<name>             explicit GC roots (symlinks to store objects)
+    STORE/.roots/.results/<h>       results directories that promoted into this store
 
 Dot-prefixed entries are the store's own bookkeeping, never objects.
 """
@@ -67,6 +71,21 @@ class StoreLayout:
 
     def temp(self, token: str, what: str) -> Path:
         return self.root / f".tmp-{token}-{what}"
+
+    @property
+    def gc_lock(self) -> Path:
+        return self.locks / "gc.lock"
+
+    @property
+    def roots_dir(self) -> Path:
+        return self.root / ".roots"
+
+    @property
+    def results_roots(self) -> Path:
+        return self.roots_dir / ".results"
+
+    def trash(self, name: str) -> Path:
+        return self.root / f".trash-{name}"
 
     def pool_entry(self, sha256: str, executable: bool) -> Path:
         return self.links / f"{sha256}-{'x' if executable else 'r'}"

@@ -32,6 +32,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fruix_core.errors import PromotionInputError
+from fruix_core.promotion import seams
+from fruix_core.promotion.display import shown
+from fruix_core.promotion.safeio import kind_of, open_dir_at, open_regular_at, same_inode
 
 __all__ = [
     "CHUNK_SIZE",
@@ -41,7 +44,6 @@ __all__ = [
     "TreeChangedError",
     "check_stable",
     "nar_string",
-    "open_stable",
     "read_regular",
     "tree_signature",
     "walk",
@@ -133,23 +135,11 @@ class NarHasher:
 #: ``rel`` is the path below the root (``b""`` for the root), ``target`` the
 #: symlink target for symlinks, else ``None``.
 EntryCallback = Callable[[bytes, os.stat_result, "bytes | None"], None]
-#: ``on_regular(path, rel, st, nar)``: must feed exactly ``st.st_size`` bytes
-#: of contents to ``nar.update``; :func:`read_regular` is the default.
-RegularCallback = Callable[[bytes, bytes, os.stat_result, NarHasher], None]
-
-
-def open_stable(path: bytes, st: os.stat_result) -> int:
-    """Open ``path`` read-only, never following a symlink nor blocking on a FIFO.
-
-    Whether it is still the walked inode is checked by :func:`check_stable`.
-
-    :raises TreeChangedError: when it cannot be opened.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        return os.open(path, flags)
-    except OSError as err:
-        raise TreeChangedError(f"{os.fsdecode(path)}: cannot open: {err.strerror}") from None
+#: ``on_regular(fd, rel, st, nar)``: ``fd`` is the file, already open and
+#: checked to be the walked inode; the callback must feed exactly
+#: ``st.st_size`` bytes of contents to ``nar.update`` (:func:`read_regular`
+#: does) and leave ``fd`` open.
+RegularCallback = Callable[[int, bytes, os.stat_result, NarHasher], None]
 
 
 def check_stable(fd: int, path: bytes, st: os.stat_result, total: int) -> None:
@@ -160,93 +150,187 @@ def check_stable(fd: int, path: bytes, st: os.stat_result, total: int) -> None:
     """
     after = os.fstat(fd)
     if (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev):
-        raise TreeChangedError(f"{os.fsdecode(path)}: replaced while being read")
+        raise TreeChangedError(f"{shown(path)}: replaced while being read")
     if (total != st.st_size or after.st_size != st.st_size
             or after.st_mtime_ns != st.st_mtime_ns):
-        raise TreeChangedError(f"{os.fsdecode(path)}: changed while being read")
+        raise TreeChangedError(f"{shown(path)}: changed while being read")
 
 
-def read_regular(path: bytes, rel: bytes, st: os.stat_result, nar: NarHasher,
+def read_regular(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
                  extra: Callable[[bytes], None] | None = None) -> None:
-    """Stream one regular file into ``nar`` (and ``extra``), checking it is stable.
+    """Stream the open regular file ``fd`` into ``nar`` (and ``extra``), checking it is stable.
 
-    The file is opened without following symlinks, must be the inode that was
-    walked, and must have the same size and modification time after it was
-    read; otherwise :class:`TreeChangedError`.
+    After reading, the file must still have the size and modification time it
+    had when walked; otherwise :class:`TreeChangedError`.
     """
-    fd = open_stable(path, st)
-    try:
-        total = 0
-        while total < st.st_size:
-            chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
-            if not chunk:
-                break
-            nar.update(chunk)
-            if extra is not None:
-                extra(chunk)
-            total += len(chunk)
-        check_stable(fd, path, st, total)
-    finally:
-        os.close(fd)
+    total = 0
+    while total < st.st_size:
+        chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+        if not chunk:
+            break
+        nar.update(chunk)
+        if extra is not None:
+            extra(chunk)
+        total += len(chunk)
+    check_stable(fd, rel, st, total)
 
 
-def walk(root: bytes, *, on_entry: EntryCallback | None = None,
+class _Walk:
+    """One walk: the callbacks and where the tree is (for messages)."""
+
+    __slots__ = ("display", "nar", "on_entry", "reader", "exclude_top", "with_contents")
+
+    def __init__(self, display: bytes, nar: NarHasher, on_entry: EntryCallback | None,
+                 reader: RegularCallback, exclude_top: Collection[bytes],
+                 with_contents: bool) -> None:
+        self.display = display
+        self.nar = nar
+        self.on_entry = on_entry
+        self.reader = reader
+        self.exclude_top = exclude_top
+        self.with_contents = with_contents
+
+    def show(self, rel: bytes) -> str:
+        return shown(self.display + b"/" + rel if rel else self.display)
+
+    def changed(self, rel: bytes, err: OSError) -> TreeChangedError:
+        reason = err.strerror or str(err)
+        return TreeChangedError(f"{self.show(rel)}: {reason}; the tree changed while it was "
+                                "read, refusing it")
+
+    def special(self, rel: bytes, mode: int) -> SpecialFileError:
+        return SpecialFileError(f"{self.show(rel)}: is a {kind_of(mode)}; refusing to archive it")
+
+    def directory(self, fd: int, rel: bytes, st: os.stat_result, depth: int) -> None:
+        if self.on_entry is not None:
+            self.on_entry(rel, st, None)
+        nar = self.nar
+        nar.begin_directory()
+        names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        if not rel and self.exclude_top:
+            names = [name for name in names if name not in self.exclude_top]
+        if names and depth >= MAX_DEPTH:
+            raise PromotionInputError(f"{self.show(rel)}: nested deeper than {MAX_DEPTH} levels")
+        for name in names:
+            nar.begin_entry(name)
+            self.child(fd, name, rel + b"/" + name if rel else name, depth + 1)
+            nar.end_entry()
+        nar.end_directory()
+
+    def child(self, dir_fd: int, name: bytes, rel: bytes, depth: int) -> None:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError as err:
+            raise self.changed(rel, err) from None
+        mode = st.st_mode
+        seams.reach("walk.before-open", rel)
+        if stat.S_ISDIR(mode):
+            try:
+                fd, _ = open_dir_at(name, dir_fd, st)
+            except OSError as err:
+                raise self.changed(rel, err) from None
+            try:
+                self.directory(fd, rel, st, depth)
+            finally:
+                os.close(fd)
+        elif stat.S_ISREG(mode):
+            self.regular(dir_fd, name, rel, st)
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(name, dir_fd=dir_fd)
+                again = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as err:
+                raise self.changed(rel, err) from None
+            if not same_inode(st, again):
+                raise self.changed(rel, OSError(0, "replaced while being read"))
+            if self.on_entry is not None:
+                self.on_entry(rel, st, target)
+            self.nar.symlink(target)
+        else:
+            raise self.special(rel, mode)
+
+    def regular(self, dir_fd: int, name: bytes, rel: bytes, st: os.stat_result) -> None:
+        if self.on_entry is not None:
+            self.on_entry(rel, st, None)
+        self.nar.begin_regular(bool(st.st_mode & stat.S_IXUSR), st.st_size)
+        if self.with_contents:
+            try:
+                fd, _ = open_regular_at(name, dir_fd, st)
+            except OSError as err:
+                raise self.changed(rel, err) from None
+            try:
+                seams.reach("walk.reading", rel)
+                self.reader(fd, rel, st, self.nar)
+            finally:
+                os.close(fd)
+        self.nar.end_regular(st.st_size)
+
+
+def walk(root: bytes | str | os.PathLike[str] | None = None, *, root_fd: int | None = None,
+         display: bytes | None = None, on_entry: EntryCallback | None = None,
          on_regular: RegularCallback | None = None, nar: NarHasher | None = None,
-         exclude_top: Collection[bytes] = ()) -> NarHasher:
-    """Walk ``root`` in NAR order, hashing its NAR serialisation.
+         exclude_top: Collection[bytes] = (), with_contents: bool = True) -> NarHasher:
+    """Walk a tree in NAR order over directory descriptors, hashing its NAR serialisation.
 
-    :param root: the tree (bytes path); never followed if it is a symlink.
+    Every directory is opened relative to its parent with ``O_NOFOLLOW |
+    O_DIRECTORY`` and every file with ``O_NOFOLLOW | O_NONBLOCK``; each open
+    descriptor must be the inode that was ``lstat``-ed, so a node swapped for a
+    symlink or another tree mid-walk is refused (:class:`TreeChangedError`),
+    never followed.
+
+    :param root: the tree (path); never followed if it is a symlink.
+    :param root_fd: alternatively, an open directory descriptor (left open).
+    :param display: how to name the tree in messages (default: ``root``).
     :param on_entry: observer called for every node (validation, manifest).
     :param on_regular: reads a regular file's contents into the hasher.
-    :param exclude_top: names directly under ``root`` left out of the archive
+    :param exclude_top: names directly under the root left out of the archive
         (a store object's own metadata files).
+    :param with_contents: ``False`` to walk metadata only (the hash is then
+        meaningless; validation uses it).
     :raises SpecialFileError: on a device node, FIFO or socket.
     :returns: the hasher; ``hexdigest()`` is the tree signature.
     """
     nar = nar or NarHasher()
-    reader = on_regular or read_regular
+    shown_as = display if display is not None else os.fsencode(root if root is not None
+                                                               else b"<tree>")
+    state = _Walk(shown_as, nar, on_entry, on_regular or read_regular, exclude_top,
+                  with_contents)
     try:
-        _node(root, b"", nar, on_entry, reader, exclude_top, 0)
+        if root_fd is not None:
+            state.directory(root_fd, b"", os.fstat(root_fd), 0)
+        else:
+            assert root is not None
+            _root(os.fsencode(root), state)
     finally:
         nar.close()
     return nar
 
 
-def _node(path: bytes, rel: bytes, nar: NarHasher, on_entry: EntryCallback | None,
-          reader: RegularCallback, exclude_top: Collection[bytes], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise PromotionInputError(f"{os.fsdecode(path)}: nested deeper than {MAX_DEPTH} levels")
+def _root(path: bytes, state: _Walk) -> None:
     st = os.lstat(path)
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        if on_entry is not None:
-            on_entry(rel, st, None)
-        nar.begin_regular(bool(mode & stat.S_IXUSR), st.st_size)
-        reader(path, rel, st, nar)
-        nar.end_regular(st.st_size)
-    elif stat.S_ISLNK(mode):
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            fd, _ = open_dir_at(path, None, st)
+        except OSError as err:
+            raise state.changed(b"", err) from None
+        try:
+            state.directory(fd, b"", st, 0)
+        finally:
+            os.close(fd)
+    elif stat.S_ISREG(st.st_mode):
+        parent, name = os.path.split(path)
+        dir_fd = os.open(parent or b".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            state.regular(dir_fd, name, b"", st)
+        finally:
+            os.close(dir_fd)
+    elif stat.S_ISLNK(st.st_mode):
         target = os.readlink(path)
-        if on_entry is not None:
-            on_entry(rel, st, target)
-        nar.symlink(target)
-    elif stat.S_ISDIR(mode):
-        if on_entry is not None:
-            on_entry(rel, st, None)
-        nar.begin_directory()
-        names = sorted(os.listdir(path))
-        if not rel and exclude_top:
-            names = [name for name in names if name not in exclude_top]
-        for name in names:
-            nar.begin_entry(name)
-            child_rel = rel + b"/" + name if rel else name
-            _node(path + b"/" + name, child_rel, nar, on_entry, reader, exclude_top, depth + 1)
-            nar.end_entry()
-        nar.end_directory()
+        if state.on_entry is not None:
+            state.on_entry(b"", st, target)
+        state.nar.symlink(target)
     else:
-        kind = ("device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
-                else "special file")
-        raise SpecialFileError(f"{os.fsdecode(path)}: is a {kind}; refusing to archive it")
+        raise state.special(b"", st.st_mode)
 
 
 def tree_signature(path: str | Path | bytes) -> str:

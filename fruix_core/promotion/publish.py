@@ -3,31 +3,45 @@
 The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
 
 1. *materialise*: replay the manifest, creating directories and symlinks and
-   hard-linking every file not written during ingestion from the content
-   pool (members of a hard-link group link to the group's first member);
+   hard-linking every file not written during ingestion from content this
+   promotion wrote, else from the content pool (members of a hard-link group
+   link to the group's first member). A pool entry is checked before it is
+   linked (a regular file, canonical mode and time, the right size and
+   SHA-256); a wrong one is never linked: the file is read again from the
+   staged tree instead, and the entry replaced after publishing;
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
    canonical already);
 4. make it durable (``syncfs``, else fsync of every file and directory);
-5. under the object's lock: if the final name exists, drop the temporary
-   (the object is reused); otherwise ``rename`` it into place and fsync the
-   store directory. A final name therefore always means a complete object.
+5. under the locks of *all* the promotion's objects at once
+   (:func:`publish_all`): each final name that exists is reused, every other
+   temporary is renamed into place, then the store directory is fsynced. A
+   final name therefore always means a complete object, and nothing is
+   published before every object of the promotion is ready.
+6. the new content is entered into the pool (:func:`enter_pool`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
-import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
+
 from fruix_core.errors import StoreError
+from fruix_core.promotion import seams
+from fruix_core.promotion.display import shown
 from fruix_core.promotion.ingest import FIXED_MTIME, canonical_mode
 from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.locking import object_lock
 from fruix_core.promotion.manifest import parse_manifest
+from fruix_core.promotion.safeio import DIR_FLAGS, open_regular_at
 from fruix_core.promotion.storeio import (
     fsync_dir,
     fsync_tree,
@@ -35,34 +49,149 @@ from fruix_core.promotion.storeio import (
     remove_tree,
     store_errors,
     syncfs,
+    write_all,
 )
 
-__all__ = ["FSYNC_POLICIES", "canonicalise", "materialise", "publish", "write_metadata_file"]
+__all__ = [
+    "FSYNC_POLICIES",
+    "ContentLinker",
+    "canonicalise",
+    "enter_pool",
+    "materialise",
+    "publish_all",
+    "write_metadata_file",
+]
+
+log = structlog.get_logger(__name__)
 
 #: ``syncfs`` (one flush of the store's file system), ``each`` (fsync every
 #: file and directory) or ``none`` (no flush; benchmarks and throwaway stores).
 FSYNC_POLICIES = ("syncfs", "each", "none")
 
 
-def _link_from_pool(layout: StoreLayout, digest: str, executable: bool, dest: str) -> None:
-    source = layout.pool_entry(digest, executable)
+#: ``restage(rel, dest, digest, executable)``: write the staged file ``rel``
+#: (read again from the validated tree, checked against its digest) to ``dest``.
+Restage = Callable[[bytes, bytes, str, bool], None]
+
+
+class ContentLinker:
+    """Links known content into objects being built, checking pool entries first.
+
+    :param session: content written by this promotion: (sha256, executable) -> file.
+    """
+
+    def __init__(self, layout: StoreLayout, session: dict[tuple[str, bool], bytes]) -> None:
+        self.layout = layout
+        self.session = session
+        self._good: dict[tuple[str, bool], tuple[int, int]] = {}
+        #: Pool entries found wrong: replaced after publishing.
+        self.bad: set[tuple[str, bool]] = set()
+        self._links_fd: int | None = None
+        #: Where session content was linked: (sha256, executable) -> files.
+        self.placed: dict[tuple[str, bool], list[bytes]] = {}
+
+    def close(self) -> None:
+        if self._links_fd is not None:
+            os.close(self._links_fd)
+            self._links_fd = None
+
+    def _links(self) -> int:
+        if self._links_fd is None:
+            self._links_fd = os.open(self.layout.links, DIR_FLAGS)
+        return self._links_fd
+
+    def _check_entry(self, key: tuple[str, bool], size: int) -> tuple[int, int] | None:
+        """The inode of a good pool entry for ``key``, or ``None`` (missing or wrong)."""
+        if key in self._good:
+            return self._good[key]
+        if key in self.bad:
+            return None
+        digest, executable = key
+        name = f"{digest}-{'x' if executable else 'r'}"
+        try:
+            fd, st = open_regular_at(name, self._links())
+        except FileNotFoundError:
+            return None
+        except OSError:
+            self._wrong(key, "not a regular file")
+            return None
+        try:
+            if (stat.S_IMODE(st.st_mode) != (0o555 if executable else 0o444)
+                    or st.st_size != size or st.st_mtime != FIXED_MTIME):
+                self._wrong(key, "wrong size, mode or time")
+                return None
+            hasher = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                hasher.update(chunk)
+            if hasher.hexdigest() != digest:
+                self._wrong(key, "content does not match its name")
+                return None
+        finally:
+            os.close(fd)
+        self._good[key] = (st.st_dev, st.st_ino)
+        return self._good[key]
+
+    def _wrong(self, key: tuple[str, bool], why: str) -> None:
+        self.bad.add(key)
+        log.warning("store.pool.wrong_entry", entry=str(self.layout.pool_entry(*key)),
+                    problem=why)
+
+    def link(self, digest: str, executable: bool, size: int, dest: bytes, rel: bytes,
+             restage: Restage) -> None:
+        """Make ``dest`` a link to that content (or a fresh copy of the staged file)."""
+        key = (digest, executable)
+        source = self.session.get(key)
+        if source is not None:
+            _link_or_copy(source, dest, executable)
+            self.placed.setdefault(key, []).append(dest)
+            return
+        inode = self._check_entry(key, size)
+        if inode is not None:
+            name = self.layout.pool_entry(digest, executable).name
+            try:
+                os.link(name, dest, src_dir_fd=self._links(), follow_symlinks=False)
+            except FileNotFoundError:
+                raise StoreError(f"content pool entry {name} vanished while publishing") from None
+            except OSError as err:
+                if err.errno != errno.EMLINK:
+                    raise
+                inode = None  # the inode has all the links the file system allows
+            else:
+                st = os.lstat(dest)
+                if (st.st_dev, st.st_ino) == inode:
+                    return
+                os.unlink(dest)  # the entry was swapped after it was checked
+                self._wrong(key, "replaced while being linked")
+        restage(rel, dest, digest, executable)
+        self.session[key] = dest
+        self.placed.setdefault(key, []).append(dest)
+
+
+def _link_or_copy(source: bytes, dest: bytes, executable: bool) -> None:
     try:
-        os.link(source, dest)
-    except FileNotFoundError:
-        raise StoreError(f"content pool entry {source} vanished while publishing") from None
+        os.link(source, dest, follow_symlinks=False)
+        return
     except OSError as err:
         if err.errno != errno.EMLINK:
             raise
-        # The pool inode has as many links as the file system allows: copy it.
-        shutil.copyfile(source, dest, follow_symlinks=False)
-        os.chmod(dest, 0o555 if executable else 0o444)
-        os.utime(dest, (FIXED_MTIME, FIXED_MTIME))
+    fd, _ = open_regular_at(source)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                write_all(out, chunk)
+            os.fchmod(out, 0o555 if executable else 0o444)
+            os.utime(out, (FIXED_MTIME, FIXED_MTIME))
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
 
 
-def materialise(layout: StoreLayout, temp: Path) -> None:
-    """Complete the tree in ``temp`` from its manifest and the content pool."""
+def materialise(temp: Path, linker: ContentLinker, restage: Restage) -> None:
+    """Complete the tree in ``temp`` from its manifest and known content."""
     base = os.fsencode(temp)
-    with store_errors(f"cannot build {temp}"), open(temp / MANIFEST_FILE, "rb") as stream:
+    with store_errors(f"cannot build {shown(temp)}"), open(temp / MANIFEST_FILE, "rb") as stream:
         for entry in parse_manifest(stream, str(temp / MANIFEST_FILE)):
             if not entry.rel:
                 continue
@@ -72,25 +201,29 @@ def materialise(layout: StoreLayout, temp: Path) -> None:
             elif entry.type == "link":
                 os.symlink(entry.link or b"", dest)
             elif entry.hardlink is not None:
-                os.link(base + b"/" + entry.hardlink, dest)
+                os.link(base + b"/" + entry.hardlink, dest, follow_symlinks=False)
             elif not os.path.lexists(dest):
-                _link_from_pool(layout, entry.sha256 or "", bool((entry.mode or 0) & 0o100),
-                                os.fsdecode(dest))
+                linker.link(entry.sha256 or "", bool((entry.mode or 0) & 0o100),
+                            entry.size or 0, dest, entry.rel, restage)
 
 
 def write_metadata_file(temp: Path, name: str, text: str | bytes) -> None:
-    """Write one of the object's own files, read-only."""
+    """Write one of the object's own files, read-only (never through a planted name)."""
     data = text.encode("ascii") if isinstance(text, str) else text
     path = temp / name
-    with store_errors(f"cannot write {path}"):
-        with open(path, "wb") as stream:
-            stream.write(data)
-        os.chmod(path, 0o444)
+    with store_errors(f"cannot write {shown(path)}"):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | getattr(os, "O_CLOEXEC", 0), 0o444)
+        try:
+            write_all(fd, data)
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
 
 
 def canonicalise(temp: Path) -> None:
     """Directories ``0555``; every node's mtime fixed; files already read-only."""
-    with store_errors(f"cannot canonicalise {temp}"):
+    with store_errors(f"cannot canonicalise {shown(temp)}"):
         for top, dirs, files in os.walk(temp, topdown=False):
             for name in files:
                 path = os.path.join(top, name)
@@ -114,36 +247,81 @@ def canonicalise(temp: Path) -> None:
         os.utime(temp, (FIXED_MTIME, FIXED_MTIME))
 
 
-def _make_durable(layout: StoreLayout, temp: Path, policy: str) -> None:
-    with store_errors(f"cannot flush {temp} to disk"):
+def _make_durable(layout: StoreLayout, temps: Sequence[Path], policy: str) -> None:
+    with store_errors(f"cannot flush {shown(layout.root)} to disk"):
         if policy == "syncfs" and have_syncfs():
             syncfs(layout.root)
         elif policy in ("syncfs", "each"):
-            fsync_tree(temp)
-            fsync_dir(layout.links)
+            for temp in temps:
+                fsync_tree(temp)
 
 
-def publish(layout: StoreLayout, temp: Path, name: str, *, fsync: str,
-            prepare: Callable[[], None] | None = None) -> bool:
-    """Move ``temp`` to ``STORE/name`` unless that object exists.
+def publish_all(layout: StoreLayout, items: Sequence[tuple[Path, str]], *,
+                fsync: str) -> list[bool]:
+    """Rename every prepared temporary to its name, as one unit.
 
-    Under the object's lock: when ``STORE/name`` exists, ``temp`` is removed;
-    otherwise ``prepare()`` finishes ``temp`` (materialise, metadata,
-    canonicalise), it is made durable, renamed into place, and the store
-    directory fsynced.
+    ``items`` are ``(temporary, name)`` pairs; a temporary that does not exist
+    stands for an object found present earlier. Under the locks of every
+    name: an existing name is reused (its temporary removed), the others
+    renamed into place. Nothing is renamed before every lock is held and
+    every temporary is durable.
 
-    :returns: ``True`` when published, ``False`` when the object already existed.
+    :returns: for each item, ``True`` when published, ``False`` when reused.
+    :raises StoreError: when an object found earlier is gone and no
+        temporary can replace it.
     """
-    final = layout.object(name)
-    with object_lock(layout, name):
-        if os.path.lexists(final):
-            remove_tree(temp)
-            return False
-        if prepare is not None:
-            prepare()
-        _make_durable(layout, temp, fsync)
-        with store_errors(f"cannot publish {final}"):
-            os.rename(temp, final)
-            if fsync != "none":
+    with contextlib.ExitStack() as locks:
+        for name in sorted({name for _temp, name in items}):
+            locks.enter_context(object_lock(layout, name))
+        fresh = [temp for temp, name in items
+                 if not os.path.lexists(layout.object(name)) and os.path.lexists(temp)]
+        for temp, name in items:
+            if not os.path.lexists(layout.object(name)) and not os.path.lexists(temp):
+                raise StoreError(f"store object {shown(layout.object(name))} disappeared while "
+                                 "promoting; promote again")
+        _make_durable(layout, fresh, fsync)
+        seams.reach("promote.before-publish")
+        outcome: list[bool] = []
+        for temp, name in items:
+            final = layout.object(name)
+            if temp in fresh:
+                with store_errors(f"cannot publish {shown(final)}"):
+                    os.rename(temp, final)
+                outcome.append(True)
+            else:
+                remove_tree(temp)
+                outcome.append(False)
+        if fresh and fsync != "none":
+            with store_errors(f"cannot flush {shown(layout.root)}"):
                 fsync_dir(layout.root)
-    return True
+                if not have_syncfs() or fsync == "each":
+                    fsync_dir(layout.links)
+    return outcome
+
+
+def enter_pool(layout: StoreLayout, content: dict[tuple[str, bool], bytes],
+               replace: set[tuple[str, bool]]) -> None:
+    """Enter published files into the content pool, replacing entries found wrong.
+
+    :param content: (sha256, executable) -> a published file with that content.
+    :param replace: keys whose present entry is wrong and must be replaced.
+    """
+    links = os.open(layout.links, DIR_FLAGS)
+    try:
+        for (digest, executable), path in content.items():
+            name = layout.pool_entry(digest, executable).name
+            try:
+                os.link(path, name, dst_dir_fd=links, follow_symlinks=False)
+            except FileExistsError:
+                if (digest, executable) not in replace:
+                    continue  # another promoter entered the same content: equally good
+                fresh = f".new-{name}-{os.getpid()}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(fresh, dir_fd=links)
+                os.link(path, fresh, dst_dir_fd=links, follow_symlinks=False)
+                os.rename(fresh, name, src_dir_fd=links, dst_dir_fd=links)
+            except OSError as err:
+                # The pool is an optimisation: an entry missing only costs a later copy.
+                log.warning("store.pool.entry_not_made", entry=name, error=err.strerror)
+    finally:
+        os.close(links)

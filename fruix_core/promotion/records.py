@@ -84,6 +84,7 @@ class BundleRecord:
     name: str
     derived_name: str
     artifacts: Mapping[str, str]
+    run_id: str = ""
 
 
 def _fields(form: SList, source: str) -> dict[str, SList]:
@@ -172,4 +173,5 @@ def read_bundle_record(path: Path) -> BundleRecord:
         artifacts[entry[0]] = entry[1]
     return BundleRecord(name=_single(fields, "name", str, source, form.line),
                         derived_name=bundle_name(identity, version, executor),
-                        artifacts=artifacts)
+                        artifacts=artifacts,
+                        run_id=_single(ident, "run-id", str, source, line))

@@ -308,9 +308,10 @@ def read_promotion(path: str | Path) -> Promotion:
 
 
 def _read_bounded(path: str | Path) -> bytes:
+    from fruix_core.promotion.safeio import read_regular
+
     try:
-        with open(path, "rb") as stream:
-            return stream.read(sexp.MAX_INPUT_BYTES + 1)
+        return read_regular(path, limit=sexp.MAX_INPUT_BYTES)
     except OSError as err:
         raise MetadataError(f"cannot read: {err.strerror or err}", file=path) from None
 

@@ -259,9 +259,10 @@ def read_file(path: str | Path) -> list[Datum]:
 
     :raises MetadataError: when the file cannot be read or is malformed.
     """
+    from fruix_core.promotion.safeio import read_regular
+
     try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_INPUT_BYTES + 1)
+        data = read_regular(path, limit=MAX_INPUT_BYTES)
     except OSError as err:
         raise MetadataError(f"cannot read: {err.strerror or err}", file=path) from None
     return loads(data, source=path)

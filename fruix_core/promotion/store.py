@@ -1,59 +1,84 @@
 """``promote``: a result root becomes four artifact objects and one result bundle.
 
-The whole protocol, in order:
+The whole protocol, in order; nothing is published before step 5, so a
+refusal at any earlier step leaves no object, no pool entry and no lock file
+of its own (temporaries are removed; a crash's are removed by the next run):
 
-1. validate the result root (:mod:`~fruix_core.promotion.validate`); on any
-   problem raise before anything is written;
-2. create the store's bookkeeping directories, take this process's owner
-   lock and remove temporaries left by dead promoters;
-3. for each artifact kind: one ingesting pass (tree signature, manifest, new
-   content written once), its identity and name, then publish under the
-   object's lock (reuse when the name exists);
-4. the bundle: identity from the artifact store paths and the run's
-   provenance, published the same way.
+1. validate the result root (:mod:`~fruix_core.promotion.validate`), keeping
+   its directories open; on any problem raise before anything is written;
+2. create the store's bookkeeping directories (checked, never followed),
+   take this process's owner lock and the collector's lock (shared), remove
+   temporaries left by dead promoters;
+3. ingest all four artifacts (one descriptor-based walk each, re-checking
+   everything validation checked on what is actually read) into temporaries;
+4. name them, build the bundle's temporary, and complete every temporary
+   whose name is not in the store yet (materialise from checked content,
+   metadata, canonicalise);
+5. publish all five as one unit under their locks
+   (:func:`~fruix_core.promotion.publish.publish_all`);
+6. enter the new content into the pool and record the results directory as
+   a source of GC roots.
 
 Promoting the same result root again copies nothing and returns the same
 paths; two runs differing only in provenance share artifact objects and get
-different bundles.
+different bundles. A store that cannot be written still answers a promotion
+whose objects it holds already.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
 
 from fruix_core.errors import FruixError, StoreError, UsageError
 from fruix_core.model import ARTIFACT_KINDS, Promotion
+from fruix_core.promotion import seams
+from fruix_core.promotion.display import shown
+from fruix_core.promotion.gc import register_results_dir
 from fruix_core.promotion.identity import (
     artifact_identity,
     artifact_name,
     bundle_identity,
     bundle_name,
+    store_path_text,
 )
-from fruix_core.promotion.ingest import IngestedArtifact, Ingester, Progress
+from fruix_core.promotion.ingest import IngestedArtifact, Ingester, Progress, restage
 from fruix_core.promotion.layout import (
     OBJECT_FILE,
     REFERENCES_FILE,
     RESULT_FILE,
     StoreLayout,
 )
-from fruix_core.promotion.locking import OwnerLock, ensure_store, remove_stale_temporaries
+from fruix_core.promotion.locking import (
+    OwnerLock,
+    check_store,
+    ensure_store,
+    gc_lock,
+    remove_stale_temporaries,
+)
 from fruix_core.promotion.publish import (
     FSYNC_POLICIES,
+    ContentLinker,
     canonicalise,
+    enter_pool,
     materialise,
-    publish,
+    publish_all,
     write_metadata_file,
 )
 from fruix_core.promotion.records import bundle_text, object_text
 from fruix_core.promotion.storeio import remove_tree, store_errors
-from fruix_core.promotion.validate import ValidatedRoot, validate_result_root
+from fruix_core.promotion.validate import (
+    StagedArtifact,
+    ValidatedRoot,
+    store_identity,
+    validate_result_root,
+)
 
-__all__ = ["FSYNC_ENV", "PromotionOutcome", "promote"]
+__all__ = ["FSYNC_ENV", "PromotionOutcome", "check_store_path", "promote"]
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +121,27 @@ def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[st
     return name, document
 
 
+def check_store_path(root: Path) -> None:
+    """Refuse a store path that ``.references`` could not hold faithfully (a newline).
+
+    :raises UsageError: naming the path (escaped).
+    """
+    if b"\n" in os.fsencode(root):
+        raise UsageError(f"store path {shown(root)} contains a newline; store paths are "
+                         "written one per line in .references, choose another directory")
+
+
+def _writable(root: Path) -> bool:
+    if not os.path.isdir(root):
+        return True  # created by ensure_store (which reports why it cannot)
+    if not os.access(root, os.W_OK):
+        return False
+    try:
+        return not os.statvfs(root).f_flag & os.ST_RDONLY
+    except OSError:
+        return True
+
+
 def promote(result_root: Path | str, store: Path | str, *, dry_run: bool = False,
             progress: Callable[[Progress], None] | None = None,
             fsync: str | None = None) -> PromotionOutcome:
@@ -111,26 +157,34 @@ def promote(result_root: Path | str, store: Path | str, *, dry_run: bool = False
     :raises StoreError: the store cannot be written (nothing published).
     """
     policy = _fsync_policy(fsync)
-    validated = validate_result_root(result_root)
     layout = StoreLayout(Path(store).absolute())
-    totals = Progress(files_total=validated.files, bytes_total=validated.bytes)
+    check_store_path(layout.root)
+    validated = validate_result_root(result_root, store=layout.root)
     try:
-        if dry_run:
-            return _dry_run(validated, layout, progress, totals)
-        return _promote(validated, layout, progress, totals, policy)
-    except FruixError:
-        raise
-    except OSError as err:
-        raise StoreError(f"promotion into {layout.root} failed: {err.strerror or err}"
-                         f"{f' ({err.filename})' if err.filename else ''}") from None
+        seams.reach("promote.validated")
+        totals = Progress(files_total=validated.files, bytes_total=validated.bytes)
+        try:
+            if dry_run:
+                return _dry_run(validated, layout, progress, totals)
+            if not _writable(layout.root):
+                return _already_stored(validated, layout, progress, totals)
+            return _promote(validated, layout, progress, totals, policy)
+        except FruixError:
+            raise
+        except OSError as err:
+            raise StoreError(f"promotion into {shown(layout.root)} failed: "
+                             f"{err.strerror or err}"
+                             f"{f' ({shown(err.filename)})' if err.filename else ''}") from None
+    finally:
+        validated.close()
 
 
 def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
              progress: Callable[[Progress], None] | None, totals: Progress) -> PromotionOutcome:
     promotion = validated.promotion
-    known = layout.root.is_dir() and layout.links.is_dir()
+    known = layout.root.is_dir() and layout.links.is_dir() and not layout.links.is_symlink()
     ingester = Ingester(layout if known else None, "dry", dry_run=True, progress=progress,
-                        totals=totals)
+                        totals=totals, store_id=store_identity(layout.root))
     artifacts: dict[str, Path] = {}
     signatures: dict[str, str] = {}
     try:
@@ -141,7 +195,7 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
             signatures[staged.kind] = ingested.tree_signature
     finally:
         ingester.close()
-    document = bundle_identity(promotion, {k: str(v) for k, v in artifacts.items()})
+    document = bundle_identity(promotion, {k: store_path_text(v) for k, v in artifacts.items()})
     bundle = layout.object(bundle_name(document, promotion.base.version, promotion.executor))
     every = [*artifacts.values(), bundle]
     return PromotionOutcome(
@@ -152,6 +206,20 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
         tree_signatures=signatures)
 
 
+def _already_stored(validated: ValidatedRoot, layout: StoreLayout,
+                    progress: Callable[[Progress], None] | None,
+                    totals: Progress) -> PromotionOutcome:
+    """A store that cannot be written: answer from what it holds, or say why not."""
+    check_store(layout)
+    outcome = _dry_run(validated, layout, progress, totals)
+    if outcome.published:
+        raise StoreError(f"the store {shown(layout.root)} is not writable by this user (or "
+                         f"read-only) and does not hold {shown(outcome.published[0].name)} yet")
+    for path in outcome.reused:
+        log.info("store.object.reused", path=shown(path))
+    return replace(outcome, dry_run=False)
+
+
 def _promote(validated: ValidatedRoot, layout: StoreLayout,
              progress: Callable[[Progress], None] | None, totals: Progress,
              policy: str) -> PromotionOutcome:
@@ -159,83 +227,99 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     ensure_store(layout)
     owner = OwnerLock(layout)
     owner.acquire()
-    temps: list[Path] = []
+    temps: list[Path] = [layout.temp(owner.token, kind) for kind in ARTIFACT_KINDS]
+    temps.append(layout.temp(owner.token, "bundle"))
     ingester = Ingester(layout, owner.token, dry_run=False, fsync_each=policy == "each",
-                        progress=progress, totals=totals)
+                        progress=progress, totals=totals, store_id=store_identity(layout.root))
+    linker = ContentLinker(layout, ingester.session)
     try:
-        remove_stale_temporaries(layout, owner.token)
-        artifacts: dict[str, Path] = {}
-        signatures: dict[str, str] = {}
-        published: list[Path] = []
-        reused: list[Path] = []
-        for staged in validated.artifacts:
-            temps.append(layout.temp(owner.token, staged.kind))
-            ingested = ingester.ingest(staged)
-            assert ingested.temp_dir is not None
-            temp = ingested.temp_dir
-            name, document = _artifact_name(promotion, ingested)
-
-            def prepare(temp: Path = temp, name: str = name, document: list = document,
-                        ingested: IngestedArtifact = ingested) -> None:
-                materialise(layout, temp)
-                write_metadata_file(temp, OBJECT_FILE,
-                                    object_text(name, ingested.nar_size, document))
-                write_metadata_file(temp, REFERENCES_FILE, "")
-                canonicalise(temp)
-
-            path = layout.object(name)
-            _record(publish(layout, temp, name, fsync=policy, prepare=prepare), path,
-                    published, reused, kind=staged.kind, files=ingested.files,
-                    bytes_written=ingested.bytes_written)
-            artifacts[staged.kind] = path
-            signatures[staged.kind] = ingested.tree_signature
-        bundle = _publish_bundle(layout, owner.token, promotion, artifacts, policy, temps,
-                                 published, reused)
-        return PromotionOutcome(bundle=bundle, artifacts=artifacts, published=tuple(published),
-                                reused=tuple(reused), files=validated.files,
-                                bytes=validated.bytes, bytes_written=totals.bytes_written,
-                                tree_signatures=signatures)
+        with gc_lock(layout, exclusive=False):
+            remove_stale_temporaries(layout, owner.token)
+            ingested = [ingester.ingest(staged) for staged in validated.artifacts]
+            named = [(item, *_artifact_name(promotion, item)) for item in ingested]
+            artifacts = {item.kind: layout.object(name) for item, name, _doc in named}
+            for (item, name, document), staged in zip(named, validated.artifacts, strict=True):
+                assert item.temp_dir is not None
+                if not os.path.lexists(layout.object(name)):
+                    _prepare_artifact(item, name, document, staged, linker)
+            bundle_temp = layout.temp(owner.token, "bundle")
+            bundle = _prepare_bundle(layout, bundle_temp, promotion, artifacts)
+            items = [(item.temp_dir, name) for item, name, _doc in named]
+            items.append((bundle_temp, bundle.name))
+            done = publish_all(layout, items, fsync=policy)  # type: ignore[arg-type]
+            pairs = list(zip(items, done, strict=True))
+            published = [layout.object(name) for (_t, name), new in pairs if new]
+            reused = [layout.object(name) for (_t, name), new in pairs if not new]
+            for (item, name, _doc), new in zip(named, done[:-1], strict=True):
+                log.info("store.object.published" if new else "store.object.reused",
+                         path=shown(layout.object(name)), kind=item.kind, files=item.files,
+                         bytes_written=item.bytes_written if new else 0)
+            log.info("store.object.published" if done[-1] else "store.object.reused",
+                     path=shown(bundle), kind="bundle", run_id=promotion.run_id)
+            _enter_new_content(layout, named, done, ingester, linker)
+            register_results_dir(layout, validated.root.parent)
+        return PromotionOutcome(
+            bundle=bundle, artifacts=artifacts, published=tuple(published),
+            reused=tuple(reused), files=validated.files, bytes=validated.bytes,
+            bytes_written=totals.bytes_written,
+            tree_signatures={item.kind: item.tree_signature for item in ingested})
     finally:
         ingester.close()
+        linker.close()
         for temp in temps:
             try:
                 remove_tree(temp)
             except OSError:
-                log.warning("store.temporary.unremovable", path=str(temp))
+                log.warning("store.temporary.unremovable", path=shown(temp))
         owner.release()
 
 
-def _record(was_published: bool, path: Path, published: list[Path], reused: list[Path],
-            **fields: object) -> None:
-    if was_published:
-        published.append(path)
-        log.info("store.object.published", path=str(path), **fields)
-    else:
-        reused.append(path)
-        log.info("store.object.reused", path=str(path), **fields)
+def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
+                      staged: StagedArtifact, linker: ContentLinker) -> None:
+    temp = item.temp_dir
+    assert temp is not None
+
+    def again(rel: bytes, dest: bytes, digest: str, executable: bool) -> None:
+        restage(staged, rel, dest, digest, executable)
+
+    materialise(temp, linker, again)
+    write_metadata_file(temp, OBJECT_FILE, object_text(name, item.nar_size, document))
+    write_metadata_file(temp, REFERENCES_FILE, "")
+    canonicalise(temp)
 
 
-def _publish_bundle(layout: StoreLayout, token: str, promotion: Promotion,
-                    artifacts: dict[str, Path], policy: str, temps: list[Path],
-                    published: list[Path], reused: list[Path]) -> Path:
-    paths = {kind: str(artifacts[kind]) for kind in ARTIFACT_KINDS if kind in artifacts}
-    document = bundle_identity(promotion, paths)
+def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,
+                    artifacts: dict[str, Path]) -> Path:
+    paths = {kind: artifacts[kind] for kind in ARTIFACT_KINDS if kind in artifacts}
+    document = bundle_identity(promotion, {k: store_path_text(v) for k, v in paths.items()})
     name = bundle_name(document, promotion.base.version, promotion.executor)
-    temp = layout.temp(token, "bundle")
-    temps.append(temp)
-
-    def prepare() -> None:
-        with store_errors(f"cannot build {temp}"):
+    if not os.path.lexists(layout.object(name)):
+        with store_errors(f"cannot build {shown(temp)}"):
             os.mkdir(temp, 0o755)
             os.mkdir(temp / "artifacts", 0o755)
             for kind, target in paths.items():
-                os.symlink(target, temp / "artifacts" / kind)
+                os.symlink(os.fsencode(target), temp / "artifacts" / kind)
         write_metadata_file(temp, RESULT_FILE, bundle_text(name, document))
         write_metadata_file(temp, REFERENCES_FILE,
-                            "".join(f"{p}\n" for p in sorted(paths.values())))
+                            b"".join(os.fsencode(p) + b"\n" for p in sorted(
+                                os.fsencode(v) for v in paths.values())))
         canonicalise(temp)
+    return layout.object(name)
 
-    path = layout.object(name)
-    _record(publish(layout, temp, name, fsync=policy, prepare=prepare), path, published, reused,
-            kind="bundle", run_id=promotion.run_id)
-    return path
+
+def _enter_new_content(layout: StoreLayout, named: list, done: list[bool], ingester: Ingester,
+                       linker: ContentLinker) -> None:
+    """Pool entries for content now in published objects (the pool only speeds up)."""
+    moved: dict[bytes, bytes] = {}
+    for (item, name, _doc), new in zip(named, done[:-1], strict=True):
+        if new and item.temp_dir is not None:
+            moved[os.fsencode(item.temp_dir) + b"/"] = os.fsencode(layout.object(name)) + b"/"
+    content: dict[tuple[str, bool], bytes] = {}
+    for key, first in ingester.session.items():
+        for path in [first, *linker.placed.get(key, [])]:
+            prefix = next((p for p in moved if path.startswith(p)), None)
+            if prefix is not None:
+                content[key] = moved[prefix] + path[len(prefix):]
+                break
+    if content:
+        enter_pool(layout, content, linker.bad)

@@ -12,19 +12,28 @@ are never followed; their targets are opaque bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fruix_core.errors import MetadataError, PromotionInputError
 from fruix_core.model import ARTIFACT_KINDS, ArtifactEntry, Promotion
 from fruix_core.profile import KEY_FILES
+from fruix_core.promotion import sexp
+from fruix_core.promotion.display import shown
 from fruix_core.promotion.layout import RESERVED_NAMES
-from fruix_core.promotion.nar import MAX_DEPTH, SpecialFileError
-from fruix_core.promotion.schema import check_relative_path, read_promotion
+from fruix_core.promotion.nar import walk
+from fruix_core.promotion.safeio import (
+    UnsafeNodeError,
+    kind_of,
+    open_dir_at,
+    open_regular_at,
+    read_regular,
+)
+from fruix_core.promotion.schema import check_relative_path, loads_promotion
 
 __all__ = [
     "EscapingPathError",
@@ -32,7 +41,11 @@ __all__ = [
     "MissingArtifactError",
     "DigestMismatchError",
     "StagedArtifact",
+    "TreeCheck",
     "ValidatedRoot",
+    "open_inside",
+    "required_key_files",
+    "sha256_fd",
     "validate_result_root",
 ]
 
@@ -55,22 +68,29 @@ class ExternalHardLinkError(PromotionInputError):
 
 @dataclass(frozen=True, slots=True)
 class StagedArtifact:
-    """One artifact tree, checked: where it is and how big."""
+    """One artifact tree, checked: where it is, how big, and its open directory.
+
+    ``fd`` is the artifact directory opened (without following symlinks)
+    during validation; ingestion walks from it, so the tree ingested is the
+    tree validated even if the result root is rearranged in between.
+    """
 
     kind: str
     path: Path
     files: int
     bytes: int
     entry: ArtifactEntry
+    fd: int = -1
 
 
 @dataclass(frozen=True, slots=True)
 class ValidatedRoot:
-    """A result root that passed every check."""
+    """A result root that passed every check; :meth:`close` releases its descriptors."""
 
     root: Path
     promotion: Promotion
     artifacts: tuple[StagedArtifact, ...]
+    fd: int = -1
 
     @property
     def files(self) -> int:
@@ -80,168 +100,250 @@ class ValidatedRoot:
     def bytes(self) -> int:
         return sum(a.bytes for a in self.artifacts)
 
+    def close(self) -> None:
+        """Close the directory descriptors held since validation."""
+        for fd in [a.fd for a in self.artifacts] + [self.fd]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
-def _status(root: Path) -> None:
+
+def _status(root_fd: int, root: Path) -> None:
     try:
-        with open(root / "status", "rb") as stream:
-            status = stream.read(256).decode("utf-8", "replace").strip()
+        data = read_regular("status", dir_fd=root_fd, limit=256)
     except FileNotFoundError:
-        raise PromotionInputError(f"{root}: not a result root (no status file)") from None
-    except OSError as err:
-        raise PromotionInputError(f"{root}/status: cannot read: {err.strerror}") from None
-    if status != "ok":
-        shown = status.splitlines()[0] if status else "empty"
         raise PromotionInputError(
-            f"{root}: result root is not complete (status: {shown!r}); refusing to promote")
+            f"{shown(root)}: not a result root (no status file)") from None
+    except OSError as err:
+        raise PromotionInputError(
+            f"{shown(root)}/status: cannot read: {err.strerror}") from None
+    status = data[:256].decode("utf-8", "replace").strip()
+    if status != "ok":
+        first = status.splitlines()[0] if status else "empty"
+        raise PromotionInputError(
+            f"{shown(root)}: result root is not complete (status: {shown(first)!r}); "
+            "refusing to promote")
 
 
-def resolve_inside(root: Path, rel: str, *, what: str) -> tuple[Path, os.stat_result]:
-    """``root/rel`` and its lstat, checking no component is a symlink or escapes.
+def open_inside(root_fd: int, root: Path, rel: str, *, what: str,
+                directory: bool) -> tuple[int, os.stat_result]:
+    """Open ``root/rel`` relative to ``root_fd``, one component at a time.
+
+    No component may be a symlink (refused, never followed); the last must be a
+    directory (``directory``) or a regular file.
 
     :raises EscapingPathError: for unclean paths or symlinks on the way.
-    :raises MissingArtifactError: when a component does not exist.
+    :raises MissingArtifactError: when a component does not exist or has the wrong type.
     """
     problem = check_relative_path(rel)
     if problem:
-        raise EscapingPathError(f"{what} {rel!r} {problem}")
+        raise EscapingPathError(f"{what} {shown(rel)!r} {problem}")
+    parts = rel.split("/")
+    fd = os.dup(root_fd)
     current = root
-    st = os.lstat(root)
-    for part in rel.split("/"):
-        if not stat.S_ISDIR(st.st_mode):
-            raise MissingArtifactError(f"{what} {rel!r}: {current} is not a directory")
-        current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            raise MissingArtifactError(f"{what} {rel!r} is missing ({current})") from None
-        except OSError as err:
-            raise PromotionInputError(f"{current}: cannot inspect: {err.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise EscapingPathError(
-                f"{what} {rel!r} goes through a symlink ({current}); symlinks are not followed")
-    return current, st
+    try:
+        for index, part in enumerate(parts):
+            current = current / part
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise MissingArtifactError(
+                    f"{what} {shown(rel)!r} is missing ({shown(current)})") from None
+            except NotADirectoryError:
+                raise MissingArtifactError(
+                    f"{what} {shown(rel)!r}: a component is not a directory") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise EscapingPathError(
+                    f"{what} {shown(rel)!r} goes through a symlink ({shown(current)}); "
+                    "symlinks are not followed")
+            last = index == len(parts) - 1
+            if last and not directory:
+                if not stat.S_ISREG(st.st_mode):
+                    raise PromotionInputError(
+                        f"{what} {shown(rel)!r} is a {kind_of(st.st_mode)}, not a regular "
+                        "file")
+                child, st = open_regular_at(part, fd, st)
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise MissingArtifactError(
+                        f"{what} {shown(rel)!r}: {shown(current)} is a "
+                        f"{kind_of(st.st_mode)}, not a directory")
+                child, st = open_dir_at(part, fd, st)
+            os.close(fd)
+            fd = child
+        return fd, st
+    except UnsafeNodeError as err:
+        os.close(fd)
+        raise PromotionInputError(f"{what} {shown(rel)!r}: {err.strerror}; the result root "
+                                  "changed while it was checked") from None
+    except OSError as err:
+        os.close(fd)
+        if isinstance(err, PromotionInputError):
+            raise
+        raise PromotionInputError(f"{shown(current)}: cannot open: {err.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_fd(fd: int) -> str:
+    """SHA-256 of an open file, read from its start."""
     digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def _check_key_files(root: Path, tree: Path, entry: ArtifactEntry) -> None:
-    required = KEY_FILES.get(entry.kind, ())[:1]
-    listed = dict(entry.files)
-    for rel in required:
-        resolve_inside(tree, rel, what=f"{entry.kind} key file")
-    for rel, expected in sorted(listed.items()):
-        path, st = resolve_inside(tree, rel, what=f"{entry.kind} key file")
-        if not stat.S_ISREG(st.st_mode):
-            raise PromotionInputError(f"{entry.kind} key file {rel!r} is not a regular file")
+def required_key_files(entry: ArtifactEntry) -> dict[str, str | None]:
+    """Key files of an artifact: rel -> recorded sha256 (``None``: must merely exist)."""
+    wanted: dict[str, str | None] = {rel: None for rel in KEY_FILES.get(entry.kind, ())[:1]}
+    wanted.update(dict(entry.files))
+    return wanted
+
+
+def _check_key_files(root: Path, tree_fd: int, tree: Path, entry: ArtifactEntry) -> None:
+    for rel, expected in sorted(required_key_files(entry).items()):
+        fd, _st = open_inside(tree_fd, tree, rel, what=f"{entry.kind} key file",
+                              directory=False)
         try:
-            actual = _sha256_file(path)
+            actual = sha256_fd(fd)
         except OSError as err:
-            raise PromotionInputError(f"{path}: cannot read: {err.strerror}") from None
-        if actual != expected:
-            raise DigestMismatchError(
-                f"{entry.kind} key file {rel!r}: sha256 is {actual}, promotion.scm records "
-                f"{expected} ({root / 'promotion.scm'})")
-
-
-def _special_kind(mode: int) -> str | None:
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device node"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
-        return None
-    return "special file"
-
-
-def _iter_tree(top: Path) -> Iterator[tuple[bytes, os.stat_result]]:
-    stack = [(os.fsencode(top), 0)]
-    while stack:
-        path, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise PromotionInputError(f"{os.fsdecode(path)}: nested deeper than {MAX_DEPTH}")
-        with os.scandir(path) as entries:
-            for item in entries:
-                st = item.stat(follow_symlinks=False)
-                yield item.path, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((item.path, depth + 1))
-
-
-def _check_tree(kind: str, tree: Path) -> tuple[int, int]:
-    files = size = 0
-    inside: dict[tuple[int, int], int] = {}
-    first: dict[tuple[int, int], tuple[int, bytes]] = {}
-    try:
-        with os.scandir(tree) as top:
-            names = {item.name for item in top}
-        reserved = sorted(names & RESERVED_NAMES)
-        if reserved:
             raise PromotionInputError(
-                f"{kind} artifact {tree}: top-level name {reserved[0]!r} is reserved for "
-                "the store object's own metadata")
-        if not names and kind == "headers":
-            raise MissingArtifactError(f"headers artifact {tree} is empty")
-        for path, st in _iter_tree(tree):
-            special = _special_kind(st.st_mode)
-            if special:
-                raise SpecialFileError(
-                    f"{kind} artifact: {os.fsdecode(path)} is a {special}; refused")
-            if stat.S_ISREG(st.st_mode):
-                files += 1
-                size += st.st_size
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    inside[key] = inside.get(key, 0) + 1
-                    first.setdefault(key, (st.st_nlink, path))
-            elif stat.S_ISLNK(st.st_mode):
-                files += 1
+                f"{shown(tree / rel)}: cannot read: {err.strerror}") from None
+        finally:
+            os.close(fd)
+        if expected is not None and actual != expected:
+            raise DigestMismatchError(
+                f"{entry.kind} key file {shown(rel)!r}: sha256 is {actual}, promotion.scm "
+                f"records {expected} ({shown(root / 'promotion.scm')})")
+
+
+class TreeCheck:
+    """Metadata-only checks of an artifact tree, shared by validation and ingestion.
+
+    Call :meth:`entry` for every node; then :meth:`finish`.
+    """
+
+    def __init__(self, kind: str, tree: Path, store_id: tuple[int, int] | None) -> None:
+        self.kind = kind
+        self.tree = tree
+        self.store_id = store_id
+        self.files = 0
+        self.bytes = 0
+        self._inside: dict[tuple[int, int], int] = {}
+        self._first: dict[tuple[int, int], tuple[int, bytes]] = {}
+
+    def entry(self, rel: bytes, st: os.stat_result) -> None:
+        if rel and b"/" not in rel and os.fsdecode(rel) in RESERVED_NAMES:
+            raise PromotionInputError(
+                f"{self.kind} artifact {shown(self.tree)}: top-level name {shown(rel)!r} is "
+                "reserved for the store object's own metadata")
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            if self.store_id is not None and (st.st_dev, st.st_ino) == self.store_id:
+                raise PromotionInputError(
+                    f"{self.kind} artifact: {shown(self.tree / os.fsdecode(rel))} is the store "
+                    "itself; a store inside an artifact tree is refused")
+        elif stat.S_ISREG(mode):
+            self.files += 1
+            self.bytes += st.st_size
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                self._inside[key] = self._inside.get(key, 0) + 1
+                self._first.setdefault(key, (st.st_nlink, rel))
+        elif stat.S_ISLNK(mode):
+            self.files += 1
+
+    def finish(self) -> None:
+        for key, (nlink, rel) in self._first.items():
+            if self._inside[key] < nlink:
+                raise ExternalHardLinkError(
+                    f"{self.kind} artifact: {shown(self.tree / os.fsdecode(rel))} has {nlink} "
+                    f"hard links but only {self._inside[key]} inside the artifact; a hard link "
+                    "to a file outside the artifact is refused")
+
+
+def _check_tree(kind: str, tree_fd: int, tree: Path,
+                store_id: tuple[int, int] | None) -> tuple[int, int]:
+    check = TreeCheck(kind, tree, store_id)
+    try:
+        if not os.listdir(tree_fd) and kind == "headers":
+            raise MissingArtifactError(f"headers artifact {shown(tree)} is empty")
+        walk(root_fd=tree_fd, display=os.fsencode(tree), with_contents=False,
+             on_entry=lambda rel, st, _target: check.entry(rel, st))
+    except PromotionInputError:
+        raise
     except OSError as err:
         raise PromotionInputError(
-            f"{kind} artifact: cannot read {err.filename or tree}: {err.strerror}") from None
-    for key, (nlink, path) in first.items():
-        if inside[key] < nlink:
-            raise ExternalHardLinkError(
-                f"{kind} artifact: {os.fsdecode(path)} has {nlink} hard links but only "
-                f"{inside[key]} inside the artifact; a hard link to a file outside the "
-                "artifact is refused")
-    return files, size
+            f"{kind} artifact: cannot read {shown(err.filename or tree)}: "
+            f"{err.strerror}") from None
+    check.finish()
+    return check.files, check.bytes
 
 
-def validate_result_root(root: str | Path) -> ValidatedRoot:
+def store_identity(store: Path | None) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the store directory, when it exists."""
+    if store is None:
+        return None
+    try:
+        st = os.stat(store)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def validate_result_root(root: str | Path, store: Path | None = None) -> ValidatedRoot:
     """Check everything about ``root`` that can be checked without writing.
 
+    The returned :class:`ValidatedRoot` holds the result root and every
+    artifact directory open; the caller must :meth:`~ValidatedRoot.close` it.
+
+    :param store: the store promoted into; refused when inside an artifact tree
+        (or holding one).
     :raises PromotionInputError: (or a subclass, :class:`MetadataError` for
         promotion.scm) naming the first problem found.
     """
     root = Path(root).absolute()
-    if not root.is_dir():
-        raise PromotionInputError(f"{root}: result root does not exist or is not a directory")
-    _status(root)
-    promotion = read_promotion(root / "promotion.scm")
-    kinds = [entry.kind for entry in promotion.artifacts]
-    missing = [kind for kind in ARTIFACT_KINDS if kind not in kinds]
-    if missing:
-        raise MetadataError(f"artifacts: no entry for {', '.join(missing)}",
-                            file=root / "promotion.scm")
-    staged = []
-    for kind in ARTIFACT_KINDS:
-        entry = promotion.artifact(kind)
-        tree, st = resolve_inside(root, entry.path, what=f"{kind} artifact path")
-        if not stat.S_ISDIR(st.st_mode):
-            raise MissingArtifactError(f"{kind} artifact {tree} is not a directory")
-        _check_key_files(root, tree, entry)
-        files, size = _check_tree(kind, tree)
-        staged.append(StagedArtifact(kind=kind, path=tree, files=files, bytes=size, entry=entry))
-    _check_disjoint(staged)
-    return ValidatedRoot(root=root, promotion=promotion, artifacts=tuple(staged))
+    try:
+        # The operator's own argument may go through symlinks; nothing inside it will.
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise PromotionInputError(
+            f"{shown(root)}: result root does not exist or is not a directory") from None
+    staged: list[StagedArtifact] = []
+    try:
+        _status(root_fd, root)
+        promotion_file = root / "promotion.scm"
+        try:
+            data = read_regular("promotion.scm", dir_fd=root_fd, limit=sexp.MAX_INPUT_BYTES)
+        except OSError as err:
+            raise MetadataError(f"cannot read: {err.strerror or err}",
+                                file=shown(promotion_file)) from None
+        promotion = loads_promotion(data, source=shown(promotion_file))
+        kinds = [entry.kind for entry in promotion.artifacts]
+        missing = [kind for kind in ARTIFACT_KINDS if kind not in kinds]
+        if missing:
+            raise MetadataError(f"artifacts: no entry for {', '.join(missing)}",
+                                file=shown(promotion_file))
+        store_id = store_identity(store)
+        for kind in ARTIFACT_KINDS:
+            entry = promotion.artifact(kind)
+            tree = root / entry.path
+            fd, _st = open_inside(root_fd, root, entry.path, what=f"{kind} artifact path",
+                                  directory=True)
+            staged.append(StagedArtifact(kind=kind, path=tree, files=0, bytes=0, entry=entry,
+                                         fd=fd))
+            _check_key_files(root, fd, tree, entry)
+            files, size = _check_tree(kind, fd, tree, store_id)
+            staged[-1] = replace(staged[-1], files=files, bytes=size)
+        _check_disjoint(staged)
+        _check_store_outside(staged, store)
+    except BaseException:
+        ValidatedRoot(root=root, promotion=None, artifacts=tuple(staged),  # type: ignore[arg-type]
+                      fd=root_fd).close()
+        raise
+    return ValidatedRoot(root=root, promotion=promotion, artifacts=tuple(staged), fd=root_fd)
 
 
 def _check_disjoint(staged: list[StagedArtifact]) -> None:
@@ -249,4 +351,21 @@ def _check_disjoint(staged: list[StagedArtifact]) -> None:
     for a in paths:
         for b in paths:
             if a != b and a.is_relative_to(b):
-                raise EscapingPathError(f"artifact tree {a} lies inside artifact tree {b}")
+                raise EscapingPathError(
+                    f"artifact tree {shown(a)} lies inside artifact tree {shown(b)}")
+
+
+def _check_store_outside(staged: list[StagedArtifact], store: Path | None) -> None:
+    if store is None:
+        return
+    where = Path(os.path.realpath(store))
+    for artifact in staged:
+        tree = Path(os.path.realpath(artifact.path))
+        if where == tree or where.is_relative_to(tree):
+            raise PromotionInputError(
+                f"the store {shown(store)} lies inside the {artifact.kind} artifact tree "
+                f"{shown(artifact.path)}; choose a store outside the result root")
+        if tree.is_relative_to(where):
+            raise PromotionInputError(
+                f"the {artifact.kind} artifact tree {shown(artifact.path)} lies inside the "
+                f"store {shown(store)}")
