@@ -28,6 +28,7 @@ from pathlib import Path
 from fruix_core.errors import MetadataError
 from fruix_core.model import ARTIFACT_KINDS
 from fruix_core.promotion import sexp
+from fruix_core.promotion.display import shown
 from fruix_core.promotion.identity import (
     ARTIFACT_IDENTITY_FORM,
     BUNDLE_IDENTITY_FORM,
@@ -87,13 +88,22 @@ class BundleRecord:
     run_id: str = ""
 
 
-def _fields(form: SList, source: str) -> dict[str, SList]:
+def _fields(form: SList, source: str, allowed: frozenset[str] | None = None) -> dict[str, SList]:
     out: dict[str, SList] = {}
     for item in form[1:]:
         if not (isinstance(item, SList) and item and isinstance(item[0], Symbol)):
             raise MetadataError("expected (field value ...) entries", file=source, line=form.line)
-        out[item[0].name] = item
+        key = item[0].name
+        if key in out:
+            raise MetadataError(f"field '{key}' appears twice", file=source, line=item.line)
+        if allowed is not None and key not in allowed:
+            raise MetadataError(f"unknown field '{shown(key)}'", file=source, line=item.line)
+        out[key] = item
     return out
+
+
+_OBJECT_FIELDS = frozenset({"name", "nar-size", "manifest", "identity"})
+_RESULT_FIELDS = frozenset({"name", "identity"})
 
 
 def _single(fields: Mapping[str, SList], key: str, kind: type, source: str, line: int):
@@ -105,7 +115,7 @@ def _single(fields: Mapping[str, SList], key: str, kind: type, source: str, line
 
 
 def _top(path: Path, head: str) -> tuple[SList, str]:
-    source = str(path)
+    source = shown(path)
     forms = sexp.read_file(path)
     if len(forms) != 1 or not isinstance(forms[0], SList) or forms[0][:1] != [Symbol(head)]:
         raise MetadataError(f"expected exactly one ({head} ...) form", file=source)
@@ -126,7 +136,10 @@ def read_object_record(path: Path) -> ObjectRecord:
     :raises MetadataError: when the file is missing fields or malformed.
     """
     form, source = _top(path, OBJECT_FORM)
-    fields = _fields(form, source)
+    fields = _fields(form, source, _OBJECT_FIELDS)
+    if _single(fields, "manifest", str, source, form.line) != MANIFEST_FILE:
+        raise MetadataError(f"field 'manifest' must be {MANIFEST_FILE!r}", file=source,
+                            line=form.line)
     identity = _identity(fields, ARTIFACT_IDENTITY_FORM, source, form.line)
     ident = _fields(identity, source)
     line = identity.line
@@ -159,7 +172,7 @@ def read_bundle_record(path: Path) -> BundleRecord:
     :raises MetadataError: when the file is missing fields or malformed.
     """
     form, source = _top(path, RESULT_FORM)
-    fields = _fields(form, source)
+    fields = _fields(form, source, _RESULT_FIELDS)
     identity = _identity(fields, BUNDLE_IDENTITY_FORM, source, form.line)
     ident = _fields(identity, source)
     line = identity.line

@@ -6,9 +6,18 @@ recorded tree signature; every node must match its manifest line (type,
 size, sha256, symlink target, store mode ``0444``/``0555`` from the recorded
 mode, hard-link groups sharing one inode) and the manifest must have the
 recorded digest; no file may be writable or setuid; ``.references`` must be
-empty. For a result bundle: its metadata must re-derive its name, and
-``artifacts/<kind>`` must be exactly the recorded symlinks, to objects that
-exist; ``.references`` must list them.
+empty; its ``.scm`` must have exactly the known fields, with the recorded
+``nar-size`` equal to the tree's; names reserved for an object's own files
+may not appear in its tree. For a result bundle: its metadata must re-derive
+its name, the bundle and ``artifacts/`` must be ``0555`` directories,
+``artifacts/<kind>`` must be exactly the recorded symlinks (compared as
+bytes), to objects that exist; ``.references`` must list them.
+
+Verifying the whole store also checks the content pool ``.links``: each
+entry a regular file whose SHA-256 matches its name, with the canonical mode
+and time; so a clean verify means the next promotion cannot link a wrong
+entry. Every metadata file is opened without following symlinks or blocking
+on a FIFO, so no planted node hangs or redirects verify.
 
 Each problem names the object, the file inside it and what differs.
 """
@@ -17,24 +26,32 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fruix_core.errors import FruixError
-from fruix_core.promotion.ingest import canonical_mode
+from fruix_core.promotion.display import shown
+from fruix_core.promotion.identity import store_path_text
+from fruix_core.promotion.ingest import FIXED_MTIME, canonical_mode
 from fruix_core.promotion.layout import (
     MANIFEST_FILE,
     OBJECT_FILE,
     OBJECT_NAME_RE,
     REFERENCES_FILE,
-    RESERVED_NAMES,
     RESULT_FILE,
+    StoreLayout,
 )
 from fruix_core.promotion.manifest import ManifestEntry, parse_manifest
 from fruix_core.promotion.nar import NarHasher, read_regular, walk
 from fruix_core.promotion.records import read_bundle_record, read_object_record
+from fruix_core.promotion.safeio import open_regular_at
+from fruix_core.promotion.safeio import read_regular as read_file
+
+_OWN_FILES = (OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE)
+_POOL_NAME = re.compile(r"[0-9a-f]{64}-[rx]\Z")
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 
@@ -84,12 +101,14 @@ def verify(store: Path | str, paths: Sequence[Path | str] | None = None) -> Veri
     problems: list[Problem] = []
     for target in targets:
         problems.extend(_verify_one(Path(target).absolute()))
+    if paths is None:
+        problems.extend(_verify_pool(StoreLayout(store)))
     return VerifyReport(checked=tuple(Path(t).absolute() for t in targets),
                         problems=tuple(problems))
 
 
 def _verify_one(path: Path) -> list[Problem]:
-    name = str(path)
+    name = shown(path)
     if not os.path.lexists(path):
         return [Problem(name, "", "no such store object")]
     if os.path.islink(path) or not path.is_dir():
@@ -101,57 +120,73 @@ def _verify_one(path: Path) -> list[Problem]:
             return list(_verify_bundle(path))
     except FruixError as err:
         return [Problem(name, "", str(err))]
-    except (OSError, ValueError) as err:
+    except _Unreadable as err:
         return [Problem(name, "", f"cannot be checked: {err}")]
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        where = f" ({shown(err.filename)})" if isinstance(err, OSError) and err.filename else ""
+        return [Problem(name, "", f"cannot be checked: {shown(reason)}{where}")]
     return [Problem(name, "", f"neither {OBJECT_FILE} nor {RESULT_FILE} present")]
 
 
 def _check_name(path: Path, recorded: str, derived: str) -> Iterator[Problem]:
     if path.name != derived:
-        yield Problem(str(path), "", f"name does not match its identity: expected {derived}")
+        yield Problem(shown(path), "",
+                      f"name does not match its identity: expected {shown(derived)}")
     if recorded != derived:
-        yield Problem(str(path), "", f"recorded name {recorded} does not match its identity")
+        yield Problem(shown(path), "",
+                      f"recorded name {shown(recorded)} does not match its identity")
 
 
 def _component_key(rel: bytes) -> list[bytes]:
     return rel.split(b"/") if rel else []
 
 
+def _sha256_regular(path: Path) -> str:
+    fd, _st = open_regular_at(os.fspath(path))
+    try:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
 def _verify_artifact(path: Path) -> Iterator[Problem]:
-    obj = str(path)
+    obj = shown(path)
+    yield from _check_own_files(path, set(_OWN_FILES))
     record = read_object_record(path / OBJECT_FILE)
     yield from _check_name(path, record.name, record.derived_name)
-    yield from _check_own_files(path, {OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE})
     manifest_path = path / MANIFEST_FILE
-    digest = hashlib.sha256()
-    with open(manifest_path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != record.manifest_sha256:
+    if _sha256_regular(manifest_path) != record.manifest_sha256:
         yield Problem(obj, MANIFEST_FILE, "manifest digest differs from the recorded one")
     problems: list[Problem] = []
     # Walk in NAR order while streaming the manifest alongside (a merge join).
-    with open(manifest_path, "rb") as stream:
-        merge = _Merge(obj, parse_manifest(stream, str(manifest_path)), problems)
+    fd, _st = open_regular_at(os.fspath(manifest_path))
+    with os.fdopen(fd, "rb") as stream:
+        merge = _Merge(obj, parse_manifest(stream, shown(manifest_path)), problems)
 
         def observe(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             if not stat.S_ISREG(st.st_mode):
                 merge.node(rel, st, target, None)
 
-        def read(p: bytes, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
+        def read(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
             file_hash = hashlib.sha256()
-            read_regular(p, rel, st, nar, file_hash.update)
+            read_regular(fd, rel, st, nar, file_hash.update)
             merge.node(rel, st, None, file_hash.hexdigest())
 
         nar = walk(os.fsencode(path), on_entry=observe, on_regular=read,
-                   exclude_top=tuple(os.fsencode(n) for n in RESERVED_NAMES))
+                   exclude_top=tuple(os.fsencode(n) for n in _OWN_FILES))
         merge.finish()
     yield from problems
     if nar.hexdigest() != record.tree_signature:
         yield Problem(obj, "", f"tree signature is sha256:{nar.hexdigest()}, identity records "
                                f"sha256:{record.tree_signature}")
-    refs = (path / REFERENCES_FILE).read_bytes() if (path / REFERENCES_FILE).is_file() else None
-    if refs != b"":
+    if nar.size != record.nar_size:
+        yield Problem(obj, OBJECT_FILE, f"nar-size is {record.nar_size}, the tree's NAR has "
+                                        f"{nar.size} bytes")
+    if read_file(path / REFERENCES_FILE, limit=1 << 20) != b"":
         yield Problem(obj, REFERENCES_FILE, "artifact objects refer to nothing; expected empty")
 
 
@@ -166,7 +201,7 @@ class _Merge:
         self.groups: dict[bytes, tuple[int, int]] = {}
 
     def _show(self, rel: bytes) -> str:
-        return os.fsdecode(rel) or "."
+        return shown(rel) or "."
 
     def _add(self, rel: bytes, message: str) -> None:
         self.problems.append(Problem(self.obj, self._show(rel), message))
@@ -194,8 +229,8 @@ class _Merge:
             return
         if kind == "link":
             if target != entry.link:
-                self._add(rel, f"symlink target is {os.fsdecode(target or b'')!r}, manifest "
-                               f"says {os.fsdecode(entry.link or b'')!r}")
+                self._add(rel, f"symlink target is {shown(target or b'')!r}, manifest "
+                               f"says {shown(entry.link or b'')!r}")
             return
         expected = canonical_mode(entry.mode or 0, is_dir=kind == "dir")
         if stat.S_IMODE(mode) != expected:
@@ -212,7 +247,7 @@ class _Merge:
             if entry.hardlink is None:
                 self.groups[rel] = inode
             elif self.groups.get(entry.hardlink) != inode:
-                self._add(rel, f"not hard-linked to ./{os.fsdecode(entry.hardlink)} "
+                self._add(rel, f"not hard-linked to ./{shown(entry.hardlink)} "
                                "as the manifest records")
 
     def finish(self) -> None:
@@ -224,37 +259,94 @@ class _Merge:
 def _check_own_files(path: Path, names: set[str]) -> Iterator[Problem]:
     for name in sorted(names):
         full = path / name
-        if not full.is_file() or full.is_symlink():
-            yield Problem(str(path), name, "missing or not a regular file")
-        elif stat.S_IMODE(os.lstat(full).st_mode) & 0o7222:
-            yield Problem(str(path), name, "writable or setuid in the store")
+        st = os.lstat(full) if os.path.lexists(full) else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            yield Problem(shown(path), name, "missing or not a regular file")
+        elif stat.S_IMODE(st.st_mode) != 0o444:
+            yield Problem(shown(path), name,
+                          f"mode is {stat.S_IMODE(st.st_mode):04o}, expected 0444")
+    if not all(stat.S_ISREG(os.lstat(path / n).st_mode) for n in names
+               if os.path.lexists(path / n)):
+        raise _Unreadable("its own files are not regular files")
+
+
+class _Unreadable(ValueError):
+    """An object's own files cannot be read safely; checked no further."""
+
+
+def _dir_mode(obj: str, path: Path, rel: str) -> Iterator[Problem]:
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        yield Problem(obj, rel, "not a directory")
+    elif stat.S_IMODE(st.st_mode) != 0o555:
+        yield Problem(obj, rel, f"mode is {stat.S_IMODE(st.st_mode):04o}, expected 0555")
 
 
 def _verify_bundle(path: Path) -> Iterator[Problem]:
-    obj = str(path)
+    obj = shown(path)
+    yield from _check_own_files(path, {RESULT_FILE, REFERENCES_FILE})
     record = read_bundle_record(path / RESULT_FILE)
     yield from _check_name(path, record.name, record.derived_name)
-    yield from _check_own_files(path, {RESULT_FILE, REFERENCES_FILE})
+    yield from _dir_mode(obj, path, "")
     extra = sorted(set(os.listdir(path)) - {RESULT_FILE, REFERENCES_FILE, "artifacts"})
     for name in extra:
-        yield Problem(obj, name, "unexpected file in the bundle")
+        yield Problem(obj, shown(name), "unexpected file in the bundle")
     links = path / "artifacts"
-    present = sorted(os.listdir(links)) if links.is_dir() and not links.is_symlink() else []
+    present: list[str] = []
+    if os.path.lexists(links):
+        yield from _dir_mode(obj, links, "artifacts")
+        if links.is_dir() and not links.is_symlink():
+            present = sorted(os.listdir(links))
+    else:
+        yield Problem(obj, "artifacts", "missing directory")
     for kind in sorted(set(present) | set(record.artifacts)):
         link = links / kind
         expected = record.artifacts.get(kind)
+        where = f"artifacts/{shown(kind)}"
         if expected is None:
-            yield Problem(obj, f"artifacts/{kind}", "unexpected entry")
+            yield Problem(obj, where, "unexpected entry")
         elif not link.is_symlink():
-            yield Problem(obj, f"artifacts/{kind}", "missing symlink")
-        elif os.readlink(link) != expected:
-            yield Problem(obj, f"artifacts/{kind}",
-                          f"points to {os.readlink(link)}, identity records {expected}")
-        elif not os.path.isdir(expected):
-            yield Problem(obj, f"artifacts/{kind}", f"target {expected} does not exist")
-    refs_path = path / REFERENCES_FILE
-    if refs_path.is_file():
-        refs = refs_path.read_text("utf-8", "replace")
-        wanted = "".join(f"{p}\n" for p in sorted(record.artifacts.values()))
-        if refs != wanted:
-            yield Problem(obj, REFERENCES_FILE, "does not list exactly the artifact objects")
+            yield Problem(obj, where, "missing symlink")
+        else:
+            target = os.readlink(os.fsencode(link))
+            if store_path_text(target) != expected:
+                yield Problem(obj, where, f"points to {shown(target)}, identity records "
+                                          f"{shown(expected)}")
+            elif not os.path.isdir(target) or os.path.islink(target):
+                yield Problem(obj, where, f"target {shown(target)} does not exist")
+    refs = read_file(path / REFERENCES_FILE, limit=1 << 20).split(b"\n")
+    if refs[-1:] != [b""] or sorted(store_path_text(r) for r in refs[:-1]) != sorted(
+            record.artifacts.values()) or refs[:-1] != sorted(refs[:-1]):
+        yield Problem(obj, REFERENCES_FILE, "does not list exactly the artifact objects")
+
+
+def _verify_pool(layout: StoreLayout) -> Iterator[Problem]:
+    pool = layout.links
+    if not os.path.lexists(pool):
+        return
+    if not stat.S_ISDIR(os.lstat(pool).st_mode):
+        yield Problem(shown(pool), "", "the content pool is not a directory")
+        return
+    where = shown(pool)
+    for name in sorted(os.listdir(pool)):
+        if not _POOL_NAME.match(name):
+            yield Problem(where, shown(name), "unexpected entry in the content pool")
+            continue
+        full = pool / name
+        st = os.lstat(full)
+        if not stat.S_ISREG(st.st_mode):
+            yield Problem(where, name, "not a regular file")
+            continue
+        expected = 0o555 if name.endswith("-x") else 0o444
+        if stat.S_IMODE(st.st_mode) != expected:
+            yield Problem(where, name,
+                          f"mode is {stat.S_IMODE(st.st_mode):04o}, expected {expected:04o}")
+        if st.st_mtime != FIXED_MTIME:
+            yield Problem(where, name, "modification time is not the store's")
+        try:
+            digest = _sha256_regular(full)
+        except OSError as err:
+            yield Problem(where, name, f"cannot be read: {err.strerror}")
+            continue
+        if digest != name[:64]:
+            yield Problem(where, name, f"content does not match its name (sha256 {digest})")
