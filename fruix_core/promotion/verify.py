@@ -113,20 +113,23 @@ def _verify_one(path: Path) -> list[Problem]:
         return [Problem(name, "", "no such store object")]
     if os.path.islink(path) or not path.is_dir():
         return [Problem(name, "", "not a directory")]
+    found: list[Problem] = []
     try:
         if os.path.lexists(path / OBJECT_FILE):
-            return list(_verify_artifact(path))
-        if os.path.lexists(path / RESULT_FILE):
-            return list(_verify_bundle(path))
+            found.extend(_verify_artifact(path))
+        elif os.path.lexists(path / RESULT_FILE):
+            found.extend(_verify_bundle(path))
+        else:
+            found.append(Problem(name, "", f"neither {OBJECT_FILE} nor {RESULT_FILE} present"))
     except FruixError as err:
-        return [Problem(name, "", str(err))]
+        found.append(Problem(name, "", str(err)))
     except _Unreadable as err:
-        return [Problem(name, "", f"cannot be checked: {err}")]
+        found.append(Problem(name, "", f"cannot be checked further: {err}"))
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         where = f" ({shown(err.filename)})" if isinstance(err, OSError) and err.filename else ""
-        return [Problem(name, "", f"cannot be checked: {shown(reason)}{where}")]
-    return [Problem(name, "", f"neither {OBJECT_FILE} nor {RESULT_FILE} present")]
+        found.append(Problem(name, "", f"cannot be checked: {shown(reason)}{where}"))
+    return found
 
 
 def _check_name(path: Path, recorded: str, derived: str) -> Iterator[Problem]:

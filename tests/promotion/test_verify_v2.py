@@ -1,0 +1,116 @@
+"""verify() misses nothing: every .scm field, reserved names, bundle modes, the pool, FIFOs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fruix_core.promotion import PromotionOutcome, promote, verify
+from fruix_core.promotion.layout import OBJECT_FILE, RESULT_FILE, StoreLayout
+
+from .conftest import build_result_root
+
+
+@pytest.fixture
+def promoted(result_root: Path, store: Path) -> PromotionOutcome:
+    return promote(result_root, store)
+
+
+def _problems(store: Path, paths=None) -> list[tuple[str, str, str]]:
+    report = verify(store, paths)
+    return [(Path(p.object).name, p.path, p.problem) for p in report.problems]
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    os.chmod(path.parent, 0o755)
+    os.chmod(path, 0o644)
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    os.chmod(path, 0o444)
+    os.chmod(path.parent, 0o555)
+
+
+def test_nar_size_is_checked(promoted: PromotionOutcome, store: Path) -> None:
+    scm = promoted.artifacts["kernel"] / OBJECT_FILE
+    size = next(line for line in scm.read_text().splitlines() if "nar-size" in line)
+    _rewrite(scm, size, size.replace("(nar-size ", "(nar-size 1"))
+    problems = _problems(store, [promoted.artifacts["kernel"]])
+    assert any("nar-size" in p[2] for p in problems), problems
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ('(manifest ".fruix-native-build-manifest")', '(manifest "elsewhere")', "manifest"),
+    ('(manifest ".fruix-native-build-manifest")',
+     '(manifest ".fruix-native-build-manifest") (note "hi")', "unknown field 'note'"),
+])
+def test_object_scm_fields_are_checked(promoted: PromotionOutcome, store: Path, old: str,
+                                       new: str, message: str) -> None:
+    _rewrite(promoted.artifacts["kernel"] / OBJECT_FILE, old, new)
+    problems = _problems(store, [promoted.artifacts["kernel"]])
+    assert any(message in p[2] for p in problems), problems
+
+
+def test_reserved_name_added_inside_an_artifact(promoted: PromotionOutcome,
+                                                store: Path) -> None:
+    world = promoted.artifacts["world"]
+    os.chmod(world, 0o755)
+    (world / RESULT_FILE).write_text("(fruix-native-build-result)\n")
+    os.chmod(world, 0o555)
+    problems = _problems(store, [world])
+    assert any(p[1] == RESULT_FILE and "not in the manifest" in p[2] for p in problems)
+
+
+def test_bundle_directory_modes(promoted: PromotionOutcome, store: Path) -> None:
+    os.chmod(promoted.bundle / "artifacts", 0o755)
+    problems = _problems(store, [promoted.bundle])
+    assert ("artifacts" in [p[1] for p in problems]) and any(
+        "mode is 0755, expected 0555" in p[2] for p in problems)
+
+
+@pytest.mark.parametrize("which", ["object-scm", "manifest", "bundle-scm"])
+def test_fifo_in_place_of_metadata_does_not_hang(promoted: PromotionOutcome, store: Path,
+                                                 which: str) -> None:
+    target = {"object-scm": promoted.artifacts["world"] / OBJECT_FILE,
+              "manifest": promoted.artifacts["world"] / ".fruix-native-build-manifest",
+              "bundle-scm": promoted.bundle / RESULT_FILE}[which]
+    os.chmod(target.parent, 0o755)
+    target.unlink()
+    os.mkfifo(target)
+    os.chmod(target.parent, 0o555)
+    done = subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "store", "verify",
+                           "--store", str(store)], capture_output=True, timeout=120)
+    assert done.returncode == 4
+    assert target.name.encode() in done.stdout
+
+
+def _tamper_pool(store: Path, outcome: PromotionOutcome, rel: str) -> Path:
+    """Replace the pool entry of ``rel`` by a wrong file with canonical mode and time."""
+    data = (outcome.artifacts["world"] / rel).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    entry = StoreLayout(store).pool_entry(digest, False)
+    entry.unlink()
+    entry.write_bytes(b"X" * len(data))
+    os.chmod(entry, 0o444)
+    os.utime(entry, (1, 1))
+    return entry
+
+
+def test_wrong_pool_entry_is_reported_and_never_linked(tmp_path: Path, store: Path) -> None:
+    first = promote(build_result_root(tmp_path / "a"), store)
+    entry = _tamper_pool(store, first, "etc/rc.conf")
+    problems = _problems(store)
+    assert any(p[1] == entry.name and "does not match its name" in p[2] for p in problems)
+    # A rebuilt world sharing rc.conf dedups against the pool: the wrong entry must not
+    # be linked; the new object verifies clean and the pool entry is repaired.
+    second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt"), store)
+    world = second.artifacts["world"]
+    assert verify(store, [world]).ok
+    assert (world / "etc/rc.conf").read_bytes() == (
+        tmp_path / "b/artifacts/world/etc/rc.conf").read_bytes()
+    assert verify(store).ok
