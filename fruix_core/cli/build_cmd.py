@@ -154,9 +154,18 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def dispatch_store(args: argparse.Namespace) -> int:
-    from fruix_core.cli.store import verify_command
+    from fruix_core.cli import store as commands
 
     config = _config(args)
-    return verify_command(list(args.paths), str(config.store), as_json=args.json)
+    store = str(config.store)
+    if args.action == "gc":
+        return commands.gc_command(store, keep_last=args.keep_last, dry_run=args.dry_run,
+                                   as_json=args.json)
+    if args.action == "pin":
+        return commands.pin_command(store, args.target, name=args.name, remove=args.remove,
+                                    as_json=args.json)
+    if args.action == "roots":
+        return commands.roots_command(store, keep_last=args.keep_last, as_json=args.json)
+    return commands.verify_command(list(args.paths), store, as_json=args.json)
 
 

@@ -68,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="*", metavar="STORE_PATH")
     verify.add_argument("--store", metavar="DIR", help="store directory")
     _common(verify)
+    gc = st_sub.add_parser("gc", help="delete store objects no root reaches")
+    gc.add_argument("--store", metavar="DIR", help="store directory")
+    gc.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    gc.add_argument("--keep-last", type=int, metavar="N",
+                    help="successful runs kept per results directory (default: 3)")
+    _common(gc)
+    pin = st_sub.add_parser("pin", help="make a bundle or object a GC root")
+    pin.add_argument("target", metavar="BUNDLE|OBJECT",
+                     help="store path or object name (with --remove: the pin's name)")
+    pin.add_argument("--name", metavar="NAME", help="name of the root (default: the object's)")
+    pin.add_argument("--remove", action="store_true", help="remove the pin named TARGET")
+    pin.add_argument("--store", metavar="DIR", help="store directory")
+    _common(pin)
+    roots = st_sub.add_parser("roots", help="list the store's GC roots")
+    roots.add_argument("--store", metavar="DIR", help="store directory")
+    roots.add_argument("--keep-last", type=int, metavar="N",
+                       help="successful runs kept per results directory (default: 3)")
+    _common(roots)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The CLI side of ``fruix native-build promote`` and ``fruix store verify``.
+"""The CLI side of ``fruix native-build promote`` and ``fruix store verify|gc|pin|roots``.
 
 Both commands print store paths for people or, with ``--json``, exactly one
 JSON document on stdout; progress (files and bytes) goes to stderr, and only
@@ -16,8 +16,21 @@ from typing import TextIO
 
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
+from fruix_core.promotion.display import shown
 
-__all__ = ["ProgressLine", "promote_command", "verify_command"]
+
+def _json_path(path: Path) -> str:
+    """A path for JSON: as is when it is text, escaped (never invalid) when it holds bytes
+    that are not UTF-8 or control characters."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return shown(path)
+    return text if text.isprintable() else shown(path)
+
+__all__ = ["ProgressLine", "gc_command", "pin_command", "promote_command", "roots_command",
+           "verify_command"]
 
 
 def _size(n: int) -> str:
@@ -69,10 +82,10 @@ def promote_command(result_root: str, store: str, *, dry_run: bool, as_json: boo
             line.close()
     if as_json:
         document = {
-            "bundle": str(outcome.bundle),
-            "artifacts": {kind: str(path) for kind, path in outcome.artifacts.items()},
-            "published": [str(p) for p in outcome.published],
-            "reused": [str(p) for p in outcome.reused],
+            "bundle": _json_path(outcome.bundle),
+            "artifacts": {kind: _json_path(path) for kind, path in outcome.artifacts.items()},
+            "published": [_json_path(p) for p in outcome.published],
+            "reused": [_json_path(p) for p in outcome.reused],
             "dry_run": dry_run,
         }
         print(json.dumps(document, indent=2))
@@ -81,9 +94,9 @@ def promote_command(result_root: str, store: str, *, dry_run: bool, as_json: boo
     verb = "would publish" if dry_run else "published"
     for kind, path in outcome.artifacts.items():
         state = verb if path in published else "reused"
-        print(f"{kind:<10} {path}  ({state})")
+        print(f"{kind:<10} {shown(path)}  ({state})")
     state = verb if outcome.bundle in published else "reused"
-    print(f"{'bundle':<10} {outcome.bundle}  ({state})")
+    print(f"{'bundle':<10} {shown(outcome.bundle)}  ({state})")
     return int(ExitCode.OK)
 
 
@@ -96,7 +109,7 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
     if as_json:
         document = {
             "ok": report.ok,
-            "checked": [str(p) for p in report.checked],
+            "checked": [_json_path(p) for p in report.checked],
             "problems": [{"object": p.object, "path": p.path, "problem": p.problem}
                          for p in report.problems],
         }
@@ -109,3 +122,77 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
         print(f"checked {len(report.checked)} store objects: "
               + ("all clean" if report.ok else f"{bad} with problems"))
     return int(ExitCode.OK if report.ok else ExitCode.VERIFICATION)
+
+
+# -- garbage collection and roots --------------------------------------------
+
+
+def _layout(store: str):  # noqa: ANN202 - StoreLayout, imported lazily
+    from fruix_core.promotion.layout import StoreLayout
+
+    return StoreLayout(Path(store).absolute())
+
+
+def gc_command(store: str, *, keep_last: int | None, dry_run: bool, as_json: bool) -> int:
+    """Delete store objects no root reaches; print what goes (or would) and the bytes freed.
+
+    :returns: :attr:`ExitCode.OK`; failures raise ``FruixError`` subclasses.
+    """
+    from fruix_core.promotion.display import shown
+    from fruix_core.promotion.gc import DEFAULT_KEEP_LAST, collect_garbage
+
+    report = collect_garbage(_layout(store), dry_run=dry_run,
+                             keep_last=DEFAULT_KEEP_LAST if keep_last is None else keep_last)
+    if as_json:
+        print(json.dumps({
+            "dry_run": dry_run,
+            "roots": [{"kind": r.kind, "name": shown(r.name), "target": shown(r.target)}
+                      for r in report.roots],
+            "live": report.live,
+            "deleted": [shown(p) for p in report.deleted],
+            "pool_entries": report.pool_entries,
+            "bytes_freed": report.bytes_freed,
+        }, indent=2))
+        return int(ExitCode.OK)
+    verb = "would delete" if dry_run else "deleted"
+    for path in report.deleted:
+        print(f"{verb} {shown(path)}")
+    print(f"{verb} {len(report.deleted)} store objects and {report.pool_entries} pool entries, "
+          f"{'would free' if dry_run else 'freed'} {_size(report.bytes_freed)}; "
+          f"{report.live} objects reachable from {len(report.roots)} roots")
+    return int(ExitCode.OK)
+
+
+def pin_command(store: str, target: str, *, name: str | None, remove: bool,
+                as_json: bool) -> int:
+    """Make a store object a GC root (or, with ``remove``, drop the pin ``target``)."""
+    from fruix_core.promotion.display import shown
+    from fruix_core.promotion.gc import pin, unpin
+
+    layout = _layout(store)
+    if remove:
+        unpin(layout, target)
+        document = {"removed": shown(target)}
+        text = f"removed pin {shown(target)}"
+    else:
+        root = pin(layout, target, name)
+        document = {"name": shown(root.name), "target": shown(root.target)}
+        text = f"pinned {shown(root.target)} as {shown(root.name)}"
+    print(json.dumps(document, indent=2) if as_json else text)
+    return int(ExitCode.OK)
+
+
+def roots_command(store: str, *, keep_last: int | None, as_json: bool) -> int:
+    """List the store's GC roots: pins, and the rooted runs of each results directory."""
+    from fruix_core.promotion.display import shown
+    from fruix_core.promotion.gc import DEFAULT_KEEP_LAST, list_roots
+
+    roots = list_roots(_layout(store),
+                       DEFAULT_KEEP_LAST if keep_last is None else keep_last)
+    if as_json:
+        print(json.dumps([{"kind": r.kind, "name": shown(r.name), "target": shown(r.target)}
+                          for r in roots], indent=2))
+    else:
+        for root in roots:
+            print(f"{root.kind:<7} {shown(root.name)} -> {shown(root.target)}")
+    return int(ExitCode.OK)

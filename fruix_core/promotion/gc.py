@@ -333,6 +333,7 @@ def _collect(layout: StoreLayout, keep_last: int, report: GcReport) -> GcReport:
         trash = layout.trash(name)
         with store_errors(f"cannot delete {shown(layout.object(name))}"):
             os.rename(layout.object(name), trash)
+            seams.reach("gc.trashed", name.encode())
             remove_tree(trash)
         log.info("store.gc.deleted", path=shown(layout.object(name)))
     _sweep_pool(layout)

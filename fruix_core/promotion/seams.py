@@ -16,7 +16,9 @@ Points (the argument is the relative path or object name concerned):
 ``promote.before-publish``
     every object is prepared; nothing is renamed into place yet;
 ``gc.deleting``
-    the collector is about to remove one object.
+    the collector is about to remove one object;
+``gc.trashed``
+    the collector has renamed one object to ``.trash-<name>``, not yet removed it.
 """
 
 from __future__ import annotations
