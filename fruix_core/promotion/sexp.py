@@ -198,10 +198,9 @@ class _Reader:
                 raise self.fail(f"bad \\{ch} escape: not a Unicode scalar value")
             return chr(code)
         if ch == "\n":
-            # Guile's line continuation: drop the newline and leading blanks.
+            # Guile 3's line continuation (ice-9/read.scm, read-string): the newline is
+            # dropped and the blanks after it are kept, unlike R7RS.
             self.line += 1
-            while self.pos < len(self.text) and self.text[self.pos] in " \t":
-                self.pos += 1
             return ""
         raise self.fail(f"unknown string escape \\{ch}")
 

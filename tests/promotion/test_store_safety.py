@@ -159,3 +159,26 @@ def test_sparse_file_stays_sparse(tmp_path: Path, store: Path) -> None:
     assert st.st_size == 256 << 20
     assert st.st_blocks * 512 < 4 << 20, "holes must stay holes in the store"
     assert verify(store).ok
+
+
+def test_planted_probe_symlink_never_truncates_its_target(result_root: Path, store: Path,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    victim = tmp_path / "victim-file"
+    victim.write_bytes(b"precious")
+    store.mkdir()
+    monkeypatch.setattr(secrets, "token_hex", lambda _n=None: "0000")
+    os.symlink(victim, store / f".probe-{os.getpid()}-0000")
+    with pytest.raises(StoreError, match="File exists"):
+        promote(result_root, store)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_stale_new_owner_lock_files_are_removed(result_root: Path, store: Path) -> None:
+    promote(result_root, store)
+    stale = StoreLayout(store).locks / ".new-owner-12345deadbeef.lock"
+    stale.write_bytes(b"")  # a promoter killed between creating and renaming its lock
+    promote(result_root, store)
+    assert not stale.exists()
