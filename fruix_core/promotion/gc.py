@@ -239,8 +239,8 @@ def list_roots(layout: StoreLayout, keep_last: int = DEFAULT_KEEP_LAST) -> list[
             path = layout.object(name)
             if "-fruix-native-build-result-" not in name:
                 continue
-            run_id = _bundle_run_id(path)
-            for kind, run_dir in wanted.get(run_id or "", []):
+            bundle_run = _bundle_run_id(path)
+            for kind, run_dir in wanted.get(bundle_run or "", []):
                 roots.append(Root(kind, os.fsdecode(run_dir), path))
     return roots
 

@@ -316,7 +316,7 @@ class Ingester:
                     f"{err.strerror}") from None
             check.finish()
             self._check_keys(staged, keys, found)
-            if stream is not None:
+            if stream is not None and temp is not None:
                 with store_errors(f"cannot write {shown(temp)}/{MANIFEST_FILE}"):
                     stream.flush()
                     if self.fsync_each:
