@@ -290,6 +290,8 @@ def collect_garbage(layout: StoreLayout, *, keep_last: int = DEFAULT_KEEP_LAST,
     :raises StoreError: when the store cannot be read or written.
     :raises UsageError: for a negative ``keep_last``.
     """
+    if keep_last < 0:
+        raise UsageError(f"--keep-last must be 0 or more, not {keep_last}")
     if not os.path.isdir(layout.root):
         raise StoreError(f"{shown(layout.root)}: no such store directory")
     report = GcReport(dry_run=dry_run)

@@ -65,12 +65,23 @@ class OwnerLock:
     def acquire(self) -> None:
         """Create the owner lock file already locked (locked under a temporary name,
         then renamed), so no one ever sees it unlocked while this process lives."""
-        path = self.layout.owner_lock(self.token)
-        fresh = path.with_name(f".new-{path.name}")
-        with store_errors(f"cannot create lock {path}"):
-            self._fd = os.open(fresh, _LOCK_FLAGS | os.O_EXCL, 0o644)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            os.rename(fresh, path)
+        for _attempt in range(100):
+            path = self.layout.owner_lock(self.token)
+            fresh = path.with_name(f".new-{path.name}")
+            with store_errors(f"cannot create lock {shown(path)}"):
+                fd = os.open(fresh, _LOCK_FLAGS | os.O_EXCL, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    os.rename(fresh, path)
+                except FileNotFoundError:
+                    # Another promoter found it unlocked between our create and flock and
+                    # removed it as a crash leftover: start again under a new token.
+                    os.close(fd)
+                    self.token = f"{os.getpid()}{secrets.token_hex(4)}"
+                    continue
+            self._fd = fd
+            return
+        raise StoreError(f"cannot create an owner lock in {shown(self.layout.locks)}")
 
     def release(self) -> None:
         if self._fd is None:
@@ -156,7 +167,12 @@ def remove_stale_temporaries(layout: StoreLayout, own_token: str) -> list[str]:
     except OSError:
         return removed
     verdicts: dict[str, bool] = {}
-    for name in sorted(names):
+    try:
+        pool = [layout.links / n for n in os.listdir(layout.links) if n.startswith(_TEMP_PREFIX)]
+    except OSError:
+        pool = []
+    for path in [layout.root / n for n in sorted(names)] + pool:
+        name = path.name
         if not name.startswith(_TEMP_PREFIX):
             continue
         token = name[len(_TEMP_PREFIX):].split("-", 1)[0]
@@ -167,13 +183,13 @@ def remove_stale_temporaries(layout: StoreLayout, own_token: str) -> list[str]:
         if verdicts[token]:
             continue
         try:
-            remove_tree(layout.root / name)
+            remove_tree(path)
         except OSError as err:
-            log.warning("store.stale_temporary.unremovable", path=str(layout.root / name),
+            log.warning("store.stale_temporary.unremovable", path=shown(path),
                         error=err.strerror)
             continue
         removed.append(name)
-        log.info("store.stale_temporary.removed", path=str(layout.root / name))
+        log.info("store.stale_temporary.removed", path=shown(path))
     for name in sorted(os.listdir(layout.locks)) if layout.locks.is_dir() else []:
         if name.startswith("owner-") and name.endswith(".lock"):
             token = name[len("owner-"):-len(".lock")]

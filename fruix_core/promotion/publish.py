@@ -300,11 +300,13 @@ def publish_all(layout: StoreLayout, items: Sequence[tuple[Path, str]], *,
 
 
 def enter_pool(layout: StoreLayout, content: dict[tuple[str, bool], bytes],
-               replace: set[tuple[str, bool]]) -> None:
+               replace: set[tuple[str, bool]], token: str) -> None:
     """Enter published files into the content pool, replacing entries found wrong.
 
     :param content: (sha256, executable) -> a published file with that content.
     :param replace: keys whose present entry is wrong and must be replaced.
+    :param token: the owner token naming the replacement's temporary name
+        (``.links/.tmp-<token>-<entry>``, removed with other stale temporaries).
     """
     links = os.open(layout.links, DIR_FLAGS)
     try:
@@ -315,7 +317,7 @@ def enter_pool(layout: StoreLayout, content: dict[tuple[str, bool], bytes],
             except FileExistsError:
                 if (digest, executable) not in replace:
                     continue  # another promoter entered the same content: equally good
-                fresh = f".new-{name}-{os.getpid()}"
+                fresh = f".tmp-{token}-{name}"
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(fresh, dir_fd=links)
                 os.link(path, fresh, dst_dir_fd=links, follow_symlinks=False)

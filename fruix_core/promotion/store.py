@@ -256,7 +256,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
                          bytes_written=item.bytes_written if new else 0)
             log.info("store.object.published" if done[-1] else "store.object.reused",
                      path=shown(bundle), kind="bundle", run_id=promotion.run_id)
-            _enter_new_content(layout, named, done, ingester, linker)
+            _enter_new_content(layout, named, done, ingester, linker, owner.token)
             register_results_dir(layout, validated.root.parent)
         return PromotionOutcome(
             bundle=bundle, artifacts=artifacts, published=tuple(published),
@@ -308,7 +308,7 @@ def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,
 
 
 def _enter_new_content(layout: StoreLayout, named: list, done: list[bool], ingester: Ingester,
-                       linker: ContentLinker) -> None:
+                       linker: ContentLinker, token: str) -> None:
     """Pool entries for content now in published objects (the pool only speeds up)."""
     moved: dict[bytes, bytes] = {}
     for (item, name, _doc), new in zip(named, done[:-1], strict=True):
@@ -322,4 +322,4 @@ def _enter_new_content(layout: StoreLayout, named: list, done: list[bool], inges
                 content[key] = moved[prefix] + path[len(prefix):]
                 break
     if content:
-        enter_pool(layout, content, linker.bad)
+        enter_pool(layout, content, linker.bad, token)
