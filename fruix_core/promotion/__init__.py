@@ -12,11 +12,14 @@ Public entry points:
   — the ``promotion.scm`` schema.
 
 Submodules, one job each: ``sexp`` (S-expression reader/writer), ``schema``
-(promotion.scm), ``nar`` (tree signature), ``manifest`` (per-file manifest),
-``identity`` (names), ``records`` (object metadata files), ``validate``
-(checks before writing), ``ingest`` (one pass per artifact), ``publish``
-(atomic rename under lock), ``locking``, ``storeio``, ``store``
-(:func:`promote`), ``verify``, ``layout``.
+(promotion.scm), ``nar`` (tree signature, the descriptor-based walk),
+``safeio`` (opening without following symlinks or blocking on FIFOs),
+``manifest`` (per-file manifest), ``identity`` (names), ``records`` (object
+metadata files), ``validate`` (checks before writing), ``ingest`` (one pass
+per artifact), ``publish`` (all objects renamed as one unit under their
+locks), ``locking``, ``storeio``, ``store`` (:func:`promote`), ``verify``,
+``gc`` (roots and collection), ``layout``, ``display`` (escaping names for
+terminals and logs), ``seams`` (named points for deterministic tests).
 """
 
 from __future__ import annotations

@@ -182,3 +182,22 @@ def test_stale_new_owner_lock_files_are_removed(result_root: Path, store: Path) 
     stale.write_bytes(b"")  # a promoter killed between creating and renaming its lock
     promote(result_root, store)
     assert not stale.exists()
+
+
+def test_key_file_that_is_an_empty_directory_is_refused(result_root: Path,
+                                                        store: Path) -> None:
+    # bin/sh must be a regular file even when promotion.scm records no digest for it.
+    from dataclasses import replace
+
+    from fruix_core.promotion import read_promotion, write_promotion
+
+    promotion = read_promotion(result_root / "promotion.scm")
+    entries = tuple(replace(e, files=()) if e.kind == "world" else e
+                    for e in promotion.artifacts)
+    write_promotion(replace(promotion, artifacts=entries), result_root / "promotion.scm")
+    sh = result_root / "artifacts/world/bin/sh"
+    sh.unlink()
+    sh.mkdir()
+    with pytest.raises(PromotionInputError, match="bin/sh.*directory, not a regular file"):
+        promote(result_root, store)
+    assert not store.exists()
