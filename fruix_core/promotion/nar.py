@@ -253,7 +253,12 @@ class _Walk:
         if self.on_entry is not None:
             self.on_entry(rel, st, None)
         self.nar.begin_regular(bool(st.st_mode & stat.S_IXUSR), st.st_size)
-        if self.with_contents:
+        if not self.with_contents:
+            # Metadata-only walks (validation) still refuse a file this process cannot
+            # read, so ingestion does not find it only after the store was touched.
+            if not os.access(name, os.R_OK, dir_fd=dir_fd, follow_symlinks=False):
+                raise PromotionInputError(f"{self.show(rel)}: cannot read: Permission denied")
+        else:
             try:
                 fd, _ = open_regular_at(name, dir_fd, st)
             except OSError as err:
