@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,19 @@ def test_wrong_pool_entry_is_reported_and_never_linked(tmp_path: Path, store: Pa
     assert (world / "etc/rc.conf").read_bytes() == (
         tmp_path / "b/artifacts/world/etc/rc.conf").read_bytes()
     assert verify(store).ok
+
+
+def test_hostile_names_in_verify_output_are_escaped(promoted: PromotionOutcome,
+                                                    store: Path) -> None:
+    world = promoted.artifacts["world"]
+    os.chmod(world / "etc", 0o755)
+    (world / "etc" / "x\x1b[2J\x07\ny").write_bytes(b"planted")
+    os.chmod(world / "etc", 0o555)
+    for args in ([], ["--json"]):
+        done = subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "store", "verify",
+                               "--store", str(store), *args], capture_output=True, timeout=120)
+        assert done.returncode == 4
+        assert b"\x1b" not in done.stdout and b"\x07" not in done.stdout
+        assert b"x\\x1b[2J\\x07\\x0ay" in done.stdout.replace(b"\\\\", b"\\")
+    document = json.loads(done.stdout)
+    assert any("not in the manifest" in p["problem"] for p in document["problems"])
