@@ -141,14 +141,17 @@ def pin(layout: StoreLayout, target: str | Path, name: str | None = None) -> Roo
 
     :raises UsageError: for an unknown object or an unusable name.
     """
-    path = _object_path(layout, target)
-    name = name or path.name
-    if not _PIN_NAME_RE.match(name):
+    if name is not None and not _PIN_NAME_RE.match(name):
         raise UsageError(f"pin name {shown(name)!r}: use letters, digits, '.', '_', '+', '-', "
                          "not starting with '.' or '-'")
-    with store_errors(f"cannot pin in {shown(layout.roots_dir)}"):
-        _real_dir(layout.roots_dir, os.stat(layout.root).st_uid)
-        _replace_symlink(layout.roots_dir, name, os.fsencode(path))
+    _object_path(layout, target)  # a clear error before anything is touched
+    # Shared GC lock: a collection cannot delete the object between the check and the pin.
+    with gc_lock(layout, exclusive=False):
+        path = _object_path(layout, target)
+        name = name or path.name
+        with store_errors(f"cannot pin in {shown(layout.roots_dir)}"):
+            _real_dir(layout.roots_dir, os.stat(layout.root).st_uid)
+            _replace_symlink(layout.roots_dir, name, os.fsencode(path))
     return Root("pin", name, path)
 
 
