@@ -43,8 +43,13 @@ def _rewrite_entry(root: Path, kind: str, **changes) -> None:
 
 def test_valid_root_passes(result_root: Path) -> None:
     checked = validate_result_root(result_root)
-    assert [a.kind for a in checked.artifacts] == ["world", "kernel", "headers", "bootloader"]
-    assert checked.files > 0 and checked.bytes > 0
+    try:
+        assert [a.kind for a in checked.artifacts] == ["world", "kernel", "headers",
+                                                       "bootloader"]
+        assert checked.files > 0 and checked.bytes > 0
+        assert all(os.fstat(a.fd) for a in checked.artifacts), "trees are held open"
+    finally:
+        checked.close()
 
 
 @pytest.mark.parametrize("status", ["running\n", "failed buildworld\n", ""])
