@@ -19,7 +19,9 @@ prints, so any artifact can be checked with an independent tool.
 
 The walk never loads a whole file or directory listing tree into memory:
 files are read in fixed-size chunks and only one directory's names are held
-per nesting level.
+per nesting level. It goes over directory descriptors (``openat`` relative
+to the parent, ``O_NOFOLLOW``, ``fstat`` compared with the listing), so a
+tree rearranged while it is walked is refused, never followed elsewhere.
 """
 
 from __future__ import annotations

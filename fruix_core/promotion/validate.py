@@ -6,8 +6,14 @@ not ``ok``, whose ``promotion.scm`` is malformed, that lacks an artifact or a
 required key file, whose recorded digests do not match the staged files,
 whose metadata paths escape it (absolute, ``..``, or through a symlink), or
 whose artifact trees hold device nodes, FIFOs, sockets, names reserved for
-the object's own files, or hard links to files outside the artifact. Symlinks
+the object's own files, or hard links to files outside the artifact, or
+files this process cannot read, or a store inside an artifact tree. Symlinks
 are never followed; their targets are opaque bytes.
+
+Validation opens the result root and each artifact directory once and keeps
+them open in the :class:`ValidatedRoot`; ingestion walks from those
+descriptors and repeats every check on what it reads (:class:`TreeCheck` is
+shared), so the tree stored is the tree validated.
 """
 
 from __future__ import annotations
