@@ -80,6 +80,9 @@ def test_keep_last_keeps_latest_and_recent_runs(history, store: Path) -> None:
     # Every pool entry left is linked by some object.
     for entry in os.listdir(layout.links):
         assert os.lstat(layout.links / entry).st_nlink > 1
+    # Lock files of deleted objects go too; the GC lock stays.
+    locks = set(os.listdir(layout.locks))
+    assert locks <= {"gc.lock"} | {f"{name}.lock" for name in kept}
     again = collect_garbage(layout, keep_last=2)
     assert again.deleted == [] and again.bytes_freed == 0
 
