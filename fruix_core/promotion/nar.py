@@ -30,6 +30,7 @@ import hashlib
 import os
 import stat
 import struct
+import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -55,6 +56,10 @@ __all__ = [
 CHUNK_SIZE = 1 << 20
 #: Deepest directory nesting walked (FreeBSD's base stays far below it).
 MAX_DEPTH = 256
+
+_FS_ENCODING = sys.getfilesystemencoding()
+# The superuser reads every file of a local file system: no access(2) probe needed.
+_ROOT = os.geteuid() == 0
 
 
 class SpecialFileError(PromotionInputError):
@@ -133,6 +138,36 @@ class NarHasher:
         """Finish; a hasher that hashes elsewhere would wait for it here."""
 
 
+class _NoHash(NarHasher):
+    """Serialises nothing: a metadata-only walk (validation) needs no archive."""
+
+    __slots__ = ()
+
+    def begin_regular(self, executable: bool, size: int) -> None:
+        return None
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        return None
+
+    def end_regular(self, size: int) -> None:
+        return None
+
+    def symlink(self, target: bytes) -> None:
+        return None
+
+    def begin_directory(self) -> None:
+        return None
+
+    def begin_entry(self, name: bytes) -> None:
+        return None
+
+    def end_entry(self) -> None:
+        return None
+
+    def end_directory(self) -> None:
+        return None
+
+
 #: ``on_entry(rel, st, target)``: called once per node before its contents;
 #: ``rel`` is the path below the root (``b""`` for the root), ``target`` the
 #: symlink target for symlinks, else ``None``.
@@ -208,7 +243,7 @@ class _Walk:
             self.on_entry(rel, st, None)
         nar = self.nar
         nar.begin_directory()
-        names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        names = sorted([n.encode(_FS_ENCODING, "surrogateescape") for n in os.listdir(fd)])
         if not rel and self.exclude_top:
             names = [name for name in names if name not in self.exclude_top]
         if names and depth >= MAX_DEPTH:
@@ -258,7 +293,8 @@ class _Walk:
         if not self.with_contents:
             # Metadata-only walks (validation) still refuse a file this process cannot
             # read, so ingestion does not find it only after the store was touched.
-            if not os.access(name, os.R_OK, dir_fd=dir_fd, follow_symlinks=False):
+            if not _ROOT and not os.access(name, os.R_OK, dir_fd=dir_fd,
+                                           follow_symlinks=False):
                 raise PromotionInputError(f"{self.show(rel)}: cannot read: Permission denied")
         else:
             try:
@@ -297,7 +333,7 @@ def walk(root: bytes | str | os.PathLike[str] | None = None, *, root_fd: int | N
     :raises SpecialFileError: on a device node, FIFO or socket.
     :returns: the hasher; ``hexdigest()`` is the tree signature.
     """
-    nar = nar or NarHasher()
+    nar = nar or (NarHasher() if with_contents else _NoHash())
     shown_as = display if display is not None else os.fsencode(root if root is not None
                                                                else b"<tree>")
     state = _Walk(shown_as, nar, on_entry, on_regular or read_regular, exclude_top,

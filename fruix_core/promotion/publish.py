@@ -120,10 +120,9 @@ class ContentLinker:
                     or st.st_size != size or st.st_mtime != FIXED_MTIME):
                 self._wrong(key, "wrong size, mode or time")
                 return None
-            hasher = hashlib.sha256()
-            while chunk := os.read(fd, 1 << 20):
-                hasher.update(chunk)
-            if hasher.hexdigest() != digest:
+            with open(fd, "rb", buffering=0, closefd=False) as raw:
+                actual = hashlib.file_digest(raw, "sha256").hexdigest()
+            if actual != digest:
                 self._wrong(key, "content does not match its name")
                 return None
         finally:
