@@ -75,6 +75,7 @@ class XcpngGuestProvider:
         if guest.provider != PROVIDER_NAME:
             return
         from fruix_xcpng.lifecycle import release
+        from fruix_xcpng.shield import shielded
 
         lease_id = str(guest.details.get("lease", ""))
         with self._lock:
@@ -83,7 +84,11 @@ class XcpngGuestProvider:
             raise GuestError(f"no lease for VM {guest.details.get('vm_uuid', guest.name)} in "
                              "this process; shut it down and revert it by hand")
         try:
-            release(lease, outcome)
+            # Once begun, release is not abandoned by one more Ctrl-C (see shield).
+            shielded(lambda: release(lease, outcome), label=lease.describe(),
+                     stage=lambda: lease.stage,
+                     how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
+                                   f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
         finally:
             if lease.released:
                 with self._lock:

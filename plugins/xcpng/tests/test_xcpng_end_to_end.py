@@ -133,7 +133,8 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
     assert_no_login(done.stdout, done.stderr)
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()
               if line.startswith("{")]
-    assert events.index("guest acquired") < events.index("VM released: halted and reverted")
+    reverted = f"VM 'build' ({vm.uuid}) was shut down and reverted to clean"
+    assert events.index("guest acquired") < events.index(reverted)
 
     local_config = write_config(tmp_path / "local.toml", tmp_path / "local-run", "local", None)
     local = subprocess.run(fruix(local_config), capture_output=True, text=True, timeout=300)

@@ -55,21 +55,26 @@ def build_lab(args: argparse.Namespace) -> Any:
     config = load_lab_config(args.config)
     lab_cfg = config.lab
     faults = LabFaults(session_ttl=float(lab_cfg["session_ttl"]),
-                       events_unsupported=not lab_cfg["events"])
+                       events_unsupported=not lab_cfg["events"],
+                       failed_login_delay=float(lab_cfg["failed_login_delay"]),
+                       conflict_wait=float(lab_cfg["conflict_wait"]),
+                       shutdown_limit=float(lab_cfg["shutdown_limit"]),
+                       api_style=lab_cfg["api_style"])
     lab = XapiLab(Path(args.workdir or lab_cfg["workdir"]), users=lab_users(config),
                   host=args.listen or lab_cfg["listen"],
                   port=args.port if args.port is not None else lab_cfg["port"],
-                  tls=args.tls if args.tls is not None else lab_cfg["tls"], faults=faults)
+                  tls=args.tls if args.tls is not None else lab_cfg["tls"], faults=faults,
+                  hosts=lab_cfg["hosts"], cert_style=lab_cfg["cert_style"])
     for vm in config.vms:
         lab.add_vm(vm["name"], uuid=vm["uuid"] or None, address=vm["address"] or None,
                    ssh_port=vm["ssh_port"] or None,
                    source=Path(vm["source"]) if vm["source"] else None,
                    power_state=vm["power_state"], snapshots=vm["snapshots"],
-                   ip_delay=float(vm["ip_delay"]),
+                   checkpoints=vm["checkpoints"], ip_delay=float(vm["ip_delay"]),
+                   agent=vm["agent"],
                    faults=VmFaults(ip_never=vm["ip_never"],
                                    clean_shutdown_hangs=vm["clean_shutdown_hangs"],
-                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"],
-                                   hard_shutdown_busy=vm["hard_shutdown_busy"]))
+                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"]))
     return lab
 
 
