@@ -253,6 +253,10 @@ class XapiState:
         self.calls: deque[tuple[str, str]] = deque(maxlen=2000)
         #: every task.cancel call's task ref
         self.cancelled: list[str] = []
+        #: the classes of every event.from call, in order
+        self.subscriptions: list[list[str]] = []
+        #: task ref -> operation, while the operation waits for a conflicting one
+        self.waiting: dict[str, str] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._events: deque[dict[str, Any]] = deque(maxlen=10_000)
@@ -454,18 +458,24 @@ class XapiState:
 
     def _operate(self, vm: LabVM, op: str, task: LabTask, body: Callable[[], Any]) -> Any:
         """Wait out conflicts (server-side), check, register ``op``, run ``body``, unregister."""
-        deadline = time.monotonic() + self.faults.conflict_wait
+        started = time.monotonic()
         task.vm = vm.ref
         with self._changed:
-            while True:
-                self._check_cancel(task)
-                error = self._operation_error(vm, op, task)
-                if error is None:
-                    break
-                remaining = deadline - time.monotonic()
-                if error.code != "OTHER_OPERATION_IN_PROGRESS" or remaining <= 0:
-                    raise error
-                self._changed.wait(min(remaining, 0.05))
+            try:
+                while True:
+                    self._check_cancel(task)
+                    error = self._operation_error(vm, op, task)
+                    if error is None:
+                        break
+                    remaining = started + self.faults.conflict_wait - time.monotonic()
+                    if error.code != "OTHER_OPERATION_IN_PROGRESS" or remaining <= 0:
+                        raise error
+                    if task.ref not in self.waiting:
+                        self.waiting[task.ref] = op
+                        self._changed.notify_all()
+                    self._changed.wait(min(remaining, 0.05))
+            finally:
+                self.waiting.pop(task.ref, None)
             vm.current_operations[task.ref] = op
             self._emit("vm", "mod", vm.ref)
         try:
@@ -923,6 +933,7 @@ class XapiState:
             raise XapiError("MESSAGE_METHOD_UNKNOWN", "event.from")
         if not isinstance(classes, list):
             raise XapiError("FIELD_TYPE_ERROR", "classes")
+        self.subscriptions.append([str(c) for c in classes])
         try:
             wait = max(0.0, min(float(timeout), 3600.0))
         except (TypeError, ValueError):
