@@ -50,7 +50,7 @@ def in_thread(work: Any) -> threading.Thread:
     return thread
 
 
-# -- following the master ------------------------------------------------------------------------
+# -- following the master ---------------------------------------------------------------------
 
 
 def test_a_run_through_a_pool_member_follows_the_master(pool: XapiLab) -> None:
@@ -86,7 +86,7 @@ def test_master_change_in_the_middle_of_release(pool: XapiLab) -> None:
     assert pool.state.calls_of("Async.VM.clean_shutdown") == ["xcp-host1", "xcp-host2"]
 
 
-# -- server-side work is cancelled ---------------------------------------------------------------
+# -- server-side work is cancelled ------------------------------------------------------------
 
 
 def test_interrupt_during_a_slow_start_cancels_the_task(pool: XapiLab) -> None:
@@ -125,7 +125,7 @@ def test_vm_busy_with_someone_elses_operation_is_refused_untouched(pool: XapiLab
     assert vm.reverts == 0 and pool.live_sessions() == []
 
 
-# -- calls whose answer was lost are not re-sent blindly ----------------------------------------------
+# -- calls whose answer was lost are not re-sent blindly --------------------------------------
 
 
 @pytest.mark.parametrize("method", ["Async.VM.start", "Async.VM.clean_shutdown",
@@ -171,7 +171,7 @@ def test_lost_answer_after_the_pool_finished(pool: XapiLab, method: str) -> None
     assert vm.boots == 1
 
 
-# -- finding the guest ----------------------------------------------------------------------------
+# -- finding the guest ------------------------------------------------------------------------
 
 
 def test_guest_without_agent_builds_with_a_declared_address(pool: XapiLab) -> None:
@@ -235,7 +235,7 @@ def test_checkpoint_snapshot_ends_halted(pool: XapiLab) -> None:
     released(pool, vm)
 
 
-# -- release is shielded -------------------------------------------------------------------------------
+# -- release is shielded ----------------------------------------------------------------------
 
 
 def _interrupt_when_logged(logs: list[dict[str, Any]], count: int, hold: Any) -> None:
@@ -244,8 +244,8 @@ def _interrupt_when_logged(logs: list[dict[str, Any]], count: int, hold: Any) ->
     for n in range(count):
         _thread.interrupt_main()
         # the main thread has seen this interrupt once it said so
-        assert _wait(lambda: sum("still releasing" in e["event"] or "ABANDONED" in e["event"]
-                                 for e in logs) > n)
+        assert _wait(lambda n=n: sum("still releasing" in e["event"] or
+                                     "ABANDONED" in e["event"] for e in logs) > n)
     hold.release()
 
 
@@ -295,7 +295,7 @@ def test_third_interrupt_abandons_release_with_one_line_naming_the_vm(pool: Xapi
     assert pool.state.wait_for(lambda: vm.reverts == 1)
 
 
-# -- releasing a kept VM ---------------------------------------------------------------------------------
+# -- releasing a kept VM ----------------------------------------------------------------------
 
 
 def test_release_vm_brings_a_kept_vm_back(pool: XapiLab) -> None:
@@ -311,7 +311,7 @@ def test_release_vm_brings_a_kept_vm_back(pool: XapiLab) -> None:
     released(pool, vm)
 
 
-# -- TLS per host ----------------------------------------------------------------------------------------
+# -- TLS per host -----------------------------------------------------------------------------
 
 
 @pytest.fixture
