@@ -491,6 +491,11 @@ def release_vm(settings: XcpngSettings, credentials: Credentials) -> Lease:
     # keep applies to builds, never to an explicit release
     from dataclasses import replace
 
+    from fruix_xcpng.shield import shielded
+
     lease.settings = replace(settings, keep="never")
-    release(lease, "released")
+    shielded(lambda: release(lease, "released"), label=lease.describe(),
+             stage=lambda: lease.stage,
+             how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
+                           f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
     return lease

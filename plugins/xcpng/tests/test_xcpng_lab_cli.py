@@ -114,3 +114,47 @@ def test_missing_login_environment_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(lab_command("--workdir", str(tmp_path)), capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 2 and "FRUIX_XCPNG_USERNAME" in done.stderr
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "operator" / "xcpng.rst"
+#: The walkthrough of docs/operator/xcpng.rst, command by command.
+WALKTHROUGH = ("fruix-xapi-lab --workdir /tmp/xapi-lab",
+               "fruix-xapi-lab --workdir /tmp/xapi-lab --print-config > rehearsal.toml",
+               "fruix native-build run --config rehearsal.toml --json")
+
+
+@pytest.mark.slow
+def test_the_documented_walkthrough_builds_as_printed(tmp_path: Path) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for command in WALKTHROUGH:
+        assert command in text, f"docs/operator/xcpng.rst lost: {command}"
+    workdir = str(tmp_path / "xapi-lab")
+    lab = subprocess.Popen(lab_command("--workdir", workdir), stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, env=environment(), text=True)
+    try:
+        assert lab.stdout is not None
+        for line in lab.stdout:
+            if line.startswith("Serving;"):
+                break
+        printed = subprocess.run(lab_command("--workdir", workdir, "--print-config"),
+                                 capture_output=True, text=True, env=environment(), timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        config = tmp_path / "rehearsal.toml"
+        config.write_text(printed.stdout)
+        assert 'snapshot = "clean"' in printed.stdout and 'executor = "host-initiated"' in \
+            printed.stdout
+        run = subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                              "--config", str(config), "--json"], capture_output=True,
+                             text=True, env=environment(), timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = json.loads(run.stdout)
+        assert result["status"] == "ok" and result["executor"] == "host-initiated"
+        assert result["guest"] == "xcpng"
+    finally:
+        lab.send_signal(signal.SIGINT)
+        lab.communicate(timeout=30)
+    assert lab.returncode == 0
+    assert not (Path(workdir) / "fruix.toml").exists()  # a stopped lab serves no config
+    gone = subprocess.run(lab_command("--workdir", workdir, "--print-config"),
+                          capture_output=True, text=True, env=environment(), timeout=60)
+    assert gone.returncode == 3 and "no lab serves from" in gone.stderr

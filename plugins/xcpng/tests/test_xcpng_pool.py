@@ -377,3 +377,28 @@ def test_a_vm_without_agent_is_never_cleanly_shut_down_by_mistake(pool: XapiLab)
     guest = provider.fruix_acquire_guest(guest_request(pool, address=vm.address))
     provider.fruix_release_guest(guest, "failed")
     released(pool, vm)
+
+
+def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
+                                       lab_credentials: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    vm = pool.add_vm("build", ip_delay=0.05)
+    pool.state.call("start", vm.ref, False, False)  # kept running by an earlier run
+    config = tmp_path / "fruix.toml"
+    config.write_text(pool.fruix_config("build", url=pool.url_of("xcp-host2")))
+    command = [sys.executable, "-m", "fruix_xcpng.release_cmd", "--config", str(config)]
+    env = {**os.environ, **lab_credentials}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"VM 'build' ({vm.uuid}): halted and reverted to clean\n"
+    released(pool, vm)
+    assert LAB_PASSWORD not in done.stdout + done.stderr
+    config.write_text(config.read_text().replace('snapshot = "clean"', 'snapshot = "gone"'))
+    failed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 3 and "has no snapshot 'gone'" in failed.stderr
+    config.write_text("[guests.xcpng]\nkeep = \"maybe\"\n")
+    bad = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "guests.xcpng" in bad.stderr

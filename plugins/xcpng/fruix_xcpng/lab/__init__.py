@@ -304,10 +304,11 @@ class XapiLab:
     def provider_settings(self, name: str, **overrides: Any) -> dict[str, Any]:
         """A ``[guests.xcpng]`` table reaching VM ``name`` through this lab."""
         vm = self.vm(name)
+        snapshot = self.state.vms[vm.snapshots[0]].name if vm.snapshots else "clean"
         settings: dict[str, Any] = {
             "url": self.url,
             "vm_uuid": vm.uuid,
-            "snapshot": "clean",
+            "snapshot": snapshot,
             "ssh_port": vm.ssh_port,
             "system_root": str(vm.root),
         }
@@ -319,6 +320,34 @@ class XapiLab:
             settings["pinned_cert_sha256"] = pins[0] if len(pins) == 1 else pins
         settings.update(overrides)
         return settings
+
+    def fruix_config(self, name: str, **overrides: Any) -> str:
+        """A complete ``fruix.toml`` that builds in VM ``name`` through this lab, as is.
+
+        ``host-initiated`` executor, the ``xcpng`` guest provider, the store,
+        results and build root under the lab's work directory. The login stays
+        in the environment (the same variables the lab reads).
+        """
+        import json
+
+        def toml(value: Any) -> str:
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, (int, float)):
+                return str(value)
+            return json.dumps(value)
+
+        rehearsal = self.workdir / "rehearsal"
+        lines = [f"# fruix.toml for VM {name} of the XAPI lab at {self.url}",
+                 "# (login: the FRUIX_XCPNG_USERNAME / FRUIX_XCPNG_PASSWORD the lab got)",
+                 "[build]", 'executor = "host-initiated"', 'guest = "xcpng"', "jobs = 2",
+                 'make = "make"', "", "[paths]",
+                 f"store = {toml(str(rehearsal / 'store'))}",
+                 f"results = {toml(str(rehearsal / 'results'))}",
+                 f"build_root = {toml(str(rehearsal / 'build'))}", "", "[guests.xcpng]"]
+        lines += [f"{key} = {toml(value)}"
+                  for key, value in self.provider_settings(name, **overrides).items()]
+        return "\n".join(lines) + "\n"
 
     def describe(self) -> dict[str, Any]:
         """The lab as ``fruix-xapi-lab`` prints it (no login: neither user nor password)."""
