@@ -220,15 +220,15 @@ def test_sigterm_to_fruix_releases_the_vm(lab: XapiLab, tmp_path: Path, executor
 @pytest.mark.slow
 def test_sigterm_while_waiting_for_the_address(lab: XapiLab, tmp_path: Path) -> None:
     require_executor("host-initiated")
-    vm = lab.add_vm("build", ip_delay=60)
+    vm = lab.add_vm("build", ip_delay=0)
     config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
                           lab_settings(lab, ip_timeout=60))
+    agent = lab.faults.hold("agent:build")  # the address never comes while held
     process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=environment())
-    deadline = time.monotonic() + 30
-    while vm.power_state != "Running" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    assert agent.wait_reached(60)
+    assert lab.state.wait_for(lambda: any(
+        s[0] == f"vm/{vm.ref}" for s in lab.state.subscriptions))  # it is waiting
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-3000:]
@@ -249,3 +249,42 @@ def test_acquire_failure_through_the_cli_is_one_line(lab: XapiLab, tmp_path: Pat
     assert done.returncode == 3
     assert "presented host key" in one_error(done.stderr)
     assert vm.power_state == "Halted" and vm.reverts == 1 and lab.live_sessions() == []
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLab,
+                                                                     tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab))
+    hold = lab.faults.hold("VM.clean_shutdown")
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    lines: list[str] = []
+    assert process.stderr is not None
+    stream = process.stderr
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+        process.send_signal(signal.SIGINT)  # the run stops; release begins
+        assert hold.wait_reached(120)
+        process.send_signal(signal.SIGINT)  # a second Ctrl-C while shutting down
+        assert lab.state.wait_for(lambda: any("still releasing" in line for line in lines),
+                                  timeout=60)
+    finally:
+        hold.release()
+        out = process.communicate(timeout=120)[0]
+        reader.join(10)
+    err = "".join(lines)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted" in one_error(err)  # the run's own error, not hidden
+    assert f"VM 'build' ({vm.uuid}) was shut down and reverted to clean" in err
+    assert_released(lab, vm)
+    assert_no_login(out, err)

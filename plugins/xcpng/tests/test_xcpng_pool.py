@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,13 +251,12 @@ def _interrupt_when_logged(logs: list[dict[str, Any]], count: int, hold: Any) ->
 
 
 def _wait(condition: Any, timeout: float = 10.0) -> bool:
-    done = threading.Event()
-    deadline = 0.0
+    """Wait for ``condition()`` with a deadline (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
     while not condition():
-        if deadline > timeout:
+        if time.monotonic() > deadline:
             return False
-        done.wait(0.02)
-        deadline += 0.02
+        threading.Event().wait(0.02)
     return True
 
 
