@@ -74,8 +74,7 @@ class XcpngGuestProvider:
         """Shut the VM down and revert it to the snapshot (or keep it, as configured)."""
         if guest.provider != PROVIDER_NAME:
             return
-        from fruix_xcpng.lifecycle import release
-        from fruix_xcpng.shield import shielded
+        from fruix_xcpng.lifecycle import release_shielded
 
         lease_id = str(guest.details.get("lease", ""))
         with self._lock:
@@ -85,10 +84,7 @@ class XcpngGuestProvider:
                              "this process; shut it down and revert it by hand")
         try:
             # Once begun, release is not abandoned by one more Ctrl-C (see shield).
-            shielded(lambda: release(lease, outcome), label=lease.describe(),
-                     stage=lambda: lease.stage,
-                     how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
-                                   f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
+            release_shielded(lease, outcome)
         finally:
             if lease.released:
                 with self._lock:

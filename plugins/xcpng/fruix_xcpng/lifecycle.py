@@ -32,8 +32,8 @@ from fruix_xcpng.settings import Credentials, XcpngSettings
 from fruix_xcpng.sshprobe import wait_for_ssh
 from fruix_xcpng.xapi import OutcomeUnknown, XapiClient, XapiFailure
 
-__all__ = ["Lease", "acquire", "find_snapshot", "find_vm", "release", "release_vm",
-           "wait_for_address"]
+__all__ = ["Lease", "acquire", "find_snapshot", "find_vm", "release", "release_shielded",
+           "release_vm", "vm_operation", "wait_for_address"]
 
 log = structlog.get_logger(__name__)
 
@@ -342,7 +342,7 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
             if isinstance(exc, Cancelled):
                 outcome = "interrupted"
             try:
-                release(lease, outcome)
+                release_shielded(lease, outcome)
             except FruixError as release_error:
                 log.error("could not release VM after a failed acquire", vm=lease.describe(),
                           error=str(release_error))
@@ -474,6 +474,15 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
                      f"snapshot-uuid={lease.snapshot_uuid}")
 
 
+def release_shielded(lease: Lease, outcome: str) -> None:
+    """:func:`release`, not abandoned by a single Ctrl-C (see :mod:`fruix_xcpng.shield`)."""
+    from fruix_xcpng.shield import shielded
+
+    shielded(lambda: release(lease, outcome), label=lease.describe(), stage=lambda: lease.stage,
+             how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
+                           f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
+
+
 def release_vm(settings: XcpngSettings, credentials: Credentials) -> Lease:
     """Release the configured VM without a lease (a kept or stranded one): shut down, revert.
 
@@ -491,11 +500,6 @@ def release_vm(settings: XcpngSettings, credentials: Credentials) -> Lease:
     # keep applies to builds, never to an explicit release
     from dataclasses import replace
 
-    from fruix_xcpng.shield import shielded
-
     lease.settings = replace(settings, keep="never")
-    shielded(lambda: release(lease, "released"), label=lease.describe(),
-             stage=lambda: lease.stage,
-             how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
-                           f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
+    release_shielded(lease, "released")
     return lease

@@ -280,7 +280,9 @@ def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLa
                                   timeout=60)
     finally:
         hold.release()
-        out = process.communicate(timeout=120)[0]
+        assert process.stdout is not None
+        out = process.stdout.read()  # stderr is the reader's alone
+        process.wait(timeout=120)
         reader.join(10)
     err = "".join(lines)
     assert process.returncode == 130, err[-3000:]
