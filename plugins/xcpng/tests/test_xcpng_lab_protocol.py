@@ -180,8 +180,10 @@ def test_event_from_semantics(xapi_lab: XapiLab, session: XenAPI.Session) -> Non
     woke = event_from([f"vm/{ref}"], quiet["token"], 10.0)
     assert woke["events"][0]["class"] == "vm" and woke["events"][0]["ref"] == ref
     assert xapi_lab.state.wait_for(lambda: vm.guest_metrics != "OpaqueRef:NULL")
-    own = event_from([f"vm_guest_metrics/{vm.guest_metrics}"], woke["token"], 5.0)
-    assert own["events"][-1]["snapshot"]["networks"]["0/ip"] == "127.0.0.2"
+    now = event_from(["vm"], "", 0.0)["token"]
+    xapi_lab.state.publish_networks(vm, {"0/ip": "127.0.0.2 192.0.2.7"})  # the agent again
+    own = event_from([f"vm_guest_metrics/{vm.guest_metrics}"], now, 5.0)
+    assert own["events"][-1]["snapshot"]["networks"]["0/ip"] == "127.0.0.2 192.0.2.7"
     other = xapi_lab.add_vm("other", ip_delay=0)
     xapi_lab.state.call("start", other.ref, False, False)
     assert xapi_lab.state.wait_for(lambda: other.guest_metrics != "OpaqueRef:NULL")

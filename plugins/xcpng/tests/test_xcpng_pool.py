@@ -214,8 +214,15 @@ def test_waiting_for_the_address_watches_only_this_vm(pool: XapiLab) -> None:
     vm = pool.add_vm("build", ip_delay=0.05)
     agent = pool.faults.hold("agent:build")
     provider = XcpngGuestProvider()
-    in_thread(lambda: agent.wait_reached() and (
-        pool.state.publish_networks(other, {"0/ip": "192.0.2.99"}), agent.release()))
+
+    def agents() -> None:
+        # once the provider waits for its VM, another VM's agent reports, then ours
+        assert agent.wait_reached() and pool.state.wait_for(lambda: any(
+            s[0] == f"vm/{vm.ref}" for s in pool.state.subscriptions))
+        pool.state.publish_networks(other, {"0/ip": "192.0.2.99"})
+        agent.release()
+
+    in_thread(agents)
     guest = provider.fruix_acquire_guest(guest_request(pool))
     assert guest.host == vm.address
     subscriptions = [s for s in pool.state.subscriptions if not any(c.startswith("task/")
