@@ -27,23 +27,37 @@ methods not named after an XAPI call.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid as uuidlib
-import xmlrpc.client
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from fruix_xcpng.lab.faults import LabFaults, VmFaults
+from fruix_xcpng.lab.faults import LabFaults
+from fruix_xcpng.lab.objects import (
+    AGENTS,
+    ALLOWED_STATES,
+    NULL_REF,
+    GuestBooter,
+    LabHost,
+    LabSession,
+    LabTask,
+    LabVM,
+    Metrics,
+    NullBooter,
+    XapiError,
+    new_ref,
+    xapi_time,
+)
+from fruix_xcpng.lab.operations import VmOperations
 
 __all__ = [
     "AGENTS",
+    "ALLOWED_STATES",
     "NULL_REF",
     "GuestBooter",
     "LabHost",
@@ -57,177 +71,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-NULL_REF = "OpaqueRef:NULL"
-POWER_STATES = ("Halted", "Running", "Paused", "Suspended")
-#: What a guest's agent reports: "modern" (one address per key), "old" (the
-#: FreeBSD shell agent before 2024: several addresses in one value, separated by
-#: spaces), "empty" (keys without values), "none" (no agent at all).
-AGENTS = ("modern", "old", "empty", "none")
 
-#: operation -> power states it is allowed in (xen-api ``xapi_vm_lifecycle.ml``,
-#: ``allowed_power_states``)
-ALLOWED_STATES: dict[str, tuple[str, ...]] = {
-    "start": ("Halted",),
-    "clean_shutdown": ("Running",),
-    "hard_shutdown": ("Paused", "Suspended", "Running"),
-    "pause": ("Running",),
-    "unpause": ("Paused",),
-    "suspend": ("Running",),
-    "resume": ("Suspended",),
-    "snapshot": POWER_STATES,
-    "checkpoint": ("Paused", "Suspended", "Running"),
-    "revert": POWER_STATES,
-}
-#: operations a snapshot allows (``check_snapshot``)
-SNAPSHOT_OPERATIONS = ("revert", "hard_shutdown")
-#: a hard shutdown cancels these (``message_forwarding.ml``, ``VM.hard_shutdown``)
-CANCELLED_BY_HARD_SHUTDOWN = ("clean_shutdown", "clean_reboot", "hard_reboot")
-
-
-class XapiError(Exception):
-    """A XAPI failure: ``ErrorDescription`` = ``[code, *params]``."""
-
-    def __init__(self, code: str, *params: Any):
-        self.code = code
-        self.description = [code, *(str(p) for p in params)]
-        super().__init__(" ".join(self.description))
-
-
-def new_ref() -> str:
-    return f"OpaqueRef:{uuidlib.uuid4()}"
-
-
-def xapi_time(seconds: float) -> xmlrpc.client.DateTime:
-    """A ``dateTime`` value as XAPI sends it (``20240131T12:00:00Z``)."""
-    return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(seconds)))
-
-
-@dataclass
-class LabHost:
-    """One host of the pool: its address is what ``HOST_IS_SLAVE`` names."""
-
-    name: str
-    address: str
-    hostname: str = ""
-    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    ref: str = field(default_factory=new_ref)
-    #: PEM of the host's TLS certificate (``host.get_server_certificate``)
-    certificate: str = ""
-
-    def record(self, master: bool) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name_label": self.name, "hostname": self.hostname or self.name,
-                "address": self.address, "enabled": True, "is_master": master}
-
-
-@dataclass
-class LabSession:
-    ref: str
-    uuid: str
-    user: str
-    originator: str
-    created: float
-
-
-@dataclass
-class LabTask:
-    """An XAPI task: every VM operation has one; ``Async.*`` calls return it."""
-
-    name_label: str
-    session: str
-    vm: str = NULL_REF
-    ref: str = field(default_factory=new_ref)
-    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    status: str = "pending"
-    result: str = ""
-    error_info: list[str] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    finished: float = 0.0
-    visible: bool = True
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def cancelling(self) -> bool:
-        return self.cancel_requested.is_set()
-
-    def record(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name_label": self.name_label, "name_description": "",
-                "status": self.status, "progress": 1.0 if self.status != "pending" else 0.0,
-                "created": xapi_time(self.created), "finished": xapi_time(self.finished),
-                "result": self.result, "error_info": list(self.error_info),
-                "allowed_operations": ["cancel"] if self.status == "pending" else [],
-                "current_operations": {}, "other_config": {}}
-
-
-@dataclass
-class LabVM:
-    """One VM (or snapshot) of the lab."""
-
-    name: str
-    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    ref: str = field(default_factory=new_ref)
-    power_state: str = "Halted"
-    #: the guest's system root; snapshots keep a copy of it
-    root: Path | None = None
-    #: the address the agent reports, and sshd's port there
-    address: str = "127.0.0.2"
-    ssh_port: int = 22
-    #: seconds from start until the agent publishes its networks
-    ip_delay: float = 0.2
-    agent: str = "modern"
-    faults: VmFaults = field(default_factory=VmFaults)
-    is_a_snapshot: bool = False
-    #: a checkpoint (snapshot with memory) reverts to Suspended
-    is_a_checkpoint: bool = False
-    snapshot_of: str = NULL_REF
-    snapshots: list[str] = field(default_factory=list)
-    guest_metrics: str = NULL_REF
-    snapshot_time: float = 0.0
-    resident_on: str = NULL_REF
-    #: task ref -> operation, as XAPI lists them
-    current_operations: dict[str, str] = field(default_factory=dict)
-    #: bumped on every boot and halt, so a stale boot thread knows it is stale
-    generation: int = 0
-    boots: int = 0
-    reverts: int = 0
-    #: set whenever the guest halts (wakes a stale agent thread)
-    halted: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class _Metrics:
-    ref: str
-    uuid: str
-    networks: dict[str, str]
-    updated: float = field(default_factory=time.time)
-
-    def record(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "networks": dict(self.networks), "os_version": {},
-                "PV_drivers_detected": True, "other": {"feature-shutdown": "1"},
-                "last_updated": xapi_time(self.updated), "live": True}
-
-
-class GuestBooter(Protocol):
-    """Brings a lab VM's guest up and down (a real sshd for the default booter)."""
-
-    def boot(self, vm: LabVM) -> None:
-        """Start the guest's services; called in a thread of its own."""
-
-    def halt(self, vm: LabVM) -> None:
-        """Stop them; idempotent."""
-
-
-class NullBooter:
-    """A guest without services: only the XAPI side moves."""
-
-    def boot(self, vm: LabVM) -> None:
-        pass
-
-    def halt(self, vm: LabVM) -> None:
-        pass
-
-
-class XapiState:
+class XapiState(VmOperations):
     """Everything the lab's pool knows; the methods named after calls are XAPI calls."""
 
     def __init__(self, *, users: dict[str, str], booter: GuestBooter | None = None,
@@ -241,7 +86,7 @@ class XapiState:
         self.master: LabHost = self.hosts[0]
         self.pool_ref = new_ref()
         self.vms: dict[str, LabVM] = {}
-        self.metrics: dict[str, _Metrics] = {}
+        self.metrics: dict[str, Metrics] = {}
         self.tasks: dict[str, LabTask] = {}
         self.sessions: dict[str, LabSession] = {}
         self.logged_out: list[str] = []
@@ -420,123 +265,6 @@ class XapiState:
             "other_config": {},
         }
 
-    # -- operations (``with_vm_operation``) ---------------------------------------------
-
-    def _conflict(self, vm: LabVM, op: str, task: LabTask | None) -> XapiError | None:
-        current = [(ref, o) for ref, o in vm.current_operations.items()
-                   if task is None or ref != task.ref]
-        if not current:
-            return None
-        # xen-api ``is_allowed_concurrently``: only a hard shutdown may join others.
-        if op == "hard_shutdown" and all(o != "hard_shutdown" for _ref, o in current):
-            return None
-        ops = [o for _ref, o in current]
-        refs = [ref for ref, _o in current]
-        shown_ops = ops[0] if len(ops) == 1 else "{" + ",".join(ops) + "}"
-        if self.faults.api_style == "8.2":
-            return XapiError("OTHER_OPERATION_IN_PROGRESS", f"VM.{shown_ops}", vm.ref)
-        shown_refs = refs[0] if len(refs) == 1 else "{" + ",".join(refs) + "}"
-        return XapiError("OTHER_OPERATION_IN_PROGRESS", "VM", vm.ref, shown_ops, shown_refs)
-
-    def _operation_error(self, vm: LabVM, op: str, task: LabTask | None) -> XapiError | None:
-        if vm.is_a_snapshot and op not in SNAPSHOT_OPERATIONS:
-            return XapiError("VM_IS_SNAPSHOT", vm.ref, op)
-        conflict = self._conflict(vm, op, task)
-        if conflict is not None:
-            return conflict
-        allowed = ALLOWED_STATES[op]
-        if vm.power_state not in allowed:
-            return XapiError("VM_BAD_POWER_STATE", vm.ref,
-                             ", ".join(s.lower() for s in allowed), vm.power_state.lower())
-        if op == "clean_shutdown" and vm.agent == "none":
-            return XapiError("VM_LACKS_FEATURE", vm.ref)
-        return None
-
-    def _check_cancel(self, task: LabTask) -> None:
-        if task.cancelling or self._stopping.is_set():
-            raise XapiError("TASK_CANCELLED", task.ref)
-
-    def _operate(self, vm: LabVM, op: str, task: LabTask, body: Callable[[], Any]) -> Any:
-        """Wait out conflicts (server-side), check, register ``op``, run ``body``, unregister."""
-        started = time.monotonic()
-        task.vm = vm.ref
-        with self._changed:
-            try:
-                while True:
-                    self._check_cancel(task)
-                    error = self._operation_error(vm, op, task)
-                    if error is None:
-                        break
-                    remaining = started + self.faults.conflict_wait - time.monotonic()
-                    if error.code != "OTHER_OPERATION_IN_PROGRESS" or remaining <= 0:
-                        raise error
-                    if task.ref not in self.waiting:
-                        self.waiting[task.ref] = op
-                        self._changed.notify_all()
-                    self._changed.wait(min(remaining, 0.05))
-            finally:
-                self.waiting.pop(task.ref, None)
-            vm.current_operations[task.ref] = op
-            self._emit("vm", "mod", vm.ref)
-        try:
-            self.faults.fire(f"VM.{op}")
-            self._hold(f"VM.{op}", task)
-            return body()
-        finally:
-            with self._changed:
-                vm.current_operations.pop(task.ref, None)
-                self._emit("vm", "mod", vm.ref)
-
-    def _hold(self, point: str, task: LabTask) -> None:
-        hold = self.faults.held(point)
-        if hold is not None and not hold.arrive(lambda: task.cancelling, task.cancel_requested):
-            raise XapiError("TASK_CANCELLED", task.ref)
-
-    def new_task(self, name: str, session: str, *, visible: bool) -> LabTask:
-        with self._lock:
-            task = LabTask(name_label=name, session=session, visible=visible)
-            self.tasks[task.ref] = task
-            if visible:
-                self._emit("task", "add", task.ref)
-            return task
-
-    def finish_task(self, task: LabTask, value: Any = None, error: XapiError | None = None
-                    ) -> None:
-        with self._changed:
-            task.finished = time.time()
-            if error is None:
-                task.status = "success"
-                task.result = "" if value in (None, "") else \
-                    f"<value>{xmlrpc.client.escape(str(value))}</value>"
-            elif error.code == "TASK_CANCELLED":
-                task.status, task.error_info = "cancelled", ["TASK_CANCELLED", task.ref]
-            else:
-                task.status, task.error_info = "failure", list(error.description)
-            task.done.set()
-            if task.visible:
-                self._emit("task", "mod", task.ref)
-            else:
-                self.tasks.pop(task.ref, None)
-
-    def spawn(self, task: LabTask, work: Callable[[], Any]) -> None:
-        """Run ``work`` for an ``Async.*`` call in a thread of its own."""
-
-        def run() -> None:
-            try:
-                value = work()
-            except XapiError as exc:
-                self.finish_task(task, error=exc)
-            except Exception as exc:  # a lab bug still ends the task, as XAPI's would
-                log.exception("lab task failed", task=task.name_label)
-                self.finish_task(task, error=XapiError("INTERNAL_ERROR", str(exc)))
-            else:
-                self.finish_task(task, value)
-
-        thread = threading.Thread(target=run, name=f"lab-task-{task.name_label}", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
-        thread.start()
-
     # -- guests -------------------------------------------------------------------------
 
     def _boot_guest(self, vm: LabVM) -> None:
@@ -592,7 +320,7 @@ class XapiState:
 
     def _publish_metrics(self, vm: LabVM, networks: dict[str, str]) -> None:
         if vm.guest_metrics == NULL_REF:
-            metrics = _Metrics(new_ref(), str(uuidlib.uuid4()), networks)
+            metrics = Metrics(new_ref(), str(uuidlib.uuid4()), networks)
             self.metrics[metrics.ref] = metrics
             vm.guest_metrics = metrics.ref
             self._emit("vm_guest_metrics", "add", metrics.ref)
@@ -757,159 +485,6 @@ class XapiState:
             del self.tasks[task.ref]
             self._emit("task", "del", task.ref)
             return ""
-
-    # -- VM lifecycle ----------------------------------------------------------------------------
-
-    def start(self, task: LabTask, ref: Any, start_paused: Any = False, force: Any = False
-              ) -> str:
-        vm = self._vm(ref)
-
-        def body() -> str:
-            with self._lock:
-                if vm.faults.start_fails:
-                    raise XapiError(vm.faults.start_fails, vm.ref)
-                # xen-api ``xapi_vm.ml`` start: stale guest metrics are deleted first.
-                self._delete_metrics(vm)
-                self._check_cancel(task)
-                self._set_state(vm, "Paused" if start_paused else "Running")
-                if not start_paused:
-                    self._boot_guest(vm)
-            return ""
-
-        return str(self._operate(vm, "start", task, body))
-
-    def clean_shutdown(self, task: LabTask, ref: Any) -> str:
-        vm = self._vm(ref)
-
-        def body() -> str:
-            if vm.faults.clean_shutdown_hangs:
-                # The guest ignores the request: XAPI waits up to its limit, unless
-                # a task cancel (a hard shutdown cancels it too) ends the wait.
-                if task.cancel_requested.wait(self.faults.shutdown_limit):
-                    raise XapiError("TASK_CANCELLED", task.ref)
-                raise XapiError("VM_SHUTDOWN_TIMEOUT", vm.ref, f"{self.faults.shutdown_limit:g}")
-            with self._lock:
-                self._check_cancel(task)
-                self._halt_guest(vm)
-                self._set_state(vm, "Halted")
-            return ""
-
-        return str(self._operate(vm, "clean_shutdown", task, body))
-
-    def hard_shutdown(self, task: LabTask, ref: Any) -> str:
-        vm = self._vm(ref)
-
-        def body() -> str:
-            with self._changed:
-                for other_ref, op in vm.current_operations.items():
-                    other = self.tasks.get(other_ref)
-                    if op in CANCELLED_BY_HARD_SHUTDOWN and other is not None:
-                        other.cancel_requested.set()
-                self._changed.notify_all()
-                if vm.power_state != "Halted":
-                    self._halt_guest(vm)
-                    self._set_state(vm, "Halted")
-            return ""
-
-        return str(self._operate(vm, "hard_shutdown", task, body))
-
-    def _simple(self, task: LabTask, ref: Any, op: str, after: str, boot: bool = False,
-                halt: bool = False) -> str:
-        vm = self._vm(ref)
-
-        def body() -> str:
-            with self._lock:
-                if halt:
-                    self._halt_guest(vm)
-                self._set_state(vm, after)
-                if boot:
-                    self._boot_guest(vm)
-            return ""
-
-        return str(self._operate(vm, op, task, body))
-
-    def pause(self, task: LabTask, ref: Any) -> str:
-        return self._simple(task, ref, "pause", "Paused")
-
-    def unpause(self, task: LabTask, ref: Any) -> str:
-        vm = self._vm(ref)
-        return self._simple(task, ref, "unpause", "Running",
-                            boot=vm.halted.is_set() or vm.boots == 0)
-
-    def suspend(self, task: LabTask, ref: Any) -> str:
-        return self._simple(task, ref, "suspend", "Suspended", halt=True)
-
-    def resume(self, task: LabTask, ref: Any, start_paused: Any = False, force: Any = False
-               ) -> str:
-        return self._simple(task, ref, "resume", "Running", boot=True)
-
-    # -- snapshots ------------------------------------------------------------------------------
-
-    def _snapshot_root(self, snap: LabVM) -> Path:
-        if self.snapshot_dir is None:
-            raise XapiError("INTERNAL_ERROR", "the lab has no snapshot directory")
-        return self.snapshot_dir / snap.uuid
-
-    def _copy_metrics(self, source: LabVM, target: LabVM) -> None:
-        self._delete_metrics(target)
-        metrics = self.metrics.get(source.guest_metrics)
-        if metrics is not None:
-            copy = _Metrics(new_ref(), str(uuidlib.uuid4()), dict(metrics.networks),
-                            metrics.updated)
-            self.metrics[copy.ref] = copy
-            target.guest_metrics = copy.ref
-            self._emit("vm_guest_metrics", "add", copy.ref)
-
-    def snapshot(self, task: LabTask, ref: Any, name: Any, checkpoint: bool = False) -> str:
-        vm = self._vm(ref)
-
-        def body() -> str:
-            with self._lock:
-                snap = LabVM(name=str(name), power_state="Suspended" if checkpoint else "Halted",
-                             is_a_snapshot=True, is_a_checkpoint=checkpoint, snapshot_of=vm.ref,
-                             address=vm.address, ssh_port=vm.ssh_port, agent=vm.agent,
-                             snapshot_time=time.time())
-                if vm.root is not None:
-                    copy = self._snapshot_root(snap)
-                    shutil.copytree(vm.root, copy, symlinks=True)
-                    snap.root = copy
-                self.vms[snap.ref] = snap
-                self._copy_metrics(vm, snap)
-                vm.snapshots.append(snap.ref)
-                self._emit("vm", "add", snap.ref)
-                self._emit("vm", "mod", vm.ref)
-                return snap.ref
-
-        return str(self._operate(vm, "checkpoint" if checkpoint else "snapshot", task, body))
-
-    def checkpoint(self, task: LabTask, ref: Any, name: Any) -> str:
-        return self.snapshot(task, ref, name, checkpoint=True)
-
-    def revert(self, task: LabTask, snapshot_ref: Any) -> str:
-        snap = self._vm(snapshot_ref)
-        if not snap.is_a_snapshot:
-            # xen-api ``xapi_vm_lifecycle.ml``: ``only_revert_snapshot``, no parameters
-            raise XapiError("REVERT_ONLY_ALLOWED_ON_SNAPSHOT")
-        vm = self._vm(snap.snapshot_of)
-
-        def body() -> str:
-            with self._lock:
-                self._check_cancel(task)
-                if vm.power_state != "Halted":
-                    self._halt_guest(vm)
-                if vm.root is not None and snap.root is not None:
-                    # The disks are replaced by copies of the snapshot's.
-                    scratch = vm.root.with_name(vm.root.name + ".reverting")
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    shutil.copytree(snap.root, scratch, symlinks=True)
-                    shutil.rmtree(vm.root)
-                    scratch.rename(vm.root)
-                self._copy_metrics(snap, vm)
-                vm.reverts += 1
-                self._set_state(vm, "Suspended" if snap.is_a_checkpoint else "Halted")
-            return ""
-
-        return str(self._operate(vm, "revert", task, body))
 
     # -- events ---------------------------------------------------------------------------------
 
