@@ -218,17 +218,34 @@ class XapiClient:
             return
         self._transport.timeout = self.settings.timeout
         self._transport.resend_ok = True
+        ref = session._session
         try:
             session.xenapi.session.logout()
             log.debug("xapi logout", url=self.url)
         except Exception as exc:  # the pool may be gone; the session then dies with it
-            log.warning("xapi logout failed", url=self.url,
-                        error=self.credentials.scrub(f"{type(exc).__name__}: {exc}"))
+            details = list(getattr(exc, "details", None) or [])
+            if details[:1] == ["HOST_IS_SLAVE"] and len(details) > 1 and ref:
+                self._logout_at(master_url(self.url, str(details[1])), ref)
+            else:
+                log.warning("xapi logout failed", url=self.url,
+                            error=self.credentials.scrub(f"{type(exc).__name__}: {exc}"))
         finally:
             try:
                 self._transport.close()
             except Exception:  # closing a broken socket
                 pass
+
+    def _logout_at(self, url: str, ref: str) -> None:
+        """Log session ``ref`` out at the master ``url`` (the master changed meanwhile)."""
+        transport = self._make_transport(url)
+        try:
+            proxy = xmlrpc.client.ServerProxy(url, transport=transport, allow_none=True)
+            proxy.session.logout(ref)
+            log.debug("xapi logout at the new master", url=url)
+        except Exception as exc:  # best effort: the session expires on its own
+            log.warning("xapi logout failed", url=url, error=type(exc).__name__)
+        finally:
+            transport.close()
 
     def _relogin_at_master(self, address: str, method: str) -> None:
         """Our session's host became a member: continue on the master.

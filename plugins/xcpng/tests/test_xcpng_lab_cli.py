@@ -89,6 +89,7 @@ def test_human_output_prints_a_config_table(tmp_path: Path) -> None:
     text = "".join(lines)
     assert text.startswith("XAPI lab listening on https://127.0.0.1:")
     assert "VM fruix-build" in text and "[guests.xcpng]" in text
+    assert "host xcp-host1" in text and "(master)" in text
     assert "pinned_cert_sha256 = " in text and "host_key = \"ssh-ed25519 " in text
     assert process.returncode == 0
 

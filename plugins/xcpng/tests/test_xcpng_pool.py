@@ -75,6 +75,17 @@ def test_master_change_during_the_build_still_releases(pool: XapiLab) -> None:
     assert pool.state.calls_of("Async.VM.revert") == ["xcp-host2"]
 
 
+def test_master_change_just_before_logout_still_logs_out(pool: XapiLab) -> None:
+    vm = pool.add_vm("build", ip_delay=0.05)
+    provider = XcpngGuestProvider()
+    pool.faults.on("call:session.logout", lambda: pool.change_master("xcp-host2"))
+    guest = provider.fruix_acquire_guest(guest_request(pool))
+    assert pool.live_sessions() == []
+    assert pool.state.calls_of("session.logout") == ["xcp-host1", "xcp-host2"]
+    provider.fruix_release_guest(guest, "ok")
+    released(pool, vm)
+
+
 def test_master_change_in_the_middle_of_release(pool: XapiLab) -> None:
     vm = pool.add_vm("build", ip_delay=0.05)
     provider = XcpngGuestProvider()

@@ -92,9 +92,12 @@ def _toml_value(value: Any) -> str:
 
 def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
     lines = [f"XAPI lab listening on {description['url']}"]
-    if "certificate" in description:
-        cert = description["certificate"]
-        lines.append(f"  certificate {cert['file']}  sha256 {cert['sha256']}")
+    for host in description["hosts"]:
+        role = "master" if host["master"] else "member"
+        lines.append(f"  host {host['name']}  {host['url']}  ({role})")
+        if "certificate" in host:
+            cert = host["certificate"]
+            lines.append(f"    certificate {cert['file']}  sha256 {cert['sha256']}")
     lines.append("  login: the user and password given in the environment")
     for vm in description["vms"]:
         lines.append(f"VM {vm['name']}  uuid {vm['uuid']}  {vm['power_state']}")
