@@ -76,7 +76,22 @@ class _ConnectionLost(Exception):
 
 
 def master_url(url: str, address: str) -> str:
-    """``url`` pointed at the master ``address`` (same scheme, port and path)."""
+    """``url`` pointed at the master ``address`` (same scheme, port and path).
+
+    :raises GuestError: ``address`` is not an IP address or a host name (the
+        pool's answer is not trusted to build a URL from anything else).
+    """
+    import ipaddress
+    import re
+
+    address = address.strip()
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?",
+                            address):
+            raise GuestError(f"{url}: HOST_IS_SLAVE names a master address that is neither "
+                             f"an IP address nor a host name: {address[:80]!r}") from None
     parts = urlsplit(url)
     host = f"[{address}]" if ":" in address and not address.startswith("[") else address
     netloc = f"{host}:{parts.port}" if parts.port else host

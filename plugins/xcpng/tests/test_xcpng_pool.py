@@ -420,3 +420,22 @@ def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
     config.write_text("[guests.xcpng]\nkeep = \"maybe\"\n")
     bad = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "guests.xcpng" in bad.stderr
+
+
+@pytest.mark.parametrize(("url", "address", "expected"), [
+    ("https://xcp-host2.example:443/", "10.0.0.1", "https://10.0.0.1:443/"),
+    ("https://xcp-host2.example", "xcp-host1.example", "https://xcp-host1.example/"),
+    ("http://127.0.1.1:8080/", "fd00::1", "http://[fd00::1]:8080/"),
+])
+def test_master_url_keeps_scheme_and_port(url: str, address: str, expected: str) -> None:
+    from fruix_xcpng.xapi import master_url
+
+    assert master_url(url, address) == expected
+
+
+@pytest.mark.parametrize("address", ["evil.example/x?y=", "a@b", "", "host name"])
+def test_master_address_from_the_pool_must_be_a_host(address: str) -> None:
+    from fruix_xcpng.xapi import master_url
+
+    with pytest.raises(GuestError, match="neither an IP address nor a host name"):
+        master_url("https://xcp-host2.example/", address)
