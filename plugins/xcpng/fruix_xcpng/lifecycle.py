@@ -106,7 +106,8 @@ def find_vm(xapi: XapiClient, settings: XcpngSettings) -> tuple[str, dict[str, A
                              f"({uuids}); set guests.xcpng.vm_uuid instead")
         ref, record = found[0]
     if record.get("is_a_template") or record.get("is_a_snapshot"):
-        kind = "template" if record.get("is_a_template") else "snapshot"
+        # xen-api: a snapshot is a template too; name it for what it is
+        kind = "snapshot" if record.get("is_a_snapshot") else "template"
         raise GuestError(f"{settings.url}: {settings.vm_label} is a {kind}, not a VM")
     return ref, record
 

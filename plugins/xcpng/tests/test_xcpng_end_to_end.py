@@ -290,3 +290,45 @@ def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLa
     assert f"VM 'build' ({vm.uuid}) was shut down and reverted to clean" in err
     assert_released(lab, vm)
     assert_no_login(out, err)
+
+
+@pytest.fixture
+def pool(tmp_path: Path, lab_credentials: dict[str, str]):  # type: ignore[no-untyped-def]
+    from fruix_xcpng.lab.fixtures import quick_faults
+
+    with XapiLab(tmp_path / "pool", users={LAB_USER: LAB_PASSWORD}, hosts=2,
+                 faults=quick_faults()) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["no-agent", "old-agent", "member-url", "master-change"])
+def test_pool_true_builds(pool: XapiLab, tmp_path: Path, scenario: str) -> None:
+    """Whole builds through the CLI on a two-host pool, each with one real-pool trait."""
+    require_executor("host-initiated")
+    agent = {"no-agent": "none", "old-agent": "old"}.get(scenario, "modern")
+    vm = pool.add_vm("build", ip_delay=0.1, agent=agent)
+    overrides: dict[str, Any] = {"ip_timeout": 20, "ssh_timeout": 20}
+    if scenario == "no-agent":
+        overrides["address"] = vm.address  # an operator-declared address
+    if scenario == "member-url":
+        overrides["url"] = pool.url_of("xcp-host2")
+    settings = pool.provider_settings("build", **fast_settings(**overrides))
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated", settings)
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    if scenario == "master-change":
+        try:
+            wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+        finally:
+            pool.change_master("xcp-host2")  # during the build
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["status"] == "ok" and result["executor"] == "host-initiated"
+    assert_released(pool, vm)
+    assert_no_login(out, err)
+    if scenario in ("member-url", "master-change"):
+        assert "following the pool master" in err
+    if scenario == "no-agent":
+        assert pool.state.calls_of("Async.VM.clean_shutdown") == []  # forced off instead
