@@ -99,6 +99,9 @@ def test_human_output_prints_a_config_table(tmp_path: Path) -> None:
     ("[[vms]]\nname = \"a\"\npower_state = \"Dancing\"\n", "vms[0].power_state"),
     ("[[vms]]\nname = \"a\"\n[[vms]]\nname = \"a\"\n", "vms[1].name"),
     ("[nope]\n", "unknown table"),
+    ("[lab]\nprofile = \"glacial\"\n", "lab.profile"),
+    ("[lab]\ncert_style = \"9.0\"\n", "lab.cert_style"),
+    ("[[vms]]\nname = \"a\"\nagent = \"psychic\"\n", "vms[0].agent"),
 ])
 def test_bad_lab_config_exits_2_naming_file_and_key(tmp_path: Path, toml: str, words: str
                                                     ) -> None:
@@ -159,3 +162,15 @@ def test_the_documented_walkthrough_builds_as_printed(tmp_path: Path) -> None:
     gone = subprocess.run(lab_command("--workdir", workdir, "--print-config"),
                           capture_output=True, text=True, env=environment(), timeout=60)
     assert gone.returncode == 3 and "no lab serves from" in gone.stderr
+
+
+def test_slow_profile_gives_freebsd_agent_timing(tmp_path: Path) -> None:
+    from fruix_xcpng.lab.labconfig import load_lab_config
+
+    config = tmp_path / "lab.toml"
+    config.write_text('[lab]\nprofile = "slow"\n[[vms]]\nname = "a"\n'
+                      '[[vms]]\nname = "b"\nip_delay = 2\n')
+    vms = load_lab_config(config).vms
+    # FreeBSD's xe-guest-utilities reports once a minute
+    assert [vm["ip_delay"] for vm in vms] == [60.0, 2]
+    assert load_lab_config(None).vms[0]["ip_delay"] == 1.0

@@ -207,12 +207,19 @@ def test_snapshot_and_revert_restore_the_root(xapi_lab: XapiLab, session: XenAPI
     assert record["snapshot_of"] == vm.ref
     assert isinstance(record["snapshot_time"], xmlrpc.client.DateTime)
     api.VM.start(vm.ref, False, False)
+    (vif,) = api.VM.get_VIFs(vm.ref)
+    mac = api.VIF.get_MAC(vif)
     (root / "etc/rc.conf").write_text("damaged\n")
     (root / "var-junk").write_text("build leftovers")
     api.VM.revert(snap)  # also on a running VM: it ends halted
     assert api.VM.get_power_state(vm.ref) == "Halted"
     assert (root / "etc/rc.conf").read_text() == "sshd_enable=YES\n"
     assert not (root / "var-junk").exists()
+    # xen-api xapi_vm_snapshot.ml revert: the VIFs are recreated from the snapshot's,
+    # with their MAC addresses (a DHCP reservation by MAC survives every revert)
+    (new_vif,) = api.VM.get_VIFs(vm.ref)
+    assert new_vif != vif and api.VIF.get_MAC(new_vif) == mac
+    assert details(api.VIF.get_MAC, vif)[0] == "HANDLE_INVALID"
     # xen-api ocaml/xapi-consts/api_errors.ml: only_revert_snapshot, no parameters;
     # xapi_vm_lifecycle.ml check_snapshot: VM_IS_SNAPSHOT [vm, op]
     assert details(api.VM.revert, vm.ref) == ["REVERT_ONLY_ALLOWED_ON_SNAPSHOT"]

@@ -72,6 +72,12 @@ def new_ref() -> str:
     return f"OpaqueRef:{uuidlib.uuid4()}"
 
 
+def _mac() -> str:
+    """A MAC address in Xen's locally administered range (00:16:3e is Xen's OUI)."""
+    tail = uuidlib.uuid4().bytes[:3]
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in tail)
+
+
 def xapi_time(seconds: float) -> xmlrpc.client.DateTime:
     """A ``dateTime`` value as XAPI sends it (``20240131T12:00:00Z``)."""
     return xmlrpc.client.DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(seconds)))
@@ -156,6 +162,8 @@ class LabVM:
     is_a_checkpoint: bool = False
     snapshot_of: str = NULL_REF
     snapshots: list[str] = field(default_factory=list)
+    #: VIF ref -> MAC address (a revert replaces the VIFs by copies of the snapshot's)
+    vifs: dict[str, str] = field(default_factory=lambda: {new_ref(): _mac()})
     guest_metrics: str = NULL_REF
     snapshot_time: float = 0.0
     resident_on: str = NULL_REF

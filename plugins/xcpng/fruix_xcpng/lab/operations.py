@@ -291,7 +291,8 @@ class VmOperations:
                 snap = LabVM(name=str(name), power_state="Suspended" if checkpoint else "Halted",
                              is_a_snapshot=True, is_a_checkpoint=checkpoint, snapshot_of=vm.ref,
                              address=vm.address, ssh_port=vm.ssh_port, agent=vm.agent,
-                             snapshot_time=time.time())
+                             snapshot_time=time.time(),
+                             vifs={new_ref(): mac for mac in vm.vifs.values()})
                 if vm.root is not None:
                     copy = self._snapshot_root(snap)
                     shutil.copytree(vm.root, copy, symlinks=True)
@@ -328,6 +329,8 @@ class VmOperations:
                     shutil.rmtree(vm.root)
                     scratch.rename(vm.root)
                 self._copy_metrics(snap, vm)
+                # the VM's VIFs are destroyed and recreated from the snapshot's (same MACs)
+                vm.vifs = {new_ref(): mac for mac in snap.vifs.values()}
                 vm.reverts += 1
                 self._set_state(vm, "Suspended" if snap.is_a_checkpoint else "Halted")
             return ""

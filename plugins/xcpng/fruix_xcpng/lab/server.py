@@ -65,6 +65,8 @@ def method_table(state: XapiState) -> dict[str, Call]:
         "VM.get_by_name_label": Call(state.get_by_name_label, 1, 1),
         "VM.get_record": Call(state.get_record, 1, 1),
         "VM_guest_metrics.get_record": Call(state.metrics_record, 1, 1),
+        "VIF.get_record": Call(state.vif_record, 1, 1),
+        "VIF.get_MAC": Call(lambda ref: state.vif_record(ref)["MAC"], 1, 1),
         "VM_guest_metrics.get_networks": Call(networks, 1, 1),
         "VM.start": Call(state.start, 3, 3, operation=True),
         "VM.clean_shutdown": Call(state.clean_shutdown, 1, 1, operation=True),
@@ -89,7 +91,7 @@ def method_table(state: XapiState) -> dict[str, Call]:
         "host.get_server_certificate": Call(state.host_get_server_certificate, 1, 1),
     }
     for name in ("uuid", "name_label", "power_state", "guest_metrics", "snapshots",
-                 "snapshot_of", "is_a_snapshot", "is_a_template", "allowed_operations",
+                 "snapshot_of", "is_a_snapshot", "is_a_template", "allowed_operations", "VIFs",
                  "current_operations", "resident_on"):
         table[f"VM.get_{name}"] = Call(field(name), 1, 1)
     for name in ("status", "result", "error_info", "name_label", "progress", "uuid",

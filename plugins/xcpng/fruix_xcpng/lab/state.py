@@ -255,6 +255,7 @@ class XapiState(VmOperations):
             "is_control_domain": False,
             "snapshot_of": vm.snapshot_of,
             "snapshots": list(vm.snapshots),
+            "VIFs": list(vm.vifs),
             "snapshot_time": xapi_time(vm.snapshot_time),
             "guest_metrics": vm.guest_metrics,
             "resident_on": vm.resident_on,
@@ -446,6 +447,13 @@ class XapiState(VmOperations):
     def get_field(self, ref: Any, name: str) -> Any:
         with self._lock:
             return self._record(self._vm(ref))[name]
+
+    def vif_record(self, ref: Any) -> dict[str, Any]:
+        with self._lock:
+            for vm in self.vms.values():
+                if isinstance(ref, str) and ref in vm.vifs:
+                    return {"MAC": vm.vifs[ref], "VM": vm.ref, "device": "0"}
+            raise XapiError("HANDLE_INVALID", "VIF", ref)
 
     def metrics_record(self, ref: Any) -> dict[str, Any]:
         with self._lock:
