@@ -74,7 +74,7 @@ class XcpngGuestProvider:
         """Shut the VM down and revert it to the snapshot (or keep it, as configured)."""
         if guest.provider != PROVIDER_NAME:
             return
-        from fruix_xcpng.lifecycle import release
+        from fruix_xcpng.lifecycle import release_shielded
 
         lease_id = str(guest.details.get("lease", ""))
         with self._lock:
@@ -83,7 +83,8 @@ class XcpngGuestProvider:
             raise GuestError(f"no lease for VM {guest.details.get('vm_uuid', guest.name)} in "
                              "this process; shut it down and revert it by hand")
         try:
-            release(lease, outcome)
+            # Once begun, release is not abandoned by one more Ctrl-C (see shield).
+            release_shielded(lease, outcome)
         finally:
             if lease.released:
                 with self._lock:

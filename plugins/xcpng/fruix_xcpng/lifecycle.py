@@ -2,11 +2,18 @@
 
 :func:`acquire` leaves the VM running with sshd answering the pinned key and
 returns a :class:`Lease`; :func:`release` takes the lease back: a clean
-shutdown under a deadline, a hard shutdown when that fails, then ``VM.revert``
-to the snapshot (which leaves the VM halted) - or, under the ``keep`` policy,
+shutdown under a deadline (when the VM offers one), a hard shutdown when that
+fails, then ``VM.revert`` to the snapshot - or, under the ``keep`` policy,
 nothing but a loud warning naming the VM and its address. Each function opens
-its own XenAPI session and always logs it out: a build lasts longer than a
-session should.
+its own XenAPI session on the pool master (following a master change) and
+always logs it out: a build lasts longer than a session should.
+
+Every VM operation runs as an ``Async.VM.*`` task with a deadline; on the
+deadline or an interrupt the task is cancelled on the pool (xen-api finishes a
+blocking call even when its client hangs up, and a conflicting operation waits
+there for up to two hours). A call whose connection broke after it was sent is
+never sent again blindly: the VM's ``current_operations`` tell whether the
+pool is doing it, and its power state whether it is done.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from fruix_core.model import CancelToken
 from fruix_xcpng.network import candidate_addresses
 from fruix_xcpng.settings import Credentials, XcpngSettings
 from fruix_xcpng.sshprobe import wait_for_ssh
-from fruix_xcpng.xapi import XapiClient, XapiFailure
+from fruix_xcpng.xapi import OutcomeUnknown, XapiClient, XapiFailure
 
-__all__ = ["Lease", "acquire", "find_snapshot", "find_vm", "release", "wait_for_address"]
+__all__ = ["Lease", "acquire", "find_snapshot", "find_vm", "release", "release_shielded",
+           "release_vm", "vm_operation", "wait_for_address"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +41,8 @@ NULL_REF = "OpaqueRef:NULL"
 #: Longest single ``event.from`` wait: events wake us at once, this bounds how late
 #: we notice a deadline or an interrupt.
 EVENT_WAIT = 1.0
-#: Seconds to wait for XAPI to report Halted after a shutdown call returned.
-HALT_SETTLE = 10.0
+#: How often FreeBSD's xe-guest-utilities agent reports (``xe-daemon``: every 60 s).
+AGENT_CADENCE = 60
 
 
 @dataclass(slots=True)
@@ -49,12 +57,23 @@ class Lease:
     snapshot_ref: str
     snapshot_uuid: str
     found_state: str
+    snapshot_name: str = ""
     lease_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     address: str = ""
     released: bool = False
+    #: the pool master last talked to (release starts there)
+    master_url: str = ""
+    #: host address -> certificate SHA-256, learned from the pool at acquire
+    learned_pins: dict[str, str] = field(default_factory=dict)
+    #: what release is doing now, for the terminal
+    stage: str = "not started"
 
     def describe(self) -> str:
         return f"VM '{self.vm_name}' ({self.vm_uuid})"
+
+    @property
+    def snapshot_label(self) -> str:
+        return self.snapshot_name or self.snapshot_uuid
 
 
 # -- finding things -------------------------------------------------------------------
@@ -87,14 +106,15 @@ def find_vm(xapi: XapiClient, settings: XcpngSettings) -> tuple[str, dict[str, A
                              f"({uuids}); set guests.xcpng.vm_uuid instead")
         ref, record = found[0]
     if record.get("is_a_template") or record.get("is_a_snapshot"):
-        kind = "template" if record.get("is_a_template") else "snapshot"
+        # xen-api: a snapshot is a template too; name it for what it is
+        kind = "snapshot" if record.get("is_a_snapshot") else "template"
         raise GuestError(f"{settings.url}: {settings.vm_label} is a {kind}, not a VM")
     return ref, record
 
 
 def find_snapshot(xapi: XapiClient, settings: XcpngSettings, vm_record: dict[str, Any]
-                  ) -> tuple[str, str]:
-    """The ref and uuid of the VM's snapshot named (or with uuid) ``settings.snapshot``."""
+                  ) -> tuple[str, str, str]:
+    """The ref, uuid and name of the VM's snapshot named (or with uuid) ``settings.snapshot``."""
     wanted = settings.snapshot
     names = []
     matches = []
@@ -102,7 +122,7 @@ def find_snapshot(xapi: XapiClient, settings: XcpngSettings, vm_record: dict[str
         record = xapi.call("VM.get_record", ref)
         names.append(record.get("name_label", ""))
         if wanted in (record.get("uuid"), record.get("name_label")):
-            matches.append((ref, record["uuid"]))
+            matches.append((ref, record["uuid"], record.get("name_label", "")))
     if not matches:
         listing = ", ".join(f"'{n}'" for n in sorted(names)) or "none"
         raise GuestError(f"{settings.url}: VM '{vm_record.get('name_label')}' has no snapshot "
@@ -114,6 +134,53 @@ def find_snapshot(xapi: XapiClient, settings: XcpngSettings, vm_record: dict[str
     return matches[0]
 
 
+# -- VM operations as tasks ----------------------------------------------------------------
+
+
+def vm_operation(xapi: XapiClient, method: str, *args: Any, vm_ref: str, op: str,
+                 done_state: str | None, deadline: float, label: str,
+                 cancel: CancelToken | None = None) -> None:
+    """Run ``Async.<method>``; if the connection broke after sending, find out what happened.
+
+    After a broken connection the pool may be doing the operation (it is then
+    listed in the VM's ``current_operations`` under its task, which we wait
+    for), may have done it (the VM is in ``done_state``), or never got it (then
+    it is sent once more).
+    """
+    try:
+        xapi.run_task(method, *args, deadline=deadline, label=label, cancel=cancel)
+        return
+    except OutcomeUnknown as exc:
+        log.warning("connection broke after sending; asking the pool what it did", vm=label,
+                    method=method, error=str(exc))
+    for look in range(3):
+        record = xapi.call("VM.get_record", vm_ref)
+        if done_state is not None and record.get("power_state") == done_state:
+            return
+        ours = [task for task, what in dict(record.get("current_operations", {})).items()
+                if what == op]
+        if ours:
+            xapi.run_task(method, deadline=deadline, label=label, cancel=cancel, task=ours[0])
+            return
+        if look < 2:  # the task may not have registered its operation yet
+            pause = min(xapi.settings.poll_interval, 1.0)
+            if cancel is not None:
+                cancel.wait(pause)
+            else:
+                time.sleep(pause)
+    log.warning("the pool never got the call; sending it again", vm=label, method=method)
+    xapi.run_task(method, *args, deadline=deadline, label=label, cancel=cancel)
+
+
+def _busy(record: dict[str, Any], label: str) -> None:
+    """Refuse a VM that someone else's operation holds; touches nothing."""
+    current = dict(record.get("current_operations") or {})
+    if current:
+        ops = ", ".join(sorted(set(current.values())))
+        raise GuestError(f"{label} is busy with another operation ({ops}); another build or an "
+                         "operator is using it")
+
+
 # -- acquiring ----------------------------------------------------------------------------
 
 
@@ -121,7 +188,8 @@ def _check_policy(settings: XcpngSettings, state: str, label: str) -> None:
     """Refuse a VM whose power state the policy does not let us take; touches nothing."""
     if state == "Running" and settings.running != "use":
         raise GuestError(f"{label} is already Running; another build or an operator may "
-                         "be using it (set guests.xcpng.running = \"use\" to take it)")
+                         "be using it (set guests.xcpng.running = \"use\" to take it, or "
+                         "release it first)")
     if state == "Paused" and settings.paused != "unpause":
         raise GuestError(f"{label} is Paused (set guests.xcpng.paused = \"unpause\" to take it)")
     if state == "Suspended" and settings.suspended != "resume":
@@ -132,34 +200,38 @@ def _check_policy(settings: XcpngSettings, state: str, label: str) -> None:
 
 
 def _power_up(xapi: XapiClient, settings: XcpngSettings, ref: str, state: str,
-              label: str) -> None:
+              label: str, cancel: CancelToken | None) -> None:
     """Bring the VM to Running (the policy was checked already)."""
     start_timeout = max(settings.timeout, settings.shutdown_timeout)
     if state == "Halted":
         log.info("starting VM", vm=label)
-        xapi.call("VM.start", ref, False, False, timeout=start_timeout)
+        vm_operation(xapi, "VM.start", ref, False, False, vm_ref=ref, op="start",
+                     done_state="Running", deadline=start_timeout, label=label, cancel=cancel)
     elif state == "Running":
         log.warning("using the already running VM", vm=label)
     elif state == "Paused":
         log.info("unpausing VM", vm=label)
-        xapi.call("VM.unpause", ref)
+        vm_operation(xapi, "VM.unpause", ref, vm_ref=ref, op="unpause", done_state="Running",
+                     deadline=settings.timeout, label=label, cancel=cancel)
     elif state == "Suspended":
         log.info("resuming VM", vm=label)
-        xapi.call("VM.resume", ref, False, False, timeout=start_timeout)
+        vm_operation(xapi, "VM.resume", ref, False, False, vm_ref=ref, op="resume",
+                     done_state="Running", deadline=start_timeout, label=label, cancel=cancel)
 
 
-def _read_networks(xapi: XapiClient, ref: str, label: str) -> dict[str, str]:
+def _read_networks(xapi: XapiClient, ref: str, label: str) -> tuple[str, dict[str, str]]:
+    """The VM's guest metrics ref and networks (``{}`` before the agent reported)."""
     state = xapi.call("VM.get_power_state", ref)
     if state != "Running":
         raise GuestError(f"{label} went {state} while waiting for its address")
     metrics = xapi.call("VM.get_guest_metrics", ref)
     if not metrics or metrics == NULL_REF:
-        return {}
+        return NULL_REF, {}
     try:
-        return dict(xapi.call("VM_guest_metrics.get_networks", metrics))
+        return metrics, dict(xapi.call("VM_guest_metrics.get_networks", metrics))
     except XapiFailure as exc:
-        if exc.code == "HANDLE_INVALID":  # the agent restarted and replaced its record
-            return {}
+        if exc.code == "HANDLE_INVALID":  # the record was replaced meanwhile
+            return NULL_REF, {}
         raise
 
 
@@ -167,30 +239,37 @@ def wait_for_address(xapi: XapiClient, settings: XcpngSettings, ref: str, label:
                      cancel: CancelToken | None = None) -> str:
     """Wait for the guest agent to report a usable address; ``event.from``, else polling.
 
+    Subscribes to the VM itself and to its own guest metrics record only (not
+    to every VM's metrics in the pool).
+
     :raises GuestError: no usable address within ``settings.ip_timeout``.
     """
     deadline = time.monotonic() + settings.ip_timeout
     token = ""
     use_events = True
-    seen: dict[str, str] = {}
     while True:
         if cancel is not None and cancel.cancelled:
             raise Cancelled(f"interrupted while waiting for the address of {label}")
-        seen = _read_networks(xapi, ref, label)
+        metrics, seen = _read_networks(xapi, ref, label)
         candidates = candidate_addresses(seen, settings.device)
         if candidates:
             return candidates[0]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            reported = ", ".join(f"{k}={v}" for k, v in sorted(seen.items())) or "nothing"
-            raise GuestError(f"{label} reported no usable address within "
-                             f"{settings.ip_timeout:g} s (agent reported: {reported}); is "
-                             "xe-guest-utilities installed and running in the guest?")
+            reported = ", ".join(f"{k}={v!r}" for k, v in sorted(seen.items())) or "nothing"
+            raise GuestError(
+                f"{label} reported no usable address within {settings.ip_timeout:g} s (agent "
+                f"reported: {reported}). The guest agent (xe-guest-utilities; on FreeBSD "
+                f"xenguest_enable=\"YES\" in rc.conf) reports about every {AGENT_CADENCE} s; "
+                "raise guests.xcpng.ip_timeout, or for a guest without the agent set "
+                "guests.xcpng.address")
         if use_events:
             wait = min(remaining, EVENT_WAIT)
+            classes = [f"vm/{ref}"] + ([f"vm_guest_metrics/{metrics}"]
+                                       if metrics != NULL_REF else [])
             try:
-                answer = xapi.call("event.from", ["vm/" + ref, "vm_guest_metrics"], token,
-                                   float(wait), timeout=wait + settings.timeout)
+                answer = xapi.call("event.from", classes, token, float(wait),
+                                   timeout=wait + settings.timeout)
                 token = answer.get("token", token) if isinstance(answer, dict) else token
                 continue
             except XapiFailure as exc:
@@ -207,7 +286,7 @@ def wait_for_address(xapi: XapiClient, settings: XcpngSettings, ref: str, label:
 
 def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
             cancel: CancelToken | None = None) -> Lease:
-    """Boot (or take) the VM, wait for its address and its sshd; the VM is released on failure.
+    """Boot (or take) the VM, find its address, wait for its sshd; the VM is released on failure.
 
     :raises GuestError: the VM cannot be found or used, or a wait timed out.
     :raises HostKeyError: the guest's sshd shows another key than the pinned one.
@@ -216,27 +295,43 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
     lease: Lease | None = None
     try:
         with XapiClient(settings, credentials) as xapi:
+            learned = xapi.learn_pool_certificates()
             ref, record = find_vm(xapi, settings)
             label = f"VM '{record.get('name_label')}' ({record.get('uuid')})"
-            snapshot_ref, snapshot_uuid = find_snapshot(xapi, settings, record)
+            snapshot_ref, snapshot_uuid, snapshot_name = find_snapshot(xapi, settings, record)
             state = record.get("power_state", "")
             log.info("acquiring VM", vm=label, power_state=state, run_id=run_id)
+            _busy(record, label)
             _check_policy(settings, state, label)
             prepared = Lease(settings=settings, credentials=credentials, vm_ref=ref,
                              vm_uuid=record["uuid"], vm_name=record.get("name_label", ""),
                              snapshot_ref=snapshot_ref, snapshot_uuid=snapshot_uuid,
-                             found_state=state)
+                             snapshot_name=snapshot_name, found_state=state,
+                             master_url=xapi.url, learned_pins=learned)
             try:
-                _power_up(xapi, settings, ref, state, label)
-            except XapiFailure:
-                # XAPI refused: the VM is as it was, maybe another run's; hands off.
-                raise
+                _power_up(xapi, settings, ref, state, label, cancel)
+            except XapiFailure as exc:
+                if exc.code == "TASK_CANCELLED":
+                    lease = prepared  # our own task, cancelled: clean up
+                    raise
+                if exc.code in ("VM_BAD_POWER_STATE", "OTHER_OPERATION_IN_PROGRESS"):
+                    # Someone else got there first: the VM is theirs; hands off.
+                    raise GuestError(f"{label} was taken by another operation while starting "
+                                     f"({exc.code}); another build or an operator is using "
+                                     "it") from None
+                raise  # XAPI refused to start it: the VM is as it was
             except BaseException:
                 lease = prepared  # unknown outcome (timeout, interrupt): clean up to be safe
                 raise
             lease = prepared
-            lease.address = wait_for_address(xapi, settings, ref, label, cancel)
-        log.info("VM reported its address", vm=label, address=lease.address)
+            lease.master_url = xapi.url
+            if settings.address:
+                lease.address = settings.address
+                log.info("using the configured address (no agent needed)", vm=label,
+                         address=lease.address)
+            else:
+                lease.address = wait_for_address(xapi, settings, ref, label, cancel)
+                log.info("VM reported its address", vm=label, address=lease.address)
         wait_for_ssh(lease.address, settings.ssh_port, key_type=settings.host_key_type,
                      key_blob=settings.host_key_blob, timeout=settings.ssh_timeout,
                      cancel=cancel, interval=min(settings.poll_interval, 1.0))
@@ -248,7 +343,7 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
             if isinstance(exc, Cancelled):
                 outcome = "interrupted"
             try:
-                release(lease, outcome)
+                release_shielded(lease, outcome)
             except FruixError as release_error:
                 log.error("could not release VM after a failed acquire", vm=lease.describe(),
                           error=str(release_error))
@@ -258,53 +353,53 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
 # -- releasing ------------------------------------------------------------------------------
 
 
-def _wait_halted(xapi: XapiClient, ref: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = xapi.call("VM.get_power_state", ref)
-        if state == "Halted" or time.monotonic() >= deadline:
-            return state
-        time.sleep(0.2)
+def _stage(lease: Lease, text: str) -> None:
+    lease.stage = text
+    log.info(text + "…", vm=lease.vm_uuid)
 
 
 def _hard_shutdown(xapi: XapiClient, lease: Lease) -> None:
-    """``VM.hard_shutdown``, retried while the abandoned clean shutdown still holds the VM."""
-    deadline = time.monotonic() + HALT_SETTLE
-    while True:
-        try:
-            xapi.call("VM.hard_shutdown", lease.vm_ref, timeout=lease.settings.shutdown_timeout)
-            return
-        except XapiFailure as exc:
-            if exc.code == "VM_BAD_POWER_STATE":  # halted meanwhile
-                return
-            if exc.code != "OTHER_OPERATION_IN_PROGRESS" or time.monotonic() >= deadline:
-                raise
-        time.sleep(0.5)
+    settings = lease.settings
+    try:
+        vm_operation(xapi, "VM.hard_shutdown", lease.vm_ref, vm_ref=lease.vm_ref,
+                     op="hard_shutdown", done_state="Halted",
+                     deadline=max(settings.timeout, settings.shutdown_timeout),
+                     label=lease.describe())
+    except XapiFailure as exc:
+        if exc.code != "VM_BAD_POWER_STATE":  # halted meanwhile: fine
+            raise
 
 
 def _shut_down(xapi: XapiClient, lease: Lease) -> None:
     settings, ref, label = lease.settings, lease.vm_ref, lease.describe()
-    state = xapi.call("VM.get_power_state", ref)
+    record = xapi.call("VM.get_record", ref)
+    state = record.get("power_state", "")
     if state == "Running":
-        log.info("shutting VM down", vm=label, deadline=settings.shutdown_timeout)
-        try:
-            xapi.call("VM.clean_shutdown", ref, timeout=settings.shutdown_timeout)
-        except GuestError as exc:
-            log.warning("clean shutdown failed or took too long; forcing it", vm=label,
-                        error=str(exc))
-            state = xapi.call("VM.get_power_state", ref)
+        if "clean_shutdown" in record.get("allowed_operations", ()):
+            _stage(lease, f"shutting down VM {lease.vm_name or lease.vm_uuid}")
+            try:
+                vm_operation(xapi, "VM.clean_shutdown", ref, vm_ref=ref, op="clean_shutdown",
+                             done_state="Halted", deadline=settings.shutdown_timeout,
+                             label=label)
+            except XapiFailure as exc:
+                if exc.code != "VM_BAD_POWER_STATE":
+                    log.warning("clean shutdown failed; forcing it", vm=label, error=str(exc))
+            except GuestError as exc:
+                log.warning("clean shutdown took too long; forcing it", vm=label,
+                            error=str(exc))
         else:
-            state = _wait_halted(xapi, ref, HALT_SETTLE)
+            log.info("the VM offers no clean shutdown (no guest agent?); forcing it", vm=label)
+        state = xapi.call("VM.get_power_state", ref)
     if state != "Halted":
-        log.info("hard shutdown", vm=label, power_state=state)
+        _stage(lease, f"forcing VM {lease.vm_name or lease.vm_uuid} off")
         _hard_shutdown(xapi, lease)
-        state = _wait_halted(xapi, ref, HALT_SETTLE)
+        state = xapi.call("VM.get_power_state", ref)
     if state != "Halted":
         raise GuestError(f"{label} is still {state} after a hard shutdown")
 
 
 def _revert(xapi: XapiClient, lease: Lease) -> None:
-    label = lease.describe()
+    settings, label = lease.settings, lease.describe()
     try:
         snapshot = xapi.call("VM.get_by_uuid", lease.snapshot_uuid)
     except XapiFailure as exc:
@@ -312,18 +407,25 @@ def _revert(xapi: XapiClient, lease: Lease) -> None:
             raise GuestError(f"{label}: snapshot {lease.snapshot_uuid} disappeared; "
                              "the VM was shut down but not reverted") from None
         raise
-    log.info("reverting VM", vm=label, snapshot=lease.snapshot_uuid)
-    xapi.call("VM.revert", snapshot, timeout=max(lease.settings.timeout,
-                                                 lease.settings.shutdown_timeout))
-    # A snapshot taken with memory would come back running: halt it again.
-    if xapi.call("VM.get_power_state", lease.vm_ref) != "Halted":
+    _stage(lease, f"reverting to {lease.snapshot_label}")
+    vm_operation(xapi, "VM.revert", snapshot, vm_ref=lease.vm_ref, op="revert",
+                 done_state=None, deadline=max(settings.timeout, settings.shutdown_timeout),
+                 label=label)
+    # A checkpoint (a snapshot with memory) reverts to Suspended: halt it again.
+    state = xapi.call("VM.get_power_state", lease.vm_ref)
+    if state != "Halted":
+        log.info("the snapshot came back not halted; shutting it down", vm=label,
+                 power_state=state)
         _shut_down(xapi, lease)
 
 
 def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
     """Shut the VM down and revert it, or keep it running as configured.
 
-    Retries the whole sequence a few times on a connection failure.
+    Starts at the master the lease last talked to, follows a master change,
+    and retries the whole sequence a few times (also at the configured URL) on
+    a connection failure. Never looks at the run's cancel token: release runs
+    to the end.
 
     :raises GuestError: the VM could not be released; the message says how to
         do it by hand.
@@ -334,6 +436,7 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
     keep = settings.keep == "always" or (settings.keep == "on-failure" and outcome == "failed")
     if keep:
         lease.released = True
+        lease.stage = "kept"
         where = f"RUNNING at {lease.address}" if lease.address else "as it is (no address yet)"
         log.warning(f"KEEPING {label} {where} "
                     f"(keep = \"{settings.keep}\", run {outcome}); it is NOT reverted; "
@@ -343,14 +446,20 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
                     outcome=outcome, keep=settings.keep)
         return
     error: FruixError | None = None
+    urls = list(dict.fromkeys(u for u in (lease.master_url, settings.url) if u))
     for attempt in range(1, attempts + 1):
+        url = urls[(attempt - 1) % len(urls)]
         try:
-            with XapiClient(settings, lease.credentials) as xapi:
+            with XapiClient(settings, lease.credentials, url=url,
+                            learned_pins=lease.learned_pins) as xapi:
                 _shut_down(xapi, lease)
                 _revert(xapi, lease)
+                lease.master_url = xapi.url
+                lease.stage = "logging out"
             lease.released = True
-            log.info("VM released: halted and reverted", vm=label, outcome=outcome,
-                     snapshot=lease.snapshot_uuid)
+            lease.stage = "done"
+            log.info(f"{label} was shut down and reverted to {lease.snapshot_label}",
+                     vm=label, outcome=outcome, snapshot=lease.snapshot_uuid)
             return
         except XapiFailure as exc:
             error = exc
@@ -364,3 +473,34 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
     raise GuestError(f"could not release {label}: {error}; by hand: xe vm-shutdown "
                      f"uuid={lease.vm_uuid} force=true && xe snapshot-revert "
                      f"snapshot-uuid={lease.snapshot_uuid}")
+
+
+def release_shielded(lease: Lease, outcome: str) -> None:
+    """:func:`release`, not abandoned by a single Ctrl-C (see :mod:`fruix_xcpng.shield`)."""
+    from fruix_xcpng.shield import shielded
+
+    shielded(lambda: release(lease, outcome), label=lease.describe(), stage=lambda: lease.stage,
+             how_to_finish=f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
+                           f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}")
+
+
+def release_vm(settings: XcpngSettings, credentials: Credentials) -> Lease:
+    """Release the configured VM without a lease (a kept or stranded one): shut down, revert.
+
+    :raises GuestError: as :func:`release`, or the VM or snapshot cannot be found.
+    """
+    with XapiClient(settings, credentials) as xapi:
+        learned = xapi.learn_pool_certificates()
+        ref, record = find_vm(xapi, settings)
+        snapshot_ref, snapshot_uuid, snapshot_name = find_snapshot(xapi, settings, record)
+        lease = Lease(settings=settings, credentials=credentials, vm_ref=ref,
+                      vm_uuid=record["uuid"], vm_name=record.get("name_label", ""),
+                      snapshot_ref=snapshot_ref, snapshot_uuid=snapshot_uuid,
+                      snapshot_name=snapshot_name, found_state=record.get("power_state", ""),
+                      master_url=xapi.url, learned_pins=learned)
+    # keep applies to builds, never to an explicit release
+    from dataclasses import replace
+
+    lease.settings = replace(settings, keep="never")
+    release_shielded(lease, "released")
+    return lease

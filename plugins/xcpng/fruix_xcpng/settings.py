@@ -38,15 +38,20 @@ KEEP_POLICIES = ("never", "on-failure", "always")
 
 #: The keys of ``[guests.xcpng]``; docs/operator/xcpng.rst documents each one.
 SCHEMA: dict[str, Key] = {
-    "url": Key(str, "", "pool master URL, https://HOST (http:// only for a lab)"),
+    "url": Key(str, "", "a pool host's URL, https://HOST (the master is followed; http:// "
+                        "only for a lab)"),
     "vm_uuid": Key(str, "", "the build VM by uuid"),
     "vm_name": Key(str, "", "the build VM by name label (must be unique)"),
     "snapshot": Key(str, "", "snapshot (name label or uuid) reverted to after each build"),
     "username_env": Key(str, "FRUIX_XCPNG_USERNAME", "environment variable with the user"),
     "password_env": Key(str, "FRUIX_XCPNG_PASSWORD", "environment variable with the password"),
     "credentials_file": Key(str, "", "private TOML file with username/password (mode 0600)"),
-    "ca_file": Key(str, "", "CA bundle that signed the pool master's certificate"),
-    "pinned_cert_sha256": Key(str, "", "SHA-256 fingerprint of the pool master's certificate"),
+    "ca_file": Key(str, "", "CA bundle (or the hosts' certificates) the pool's certificates "
+                            "verify against"),
+    "pinned_cert_sha256": Key((str, list), "", "SHA-256 fingerprint(s) of the pool hosts' "
+                              "certificates, one per host"),
+    "tls_server_names": Key((str, list), "", "DNS names a certificate may carry when a host is "
+                            "reached by IP address (with ca_file)"),
     "insecure": Key(bool, False, "skip TLS verification (never by default)"),
     "timeout": Key((int, float), 30, "socket timeout of every XenAPI call, seconds"),
     "originator": Key(str, "fruix-native-build", "originator reported at login"),
@@ -54,6 +59,8 @@ SCHEMA: dict[str, Key] = {
     "paused": Key(str, "refuse", "a VM found Paused: 'unpause' it or 'refuse'"),
     "suspended": Key(str, "refuse", "a VM found Suspended: 'resume' it or 'refuse'"),
     "ip_timeout": Key((int, float), 300, "seconds to wait for the guest agent's address"),
+    "address": Key(str, "", "the guest's address, for guests without an agent "
+                            "('' = ask the agent)"),
     "ssh_timeout": Key((int, float), 120, "seconds to wait for sshd with the pinned key"),
     "shutdown_timeout": Key((int, float), 120, "seconds a clean shutdown may take"),
     "poll_interval": Key((int, float), 2, "seconds between polls when events are unavailable"),
@@ -117,7 +124,8 @@ class XcpngSettings:
     password_env: str
     credentials_file: str
     ca_file: str
-    pinned_cert_sha256: str
+    pinned_cert_sha256: tuple[str, ...]
+    tls_server_names: tuple[str, ...]
     insecure: bool
     timeout: float
     originator: str
@@ -125,6 +133,7 @@ class XcpngSettings:
     paused: str
     suspended: str
     ip_timeout: float
+    address: str
     ssh_timeout: float
     shutdown_timeout: float
     poll_interval: float
@@ -195,6 +204,48 @@ def parse_host_key(text: str, *, file: str | None, key: str) -> str:
     return f"{fields[0]} {fields[1]}"
 
 
+def _pins(value: str | list[Any], file: str | None) -> tuple[str, ...]:
+    key = f"{PREFIX}.pinned_cert_sha256"
+    items = [value] if isinstance(value, str) else value
+    pins = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError("must be a string or a list of strings", file=file, key=key)
+        pin = item.replace(":", "").strip().lower()
+        if pin.startswith("sha256"):
+            pin = pin[6:]
+        if not pin:
+            continue
+        if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+            raise ConfigError("must be 64 hex digits (colons allowed)", file=file, key=key)
+        pins.append(pin)
+    return tuple(dict.fromkeys(pins))
+
+
+def _names(value: str | list[Any], file: str | None) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    names = []
+    for item in items:
+        if not isinstance(item, str) or (item.strip() and not _host_like(item.strip())):
+            raise ConfigError("must be a DNS name or a list of them", file=file,
+                              key=f"{PREFIX}.tls_server_names")
+        if item.strip():
+            names.append(item.strip().lower())
+    return tuple(names)
+
+
+def _host_like(text: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?",
+                            text) is not None
+    return True
+
+
 def parse_settings(section: Mapping[str, Any], *, file: str | None = None) -> XcpngSettings:
     """Validate ``[guests.xcpng]``.
 
@@ -231,10 +282,9 @@ def parse_settings(section: Mapping[str, Any], *, file: str | None = None) -> Xc
                 ("timeout", "ip_timeout", "ssh_timeout", "shutdown_timeout", "poll_interval",
                  "connect_timeout")}
 
-    pin = values["pinned_cert_sha256"].replace(":", "").strip().lower()
-    if pin and (len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin)):
-        raise ConfigError("must be 64 hex digits (colons allowed)", file=file,
-                          key=f"{PREFIX}.pinned_cert_sha256")
+    pins = _pins(values["pinned_cert_sha256"], file)
+    pin = bool(pins)
+    server_names = _names(values["tls_server_names"], file)
     ca_file = _resolve(values["ca_file"], file)
     if ca_file and not os.path.isfile(ca_file):
         raise ConfigError("file not found", file=file, key=f"{PREFIX}.ca_file")
@@ -243,6 +293,13 @@ def parse_settings(section: Mapping[str, Any], *, file: str | None = None) -> Xc
                           file=file, key=f"{PREFIX}.insecure")
     if parts.scheme == "http" and (pin or ca_file):
         raise ConfigError("TLS settings need an https:// URL", file=file, key=f"{PREFIX}.url")
+    if server_names and not ca_file:
+        raise ConfigError("only applies with ca_file", file=file,
+                          key=f"{PREFIX}.tls_server_names")
+    address = values["address"].strip()
+    if address and not _host_like(address):
+        raise ConfigError("must be an IP address or a host name", file=file,
+                          key=f"{PREFIX}.address")
 
     if not 0 < values["ssh_port"] < 65536:
         raise ConfigError("must be a TCP port", file=file, key=f"{PREFIX}.ssh_port")
@@ -281,7 +338,9 @@ def parse_settings(section: Mapping[str, Any], *, file: str | None = None) -> Xc
         password_env=values["password_env"],
         credentials_file=_resolve(values["credentials_file"], file),
         ca_file=ca_file,
-        pinned_cert_sha256=pin,
+        pinned_cert_sha256=pins,
+        tls_server_names=server_names,
+        address=address,
         insecure=values["insecure"],
         originator=values["originator"],
         running=values["running"],

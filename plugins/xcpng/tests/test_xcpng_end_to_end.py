@@ -133,7 +133,8 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
     assert_no_login(done.stdout, done.stderr)
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()
               if line.startswith("{")]
-    assert events.index("guest acquired") < events.index("VM released: halted and reverted")
+    reverted = f"VM 'build' ({vm.uuid}) was shut down and reverted to clean"
+    assert events.index("guest acquired") < events.index(reverted)
 
     local_config = write_config(tmp_path / "local.toml", tmp_path / "local-run", "local", None)
     local = subprocess.run(fruix(local_config), capture_output=True, text=True, timeout=300)
@@ -219,15 +220,15 @@ def test_sigterm_to_fruix_releases_the_vm(lab: XapiLab, tmp_path: Path, executor
 @pytest.mark.slow
 def test_sigterm_while_waiting_for_the_address(lab: XapiLab, tmp_path: Path) -> None:
     require_executor("host-initiated")
-    vm = lab.add_vm("build", ip_delay=60)
+    vm = lab.add_vm("build", ip_delay=0)
     config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
                           lab_settings(lab, ip_timeout=60))
+    agent = lab.faults.hold("agent:build")  # the address never comes while held
     process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=environment())
-    deadline = time.monotonic() + 30
-    while vm.power_state != "Running" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    assert agent.wait_reached(60)
+    assert lab.state.wait_for(lambda: any(
+        s[0] == f"vm/{vm.ref}" for s in lab.state.subscriptions))  # it is waiting
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-3000:]
@@ -248,3 +249,86 @@ def test_acquire_failure_through_the_cli_is_one_line(lab: XapiLab, tmp_path: Pat
     assert done.returncode == 3
     assert "presented host key" in one_error(done.stderr)
     assert vm.power_state == "Halted" and vm.reverts == 1 and lab.live_sessions() == []
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLab,
+                                                                     tmp_path: Path) -> None:
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab))
+    hold = lab.faults.hold("VM.clean_shutdown")
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    lines: list[str] = []
+    assert process.stderr is not None
+    stream = process.stderr
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+        process.send_signal(signal.SIGINT)  # the run stops; release begins
+        assert hold.wait_reached(120)
+        process.send_signal(signal.SIGINT)  # a second Ctrl-C while shutting down
+        assert lab.state.wait_for(lambda: any("still releasing" in line for line in lines),
+                                  timeout=60)
+    finally:
+        hold.release()
+        assert process.stdout is not None
+        out = process.stdout.read()  # stderr is the reader's alone
+        process.wait(timeout=120)
+        reader.join(10)
+    err = "".join(lines)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted" in one_error(err)  # the run's own error, not hidden
+    assert f"VM 'build' ({vm.uuid}) was shut down and reverted to clean" in err
+    assert_released(lab, vm)
+    assert_no_login(out, err)
+
+
+@pytest.fixture
+def pool(tmp_path: Path, lab_credentials: dict[str, str]):  # type: ignore[no-untyped-def]
+    from fruix_xcpng.lab.fixtures import quick_faults
+
+    with XapiLab(tmp_path / "pool", users={LAB_USER: LAB_PASSWORD}, hosts=2,
+                 faults=quick_faults()) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["no-agent", "old-agent", "member-url", "master-change"])
+def test_pool_true_builds(pool: XapiLab, tmp_path: Path, scenario: str) -> None:
+    """Whole builds through the CLI on a two-host pool, each with one real-pool trait."""
+    require_executor("host-initiated")
+    agent = {"no-agent": "none", "old-agent": "old"}.get(scenario, "modern")
+    vm = pool.add_vm("build", ip_delay=0.1, agent=agent)
+    overrides: dict[str, Any] = {"ip_timeout": 20, "ssh_timeout": 20}
+    if scenario == "no-agent":
+        overrides["address"] = vm.address  # an operator-declared address
+    if scenario == "member-url":
+        overrides["url"] = pool.url_of("xcp-host2")
+    settings = pool.provider_settings("build", **fast_settings(**overrides))
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated", settings)
+    process = subprocess.Popen(fruix(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment())
+    if scenario == "master-change":
+        try:
+            wait_for("var/lib/fruix/native-builds/*/logs", Path(vm.root))  # type: ignore[arg-type]
+        finally:
+            pool.change_master("xcp-host2")  # during the build
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["status"] == "ok" and result["executor"] == "host-initiated"
+    assert_released(pool, vm)
+    assert_no_login(out, err)
+    if scenario in ("member-url", "master-change"):
+        assert "following the pool master" in err
+    if scenario == "no-agent":
+        assert pool.state.calls_of("Async.VM.clean_shutdown") == []  # forced off instead

@@ -89,6 +89,7 @@ def test_human_output_prints_a_config_table(tmp_path: Path) -> None:
     text = "".join(lines)
     assert text.startswith("XAPI lab listening on https://127.0.0.1:")
     assert "VM fruix-build" in text and "[guests.xcpng]" in text
+    assert "host xcp-host1" in text and "(master)" in text
     assert "pinned_cert_sha256 = " in text and "host_key = \"ssh-ed25519 " in text
     assert process.returncode == 0
 
@@ -98,6 +99,9 @@ def test_human_output_prints_a_config_table(tmp_path: Path) -> None:
     ("[[vms]]\nname = \"a\"\npower_state = \"Dancing\"\n", "vms[0].power_state"),
     ("[[vms]]\nname = \"a\"\n[[vms]]\nname = \"a\"\n", "vms[1].name"),
     ("[nope]\n", "unknown table"),
+    ("[lab]\nprofile = \"glacial\"\n", "lab.profile"),
+    ("[lab]\ncert_style = \"9.0\"\n", "lab.cert_style"),
+    ("[[vms]]\nname = \"a\"\nagent = \"psychic\"\n", "vms[0].agent"),
 ])
 def test_bad_lab_config_exits_2_naming_file_and_key(tmp_path: Path, toml: str, words: str
                                                     ) -> None:
@@ -114,3 +118,59 @@ def test_missing_login_environment_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(lab_command("--workdir", str(tmp_path)), capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 2 and "FRUIX_XCPNG_USERNAME" in done.stderr
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "operator" / "xcpng.rst"
+#: The walkthrough of docs/operator/xcpng.rst, command by command.
+WALKTHROUGH = ("fruix-xapi-lab --workdir /tmp/xapi-lab",
+               "fruix-xapi-lab --workdir /tmp/xapi-lab --print-config > rehearsal.toml",
+               "fruix native-build run --config rehearsal.toml --json")
+
+
+@pytest.mark.slow
+def test_the_documented_walkthrough_builds_as_printed(tmp_path: Path) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for command in WALKTHROUGH:
+        assert command in text, f"docs/operator/xcpng.rst lost: {command}"
+    workdir = str(tmp_path / "xapi-lab")
+    lab = subprocess.Popen(lab_command("--workdir", workdir), stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, env=environment(), text=True)
+    try:
+        assert lab.stdout is not None
+        for line in lab.stdout:
+            if line.startswith("Serving;"):
+                break
+        printed = subprocess.run(lab_command("--workdir", workdir, "--print-config"),
+                                 capture_output=True, text=True, env=environment(), timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        config = tmp_path / "rehearsal.toml"
+        config.write_text(printed.stdout)
+        assert 'snapshot = "clean"' in printed.stdout and 'executor = "host-initiated"' in \
+            printed.stdout
+        run = subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                              "--config", str(config), "--json"], capture_output=True,
+                             text=True, env=environment(), timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = json.loads(run.stdout)
+        assert result["status"] == "ok" and result["executor"] == "host-initiated"
+        assert result["guest"] == "xcpng"
+    finally:
+        lab.send_signal(signal.SIGINT)
+        lab.communicate(timeout=30)
+    assert lab.returncode == 0
+    assert not (Path(workdir) / "fruix.toml").exists()  # a stopped lab serves no config
+    gone = subprocess.run(lab_command("--workdir", workdir, "--print-config"),
+                          capture_output=True, text=True, env=environment(), timeout=60)
+    assert gone.returncode == 3 and "no lab serves from" in gone.stderr
+
+
+def test_slow_profile_gives_freebsd_agent_timing(tmp_path: Path) -> None:
+    from fruix_xcpng.lab.labconfig import load_lab_config
+
+    config = tmp_path / "lab.toml"
+    config.write_text('[lab]\nprofile = "slow"\n[[vms]]\nname = "a"\n'
+                      '[[vms]]\nname = "b"\nip_delay = 2\n')
+    vms = load_lab_config(config).vms
+    # FreeBSD's xe-guest-utilities reports once a minute
+    assert [vm["ip_delay"] for vm in vms] == [60.0, 2]
+    assert load_lab_config(None).vms[0]["ip_delay"] == 1.0

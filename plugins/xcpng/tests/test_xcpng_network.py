@@ -22,6 +22,15 @@ def test_preferred_device_wins() -> None:
     assert pick_address(networks, "7") == "10.0.0.7"  # absent device: any usable one
 
 
+def test_space_separated_addresses_of_the_old_freebsd_agent() -> None:
+    # FreeBSD ports sysutils/xe-guest-utilities (xe-update-guest-attrs) before its 2024
+    # fix wrote every address of an interface into one value, separated by spaces.
+    assert candidate_addresses({"0/ip": "10.0.0.5 10.0.0.6"}) == ["10.0.0.5", "10.0.0.6"]
+    assert candidate_addresses({"0/ip": "fe80::1 10.0.0.6  2001:db8::2"}) == [
+        "10.0.0.6", "2001:db8::2"]
+    assert candidate_addresses({"0/ip": "", "1/ip": "   "}) == []
+
+
 def test_legacy_ip_key_and_garbage() -> None:
     assert pick_address({"0/ip": "10.1.1.1"}) == "10.1.1.1"
     assert pick_address({"0/ipv4/0": "not-an-ip", "x/ipv4/0": "10.0.0.1", "0/mac": "aa"}) is None

@@ -57,6 +57,10 @@ def test_minimal_config_has_documented_defaults() -> None:
     ({"ssh_port": 70000}, "guests.xcpng.ssh_port", "port"),
     ({"device": "wlan0"}, "guests.xcpng.device", "device number"),
     ({"password": "x"}, "guests.xcpng.password", "unknown key"),
+    ({"pinned_cert_sha256": ["a" * 64, "xyz"]}, "guests.xcpng.pinned_cert_sha256", "64 hex"),
+    ({"pinned_cert_sha256": [5]}, "guests.xcpng.pinned_cert_sha256", "list of strings"),
+    ({"tls_server_names": "pool.example"}, "guests.xcpng.tls_server_names", "with ca_file"),
+    ({"address": "not an address!"}, "guests.xcpng.address", "IP address or a host name"),
 ])
 def test_errors_name_file_and_key(overrides: dict[str, Any], key: str, words: str) -> None:
     error = error_of(**overrides)
@@ -134,3 +138,22 @@ def test_secret_never_shows_its_value() -> None:
     secret = Secret("hunter2")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
     assert f"{secret}" == "Secret('***')"
+
+
+def test_several_pins_one_per_pool_host() -> None:
+    pins = parse_settings(base(pinned_cert_sha256=["AB:" * 31 + "AB", "sha256:" + "c" * 64,
+                                                   "ab" * 32]), file=FILE).pinned_cert_sha256
+    assert pins == ("ab" * 32, "c" * 64)
+    assert parse_settings(base(pinned_cert_sha256="d" * 64), file=FILE).pinned_cert_sha256 == \
+        ("d" * 64,)
+    assert parse_settings(base(), file=FILE).pinned_cert_sha256 == ()
+
+
+def test_server_names_and_static_address(tmp_path: Path) -> None:
+    ca = tmp_path / "pool-ca.pem"
+    ca.write_text("")
+    settings = parse_settings(base(ca_file=str(ca), tls_server_names=["XCP-1.example", "*.lab"],
+                                   address="10.0.0.5"), file=FILE)
+    assert settings.tls_server_names == ("xcp-1.example", "*.lab")
+    assert settings.address == "10.0.0.5"
+    assert parse_settings(base(address="builder.example"), file=FILE).address == "builder.example"

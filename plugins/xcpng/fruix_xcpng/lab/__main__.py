@@ -2,12 +2,16 @@
 
 Prints the endpoint's URL and each VM (uuid, address, SSH port, host key to
 pin, client key), plus a ``[guests.xcpng]`` table that reaches the first VM,
-then serves. The login it accepts comes from the environment
-(``FRUIX_XCPNG_USERNAME`` / ``FRUIX_XCPNG_PASSWORD`` unless the config names
-other variables), the same variables the provider reads by default.
+writes a complete ``fruix.toml`` for that VM into the work directory, then
+serves. ``fruix-xapi-lab --print-config`` (same ``--config`` / ``--workdir``)
+prints that file from another terminal while the lab serves. The login it
+accepts comes from the environment (``FRUIX_XCPNG_USERNAME`` /
+``FRUIX_XCPNG_PASSWORD`` unless the config names other variables), the same
+variables the provider reads by default.
 
 Exit codes: 0 after a clean stop, 2 for a bad config or usage, 3 when the lab
-cannot start (address in use, sshd missing, ...).
+cannot start (address in use, sshd missing, ...) or, for ``--print-config``,
+no lab serves from that work directory.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", metavar="DIR", help="keys, guest roots and snapshots")
     parser.add_argument("--json", action="store_true", help="print the description as one "
                         "JSON document")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the complete fruix.toml of the lab serving from this work "
+                        "directory, and exit")
     parser.add_argument("--log-format", choices=("console", "json"), default="console",
                         help="log lines on stderr: console or JSON lines")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
@@ -55,21 +62,26 @@ def build_lab(args: argparse.Namespace) -> Any:
     config = load_lab_config(args.config)
     lab_cfg = config.lab
     faults = LabFaults(session_ttl=float(lab_cfg["session_ttl"]),
-                       events_unsupported=not lab_cfg["events"])
+                       events_unsupported=not lab_cfg["events"],
+                       failed_login_delay=float(lab_cfg["failed_login_delay"]),
+                       conflict_wait=float(lab_cfg["conflict_wait"]),
+                       shutdown_limit=float(lab_cfg["shutdown_limit"]),
+                       api_style=lab_cfg["api_style"])
     lab = XapiLab(Path(args.workdir or lab_cfg["workdir"]), users=lab_users(config),
                   host=args.listen or lab_cfg["listen"],
                   port=args.port if args.port is not None else lab_cfg["port"],
-                  tls=args.tls if args.tls is not None else lab_cfg["tls"], faults=faults)
+                  tls=args.tls if args.tls is not None else lab_cfg["tls"], faults=faults,
+                  hosts=lab_cfg["hosts"], cert_style=lab_cfg["cert_style"])
     for vm in config.vms:
         lab.add_vm(vm["name"], uuid=vm["uuid"] or None, address=vm["address"] or None,
                    ssh_port=vm["ssh_port"] or None,
                    source=Path(vm["source"]) if vm["source"] else None,
                    power_state=vm["power_state"], snapshots=vm["snapshots"],
-                   ip_delay=float(vm["ip_delay"]),
+                   checkpoints=vm["checkpoints"], ip_delay=float(vm["ip_delay"]),
+                   agent=vm["agent"],
                    faults=VmFaults(ip_never=vm["ip_never"],
                                    clean_shutdown_hangs=vm["clean_shutdown_hangs"],
-                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"],
-                                   hard_shutdown_busy=vm["hard_shutdown_busy"]))
+                                   start_fails=vm["start_fails"], ssh_never=vm["ssh_never"]))
     return lab
 
 
@@ -80,9 +92,12 @@ def _toml_value(value: Any) -> str:
 
 def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
     lines = [f"XAPI lab listening on {description['url']}"]
-    if "certificate" in description:
-        cert = description["certificate"]
-        lines.append(f"  certificate {cert['file']}  sha256 {cert['sha256']}")
+    for host in description["hosts"]:
+        role = "master" if host["master"] else "member"
+        lines.append(f"  host {host['name']}  {host['url']}  ({role})")
+        if "certificate" in host:
+            cert = host["certificate"]
+            lines.append(f"    certificate {cert['file']}  sha256 {cert['sha256']}")
     lines.append("  login: the user and password given in the environment")
     for vm in description["vms"]:
         lines.append(f"VM {vm['name']}  uuid {vm['uuid']}  {vm['power_state']}")
@@ -97,8 +112,33 @@ def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
     lines.append("[guests.xcpng]")
     lines.extend(f"{key} = {_toml_value(value)}" for key, value in settings.items())
     lines.append("")
+    lines.append(f"A complete fruix.toml for VM {description['vms'][0]['name']}: "
+                 f"{description['fruix_config']}")
+    lines.append("  (or: fruix-xapi-lab --print-config with the same --config / --workdir)")
+    lines.append("")
     lines.append("Serving; Ctrl-C or SIGTERM stops the lab and every guest.")
     return "\n".join(lines)
+
+
+CONFIG_NAME = "fruix.toml"
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    from fruix_xcpng.lab.labconfig import load_lab_config
+
+    try:
+        workdir = Path(args.workdir or load_lab_config(args.config).lab["workdir"])
+    except ConfigError as exc:
+        print(f"fruix-xapi-lab: {exc}", file=sys.stderr)
+        return 2
+    path = workdir.resolve() / CONFIG_NAME
+    try:
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+    except OSError:
+        print(f"fruix-xapi-lab: no lab serves from {workdir} ({path} is missing); start "
+              "fruix-xapi-lab with the same --config / --workdir first", file=sys.stderr)
+        return 3
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fruix_core.logconfig import configure_logging
 
     args = _parser().parse_args(argv)
+    if args.print_config:
+        return _print_config(args)
     configure_logging(args.log_format, args.log_level)
     stop = threading.Event()
 
@@ -127,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description = lab.describe()
         first = description["vms"][0]["name"]
         settings = lab.provider_settings(first)
+        written = lab.workdir / CONFIG_NAME
+        written.write_text(lab.fruix_config(first), encoding="utf-8")
+        description["fruix_config"] = str(written)
         if args.json:
             print(json.dumps({**description, "guests_xcpng": settings}), flush=True)
         else:
@@ -137,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if lab is not None:
             lab.stop()
+            (lab.workdir / CONFIG_NAME).unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

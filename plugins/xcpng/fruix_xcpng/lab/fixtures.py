@@ -18,14 +18,21 @@ from typing import Any
 import pytest
 
 from fruix_core.model import CancelToken, GuestRequest
-from fruix_xcpng.lab import XapiLab
+from fruix_xcpng.lab import LabFaults, XapiLab
 
 __all__ = ["LAB_PASSWORD", "LAB_USER", "fast_settings", "guest_request", "lab",
-           "lab_credentials", "xapi_lab"]
+           "lab_credentials", "quick_faults", "xapi_lab"]
 
 #: The lab's login; tests assert it never shows up in logs or messages.
 LAB_USER = "lab-operator-7f3a"
 LAB_PASSWORD = "pw-Zq9!x-never-log-me"
+
+
+def quick_faults(**overrides: Any) -> LabFaults:
+    """XAPI's server-side waits, shortened for tests (a failed login: 0.2 s, not 5 s)."""
+    values: dict[str, Any] = {"failed_login_delay": 0.2}
+    values.update(overrides)
+    return LabFaults(**values)
 
 
 @pytest.fixture
@@ -39,7 +46,8 @@ def lab_credentials(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 @pytest.fixture
 def lab(tmp_path: Path, lab_credentials: dict[str, str]) -> Iterator[XapiLab]:
     """A started lab with real sshd guests; add VMs with ``lab.add_vm``."""
-    with XapiLab(tmp_path / "lab", users={LAB_USER: LAB_PASSWORD}) as running:
+    with XapiLab(tmp_path / "lab", users={LAB_USER: LAB_PASSWORD},
+                 faults=quick_faults()) as running:
         yield running
 
 
@@ -47,7 +55,7 @@ def lab(tmp_path: Path, lab_credentials: dict[str, str]) -> Iterator[XapiLab]:
 def xapi_lab(tmp_path: Path, lab_credentials: dict[str, str]) -> Iterator[XapiLab]:
     """A started lab whose VMs have no guest services (XAPI semantics only)."""
     with XapiLab(tmp_path / "xapi-lab", users={LAB_USER: LAB_PASSWORD},
-                 booter="none") as running:
+                 booter="none", faults=quick_faults()) as running:
         yield running
 
 

@@ -11,6 +11,13 @@
     password_env = "FRUIX_XCPNG_PASSWORD"   # environment, never from this file
     session_ttl = 0               # seconds before sessions expire (0: never)
     events = true                 # false: event.from is unknown, clients must poll
+    profile = "fast"              # "slow": agents report after 60 s, like FreeBSD's
+    hosts = 1                     # pool hosts: 127.0.0.1 (master), 127.0.1.1, ... same port
+    cert_style = "8.3"            # "8.2": RSA, DNS names only; "8.3": with the IP address
+    api_style = "8.3"             # parameter shape of OTHER_OPERATION_IN_PROGRESS
+    failed_login_delay = 5        # seconds, as XAPI
+    conflict_wait = 7200          # seconds a conflicting operation waits server-side
+    shutdown_limit = 1200         # seconds XAPI waits for a guest to shut down
 
     [[vms]]
     name = "fruix-build"
@@ -20,12 +27,14 @@
     source = ""                   # source tree of the guest's source store ('' = sample base)
     power_state = "Halted"
     snapshots = ["clean"]
-    ip_delay = 1.0
+    ip_delay = -1                 # seconds until the agent reports (-1: the profile's,
+                                  # 1 s fast, 60 s slow)
+    agent = "modern"              # "modern", "old" (space-separated), "empty", "none"
+    checkpoints = []              # snapshots with memory (revert to Suspended)
     ip_never = false              # faults
     clean_shutdown_hangs = false
     start_fails = ""
     ssh_never = false
-    hard_shutdown_busy = 0        # that many hard shutdowns fail (OTHER_OPERATION_IN_PROGRESS)
 """
 
 from __future__ import annotations
@@ -39,7 +48,11 @@ from typing import Any
 from fruix_core.config import Key, read_section, read_toml
 from fruix_core.errors import ConfigError
 
-__all__ = ["LAB_SCHEMA", "VM_SCHEMA", "LabConfig", "load_lab_config"]
+__all__ = ["LAB_SCHEMA", "PROFILES", "VM_SCHEMA", "LabConfig", "load_lab_config"]
+
+#: profile -> the agent's delay when a VM does not set ``ip_delay``: "slow" is
+#: FreeBSD's xe-guest-utilities, which reports once a minute.
+PROFILES = {"fast": 1.0, "slow": 60.0}
 
 LAB_SCHEMA: dict[str, Key] = {
     "listen": Key(str, "127.0.0.1", "XML-RPC endpoint address"),
@@ -50,6 +63,13 @@ LAB_SCHEMA: dict[str, Key] = {
     "password_env": Key(str, "FRUIX_XCPNG_PASSWORD", "environment variable with the password"),
     "session_ttl": Key((int, float), 0, "seconds before a session expires (0: never)"),
     "events": Key(bool, True, "answer event.from (false: clients must poll)"),
+    "profile": Key(str, "fast", "timings: fast, or slow (agents report after 60 s)"),
+    "hosts": Key(int, 1, "hosts in the pool (the first is the master)"),
+    "cert_style": Key(str, "8.3", "certificate style: 8.2 (DNS names only) or 8.3"),
+    "api_style": Key(str, "8.3", "OTHER_OPERATION_IN_PROGRESS parameters: 8.2 or 8.3"),
+    "failed_login_delay": Key((int, float), 5, "seconds a failed login waits"),
+    "conflict_wait": Key((int, float), 7200, "seconds a conflicting operation waits"),
+    "shutdown_limit": Key((int, float), 1200, "seconds a clean shutdown may take"),
 }
 
 VM_SCHEMA: dict[str, Key] = {
@@ -60,12 +80,14 @@ VM_SCHEMA: dict[str, Key] = {
     "source": Key(str, "", "source tree of the guest's source store ('' = sample base)"),
     "power_state": Key(str, "Halted", "initial power state"),
     "snapshots": Key(list, ["clean"], "snapshots taken at start, in order"),
-    "ip_delay": Key((int, float), 1.0, "seconds from start to the published address"),
+    "ip_delay": Key((int, float), -1, "seconds from start to the published address "
+                    "(-1: the profile's)"),
     "ip_never": Key(bool, False, "fault: only link-local addresses are ever reported"),
     "clean_shutdown_hangs": Key(bool, False, "fault: clean shutdown never completes"),
     "start_fails": Key(str, "", "fault: VM.start fails with this error code"),
     "ssh_never": Key(bool, False, "fault: the guest's sshd never starts"),
-    "hard_shutdown_busy": Key(int, 0, "fault: this many hard shutdowns fail as busy"),
+    "agent": Key(str, "modern", "guest agent: modern, old, empty or none"),
+    "checkpoints": Key(list, [], "snapshots with memory, taken at start"),
 }
 
 
@@ -93,6 +115,13 @@ def load_lab_config(path: str | os.PathLike[str] | None) -> LabConfig:
             raise ConfigError("unknown table (known: lab, vms)", file=file, key=table)
     lab = read_section(data.get("lab", {}), LAB_SCHEMA, file=file, prefix="lab")
     lab["workdir"] = str(anchor / os.path.expanduser(lab["workdir"]))
+    if not 1 <= lab["hosts"] <= 16:
+        raise ConfigError("must be 1 to 16", file=file, key="lab.hosts")
+    if lab["profile"] not in PROFILES:
+        raise ConfigError("must be \"fast\" or \"slow\"", file=file, key="lab.profile")
+    for key in ("cert_style", "api_style"):
+        if lab[key] not in ("8.2", "8.3"):
+            raise ConfigError("must be \"8.2\" or \"8.3\"", file=file, key=f"lab.{key}")
     raw_vms = data.get("vms", [{"name": "fruix-build"}])
     if not isinstance(raw_vms, list) or not raw_vms:
         raise ConfigError("expected one or more [[vms]] tables", file=file, key="vms")
@@ -107,8 +136,14 @@ def load_lab_config(path: str | os.PathLike[str] | None) -> LabConfig:
         if vm["power_state"] not in ("Halted", "Running", "Paused", "Suspended"):
             raise ConfigError("must be Halted, Running, Paused or Suspended", file=file,
                               key=f"{prefix}.power_state")
-        if not all(isinstance(s, str) and s for s in vm["snapshots"]):
-            raise ConfigError("must be a list of names", file=file, key=f"{prefix}.snapshots")
+        for key in ("snapshots", "checkpoints"):
+            if not all(isinstance(s, str) and s for s in vm[key]):
+                raise ConfigError("must be a list of names", file=file, key=f"{prefix}.{key}")
+        if vm["agent"] not in ("modern", "old", "empty", "none"):
+            raise ConfigError("must be modern, old, empty or none", file=file,
+                              key=f"{prefix}.agent")
+        if vm["ip_delay"] < 0:
+            vm["ip_delay"] = PROFILES[lab["profile"]]
         if vm["source"]:
             vm["source"] = str(anchor / os.path.expanduser(vm["source"]))
         vms.append(vm)

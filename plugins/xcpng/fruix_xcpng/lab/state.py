@@ -1,198 +1,107 @@
-"""The lab's XAPI object model: sessions, VMs, snapshots, guest metrics, events.
+"""The lab's pool database and its XAPI calls: hosts, sessions, VMs, tasks, metrics, events.
 
-Semantics follow XAPI for the calls the provider uses: objects are named by
-opaque references (``OpaqueRef:<uuid>``) and uuids; the power-state machine
-refuses a transition with ``VM_BAD_POWER_STATE [vm, expected, actual]``;
-unknown references give ``HANDLE_INVALID [class, ref]``, unknown uuids
-``UUID_INVALID [class, uuid]``; a dead session ``SESSION_INVALID [ref]``; a bad
-login ``SESSION_AUTHENTICATION_FAILED [user, message]``. ``event.from``
-returns every matching object for the empty token and otherwise blocks until
-something changed after the token or the timeout passed.
+Semantics follow xen-api (cited per rule below and in the lab's tests):
 
-Starting a VM asks a :class:`GuestBooter` to bring the guest up (a real sshd
-for the default booter) and publishes its address in the guest metrics after
-the VM's ``ip_delay``. Faults are injected per VM (:class:`VmFaults`) or for the
-whole lab (:class:`LabFaults`).
+- a pool of hosts, one of them the master; a member answers a login, and any
+  call on an existing session, with ``HOST_IS_SLAVE [master address]``
+  (``xapi_session.ml``, ``session_check.ml``). Sessions live in the pool
+  database and survive a master change;
+- VM operations run as XAPI runs them (``message_forwarding.ml``
+  ``with_vm_operation``): a conflicting operation *waits on the server* for
+  the other one (``helpers.ml`` ``retry``, up to :attr:`LabFaults.conflict_wait`),
+  then fails ``OTHER_OPERATION_IN_PROGRESS``; the operation is listed in the
+  VM's ``current_operations`` while it runs; it keeps running when the client
+  hangs up; ``Async.*`` calls return a task at once; only ``task.cancel`` (or a
+  hard shutdown, which cancels a clean shutdown) stops one;
+- refusals have XAPI's shapes (``xapi_vm_lifecycle.ml``):
+  ``VM_BAD_POWER_STATE [vm, allowed states lower case comma-joined, actual]``,
+  ``VM_IS_SNAPSHOT [vm, op]``, ``REVERT_ONLY_ALLOWED_ON_SNAPSHOT []``,
+  ``VM_LACKS_FEATURE [vm]`` for a clean shutdown of a guest without the agent;
+- guest metrics are deleted when a VM starts (``xapi_vm.ml``), not when it
+  halts, and published by the guest's agent after the VM's ``ip_delay``;
+- ``event.from`` tokens are ``"%020Ld,%020Ld"`` (``xapi_event.ml``).
+
+The lab's own side (adding VMs and hosts, changing the master, faults) are the
+methods not named after an XAPI call.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid as uuidlib
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from fruix_xcpng.lab.faults import LabFaults
+from fruix_xcpng.lab.objects import (
+    AGENTS,
+    ALLOWED_STATES,
+    NULL_REF,
+    GuestBooter,
+    LabHost,
+    LabSession,
+    LabTask,
+    LabVM,
+    Metrics,
+    NullBooter,
+    XapiError,
+    new_ref,
+    xapi_time,
+)
+from fruix_xcpng.lab.operations import VmOperations
+
 __all__ = [
+    "AGENTS",
+    "ALLOWED_STATES",
     "NULL_REF",
     "GuestBooter",
-    "LabFaults",
+    "LabHost",
     "LabSession",
+    "LabTask",
     "LabVM",
     "NullBooter",
-    "VmFaults",
     "XapiError",
     "XapiState",
 ]
 
 log = structlog.get_logger(__name__)
 
-NULL_REF = "OpaqueRef:NULL"
-POWER_STATES = ("Halted", "Running", "Paused", "Suspended")
-#: Longest a hanging clean shutdown blocks its caller when nothing ends it.
-HANG_LIMIT = 600.0
 
-
-class XapiError(Exception):
-    """A XAPI failure: ``ErrorDescription`` = ``[code, *params]``."""
-
-    def __init__(self, code: str, *params: Any):
-        self.description = [code, *(str(p) for p in params)]
-        super().__init__(" ".join(self.description))
-
-
-def new_ref() -> str:
-    return f"OpaqueRef:{uuidlib.uuid4()}"
-
-
-@dataclass
-class VmFaults:
-    """Faults of one VM; change them at any time."""
-
-    #: the agent only ever reports link-local addresses
-    ip_never: bool = False
-    #: ``VM.clean_shutdown`` blocks until a hard shutdown (or HANG_LIMIT)
-    clean_shutdown_hangs: bool = False
-    #: ``VM.start`` fails with this error code ('' = starts fine)
-    start_fails: str = ""
-    #: the address is published but the guest's sshd is never started
-    ssh_never: bool = False
-    #: this many ``VM.hard_shutdown`` calls fail with ``OTHER_OPERATION_IN_PROGRESS``
-    hard_shutdown_busy: int = 0
-
-
-@dataclass
-class LabFaults:
-    """Faults of the whole lab."""
-
-    #: sessions die this many seconds after login (0 = never)
-    session_ttl: float = 0.0
-    #: ``event.from`` is unknown, as on a pool that forbids it: the client must poll
-    events_unsupported: bool = False
-
-
-@dataclass
-class LabSession:
-    ref: str
-    uuid: str
-    user: str
-    originator: str
-    created: float
-
-
-@dataclass
-class LabVM:
-    """One VM (or snapshot) of the lab."""
-
-    name: str
-    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    ref: str = field(default_factory=new_ref)
-    power_state: str = "Halted"
-    #: the guest's system root; snapshots keep a copy of it
-    root: Path | None = None
-    #: the address the agent reports, and sshd's port there
-    address: str = "127.0.0.2"
-    ssh_port: int = 22
-    ip_delay: float = 0.2
-    faults: VmFaults = field(default_factory=VmFaults)
-    is_a_snapshot: bool = False
-    snapshot_of: str = NULL_REF
-    snapshots: list[str] = field(default_factory=list)
-    guest_metrics: str = NULL_REF
-    snapshot_time: float = 0.0
-    #: bumped on every boot and halt, so a stale boot thread knows it is stale
-    generation: int = 0
-    boots: int = 0
-    reverts: int = 0
-    #: set by a hard shutdown, releases a hanging clean shutdown
-    hard_stop: threading.Event = field(default_factory=threading.Event)
-
-    def record(self) -> dict[str, Any]:
-        """The XAPI ``VM`` record (the fields this lab knows)."""
-        return {
-            "uuid": self.uuid,
-            "name_label": self.name,
-            "name_description": "",
-            "power_state": self.power_state,
-            "is_a_template": False,
-            "is_a_snapshot": self.is_a_snapshot,
-            "is_control_domain": False,
-            "snapshot_of": self.snapshot_of,
-            "snapshots": list(self.snapshots),
-            "snapshot_time": time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(self.snapshot_time)),
-            "guest_metrics": self.guest_metrics,
-            "domid": "1" if self.power_state in ("Running", "Paused") else "-1",
-            "other_config": {},
-        }
-
-
-@dataclass
-class _Metrics:
-    ref: str
-    uuid: str
-    vm: str
-    networks: dict[str, str]
-
-    def record(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "networks": dict(self.networks), "os_version": {},
-                "PV_drivers_detected": True,
-                "last_updated": time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime())}
-
-
-class GuestBooter(Protocol):
-    """Brings a lab VM's guest up and down (a real sshd for the default booter)."""
-
-    def boot(self, vm: LabVM) -> None:
-        """Start the guest's services; called in a thread of its own."""
-
-    def halt(self, vm: LabVM) -> None:
-        """Stop them; idempotent."""
-
-
-class NullBooter:
-    """A guest without services: only the XAPI side moves."""
-
-    def boot(self, vm: LabVM) -> None:
-        pass
-
-    def halt(self, vm: LabVM) -> None:
-        pass
-
-
-class XapiState:
-    """Everything the lab's XAPI knows; every public method is one XAPI call."""
+class XapiState(VmOperations):
+    """Everything the lab's pool knows; the methods named after calls are XAPI calls."""
 
     def __init__(self, *, users: dict[str, str], booter: GuestBooter | None = None,
-                 snapshot_dir: Path | None = None, faults: LabFaults | None = None):
+                 snapshot_dir: Path | None = None, faults: LabFaults | None = None,
+                 hosts: list[LabHost] | None = None):
         self.users = dict(users)
         self.booter: GuestBooter = booter or NullBooter()
         self.snapshot_dir = snapshot_dir
         self.faults = faults or LabFaults()
+        self.hosts: list[LabHost] = hosts or [LabHost("xcp-host1", "127.0.0.1")]
+        self.master: LabHost = self.hosts[0]
+        self.pool_ref = new_ref()
         self.vms: dict[str, LabVM] = {}
-        self.metrics: dict[str, _Metrics] = {}
+        self.metrics: dict[str, Metrics] = {}
+        self.tasks: dict[str, LabTask] = {}
         self.sessions: dict[str, LabSession] = {}
         self.logged_out: list[str] = []
         #: every session ever opened, in order (to check originators)
         self.history: list[LabSession] = []
         self.expired: list[str] = []
         self.logins = 0
-        #: the latest calls' method names, oldest first (for debugging a rehearsal)
-        self.calls: deque[str] = deque(maxlen=1000)
+        #: the latest calls as (host name, method), oldest first
+        self.calls: deque[tuple[str, str]] = deque(maxlen=2000)
+        #: every task.cancel call's task ref
+        self.cancelled: list[str] = []
+        #: the classes of every event.from call, in order
+        self.subscriptions: list[list[str]] = []
+        #: task ref -> operation, while the operation waits for a conflicting one
+        self.waiting: dict[str, str] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._events: deque[dict[str, Any]] = deque(maxlen=10_000)
@@ -215,27 +124,69 @@ class XapiState:
                     return vm
         raise KeyError(name)
 
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def designate_master(self, host: LabHost) -> None:
+        """Make ``host`` the master (as ``pool.designate_new_master`` does); sessions stay."""
+        with self._lock:
+            self.master = host
+            for vm in self.vms.values():
+                if vm.resident_on != NULL_REF:
+                    vm.resident_on = host.ref
+        log.info("lab pool master changed", master=host.name, address=host.address)
+
     def live_sessions(self) -> list[LabSession]:
         with self._lock:
             self._expire_old()
             return list(self.sessions.values())
 
     def expire_sessions(self) -> int:
-        """Kill every live session, as a pool master restart would; returns how many."""
+        """Kill every live session, as a pool restart would; returns how many."""
         with self._lock:
             count = len(self.sessions)
             self.expired.extend(self.sessions)
             self.sessions.clear()
             return count
 
+    def calls_of(self, method: str) -> list[str]:
+        """The hosts that received ``method``, in order."""
+        return [host for host, name in list(self.calls) if name == method]
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Lab side: run VM operation ``op`` (``"start"``, ...) now, as a sync call would."""
+        task = self.new_task(f"VM.{op}", "lab", visible=False)
+        try:
+            value = getattr(self, op)(task, *args)
+        except XapiError as exc:
+            self.finish_task(task, error=exc)
+            raise
+        self.finish_task(task, value)
+        return value
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Block until ``condition()`` holds (checked on every change), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+        return True
+
     def shutdown(self) -> None:
-        """Stop every guest and wake every blocked call (the lab is going away)."""
+        """Stop every guest, cancel every task and wake every blocked call."""
         self._stopping.set()
         with self._changed:
+            for task in self.tasks.values():
+                task.cancel_requested.set()
             self._changed.notify_all()
         with self._lock:
             for vm in list(self.vms.values()):
-                vm.hard_stop.set()
                 if not vm.is_a_snapshot and vm.power_state != "Halted":
                     self._halt_guest(vm)
         for thread in self._threads:
@@ -247,7 +198,12 @@ class XapiState:
         self._event_id += 1
         snapshot: dict[str, Any] | None = None
         if operation != "del":
-            snapshot = (self.vms[ref].record() if cls == "vm" else self.metrics[ref].record())
+            if cls == "vm":
+                snapshot = self._record(self.vms[ref])
+            elif cls == "vm_guest_metrics":
+                snapshot = self.metrics[ref].record()
+            elif cls == "task":
+                snapshot = self.tasks[ref].record()
         self._events.append({"id": str(self._event_id), "timestamp": str(time.time()),
                              "class": cls, "operation": operation, "ref": ref,
                              "snapshot": snapshot, "_n": self._event_id})
@@ -263,12 +219,15 @@ class XapiState:
                 del self.sessions[ref]
                 self.expired.append(ref)
 
-    def check_session(self, ref: Any) -> LabSession:
+    def check_session(self, ref: Any, host: LabHost | None = None) -> LabSession:
+        """The live session ``ref``; on a member ``HOST_IS_SLAVE`` (``session_check.ml``)."""
         with self._lock:
             self._expire_old()
             session = self.sessions.get(ref) if isinstance(ref, str) else None
             if session is None:
                 raise XapiError("SESSION_INVALID", ref)
+            if host is not None and host is not self.master:
+                raise XapiError("HOST_IS_SLAVE", self.master.address)
             return session
 
     def _vm(self, ref: Any) -> LabVM:
@@ -277,24 +236,48 @@ class XapiState:
             raise XapiError("HANDLE_INVALID", "VM", ref)
         return vm
 
-    def _require(self, vm: LabVM, *expected: str) -> None:
-        if vm.power_state not in expected:
-            raise XapiError("VM_BAD_POWER_STATE", vm.ref, expected[0].lower(),
-                            vm.power_state.lower())
+    def _task(self, ref: Any) -> LabTask:
+        task = self.tasks.get(ref) if isinstance(ref, str) else None
+        if task is None or not task.visible:
+            raise XapiError("HANDLE_INVALID", "task", ref)
+        return task
 
-    def _set_state(self, vm: LabVM, state: str) -> None:
-        vm.power_state = state
-        self._emit("vm", "mod", vm.ref)
+    def _record(self, vm: LabVM) -> dict[str, Any]:
+        """The XAPI ``VM`` record (the fields this lab knows)."""
+        return {
+            "uuid": vm.uuid,
+            "name_label": vm.name,
+            "name_description": "",
+            "power_state": vm.power_state,
+            # xen-api: snapshots are templates too (``xapi_vm_snapshot.ml``)
+            "is_a_template": vm.is_a_snapshot,
+            "is_a_snapshot": vm.is_a_snapshot,
+            "is_control_domain": False,
+            "snapshot_of": vm.snapshot_of,
+            "snapshots": list(vm.snapshots),
+            "VIFs": list(vm.vifs),
+            "snapshot_time": xapi_time(vm.snapshot_time),
+            "guest_metrics": vm.guest_metrics,
+            "resident_on": vm.resident_on,
+            "allowed_operations": [op for op in ALLOWED_STATES
+                                   if self._operation_error(vm, op, None) is None],
+            "current_operations": dict(vm.current_operations),
+            "domid": "1" if vm.power_state in ("Running", "Paused") else "-1",
+            "other_config": {},
+        }
 
     # -- guests -------------------------------------------------------------------------
 
     def _boot_guest(self, vm: LabVM) -> None:
-        """Bring the guest up in a thread; publish its address after ``ip_delay``."""
+        """Bring the guest up in a thread; its agent publishes networks after ``ip_delay``."""
         vm.generation += 1
         vm.boots += 1
-        vm.hard_stop.clear()
+        vm.halted.clear()
         generation = vm.generation
         started = time.monotonic()
+
+        def stale() -> bool:
+            return vm.generation != generation or self._stopping.is_set()
 
         def run() -> None:
             try:
@@ -302,57 +285,90 @@ class XapiState:
                     self.booter.boot(vm)
             except Exception as exc:  # a broken guest stays without services, like a real one
                 log.error("lab guest failed to boot", vm=vm.name, error=str(exc))
-            with self._lock:
-                stale = vm.generation != generation
-            if stale:  # halted while booting: do not leave its sshd behind
+            if stale():  # halted while booting: do not leave its sshd behind
                 self.booter.halt(vm)
                 return
+            if vm.agent == "none":
+                return
             delay = vm.ip_delay - (time.monotonic() - started)
-            if delay > 0 and self._stopping.wait(delay):
+            if delay > 0 and vm.halted.wait(delay):
+                return
+            hold = self.faults.held(f"agent:{vm.name}")
+            if hold is not None and not hold.arrive(stale, vm.halted):
                 return
             with self._lock:
-                if vm.generation != generation or vm.power_state != "Running":
+                if stale() or vm.power_state != "Running":
                     return
-                networks = {"1/ipv4/0": "169.254.77.1", "0/ipv6/0": "fe80::216:3eff:fe00:1"}
-                if not vm.faults.ip_never:
-                    networks.update({"0/ip": vm.address, "0/ipv4/0": vm.address})
-                self._publish_metrics(vm, networks)
+                self._publish_metrics(vm, self._agent_networks(vm))
 
         thread = threading.Thread(target=run, name=f"lab-boot-{vm.name}", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
 
+    @staticmethod
+    def _agent_networks(vm: LabVM) -> dict[str, str]:
+        if vm.agent == "empty":
+            return {"0/ip": "", "0/ipv6/0": ""}
+        if vm.faults.ip_never:
+            return {"0/ip": "169.254.77.1", "0/ipv6/0": "fe80::216:3eff:fe00:1"}
+        if vm.agent == "old":
+            # FreeBSD's xe-guest-utilities before its 2024 fix: every address of
+            # the interface in one value, separated by spaces.
+            return {"0/ip": f"{vm.address} 192.0.2.10", "1/ip": "169.254.77.1"}
+        return {"0/ip": vm.address, "0/ipv4/0": vm.address, "0/ipv6/0": "fe80::216:3eff:fe00:1",
+                "1/ipv4/0": "169.254.77.1"}
+
     def _publish_metrics(self, vm: LabVM, networks: dict[str, str]) -> None:
         if vm.guest_metrics == NULL_REF:
-            metrics = _Metrics(new_ref(), str(uuidlib.uuid4()), vm.ref, networks)
+            metrics = Metrics(new_ref(), str(uuidlib.uuid4()), networks)
             self.metrics[metrics.ref] = metrics
             vm.guest_metrics = metrics.ref
             self._emit("vm_guest_metrics", "add", metrics.ref)
             self._emit("vm", "mod", vm.ref)
         else:
-            self.metrics[vm.guest_metrics].networks = networks
+            metrics = self.metrics[vm.guest_metrics]
+            metrics.networks, metrics.updated = networks, time.time()
             self._emit("vm_guest_metrics", "mod", vm.guest_metrics)
 
-    def _halt_guest(self, vm: LabVM) -> None:
-        vm.generation += 1
-        try:
-            self.booter.halt(vm)
-        except Exception as exc:  # never let a guest's death break the lab
-            log.error("lab guest failed to halt", vm=vm.name, error=str(exc))
+    def publish_networks(self, vm: LabVM, networks: dict[str, str]) -> None:
+        """Lab side: the guest's agent reports ``networks`` now."""
+        with self._lock:
+            self._publish_metrics(vm, dict(networks))
+
+    def _delete_metrics(self, vm: LabVM) -> None:
         if vm.guest_metrics != NULL_REF:
             ref, vm.guest_metrics = vm.guest_metrics, NULL_REF
             self.metrics.pop(ref, None)
             self._emit("vm_guest_metrics", "del", ref)
 
+    def _halt_guest(self, vm: LabVM) -> None:
+        """The domain is gone; the guest metrics record stays (xen-api keeps it)."""
+        vm.generation += 1
+        vm.halted.set()
+        vm.resident_on = NULL_REF
+        try:
+            self.booter.halt(vm)
+        except Exception as exc:  # never let a guest's death break the lab
+            log.error("lab guest failed to halt", vm=vm.name, error=str(exc))
+
+    def _set_state(self, vm: LabVM, state: str) -> None:
+        vm.power_state = state
+        if state in ("Running", "Paused"):
+            vm.resident_on = self.master.ref
+        self._emit("vm", "mod", vm.ref)
+
     # -- session ---------------------------------------------------------------------------
 
     def login_with_password(self, user: Any, password: Any, version: Any = "",
-                            originator: Any = "") -> str:
+                            originator: Any = "", *, host: LabHost | None = None) -> str:
+        if host is not None and host is not self.master:
+            raise XapiError("HOST_IS_SLAVE", self.master.address)
+        if not isinstance(user, str) or self.users.get(user) != password:
+            if self.faults.failed_login_delay > 0:
+                self._stopping.wait(self.faults.failed_login_delay)
+            raise XapiError("SESSION_AUTHENTICATION_FAILED", user, "Authentication failure")
         with self._lock:
-            if not isinstance(user, str) or self.users.get(user) != password:
-                raise XapiError("SESSION_AUTHENTICATION_FAILED", user,
-                                "Authentication failure")
             session = LabSession(new_ref(), str(uuidlib.uuid4()), user, str(originator),
                                  time.monotonic())
             self.sessions[session.ref] = session
@@ -366,6 +382,43 @@ class XapiState:
             self.logged_out.append(session.ref)
             return ""
 
+    def logout_ref(self, ref: Any) -> str:
+        """``session.logout`` of a session given as argument (``session.logout`` by ref)."""
+        with self._lock:
+            if isinstance(ref, str) and ref in self.sessions:
+                self.sessions.pop(ref)
+                self.logged_out.append(ref)
+            return ""
+
+    # -- pool and hosts ------------------------------------------------------------------------
+
+    def pool_get_all(self) -> list[str]:
+        return [self.pool_ref]
+
+    def pool_get_master(self, ref: Any) -> str:
+        if ref != self.pool_ref:
+            raise XapiError("HANDLE_INVALID", "pool", ref)
+        return self.master.ref
+
+    def _host(self, ref: Any) -> LabHost:
+        for host in self.hosts:
+            if host.ref == ref:
+                return host
+        raise XapiError("HANDLE_INVALID", "host", ref)
+
+    def host_get_all(self) -> list[str]:
+        return [h.ref for h in self.hosts]
+
+    def host_get_record(self, ref: Any) -> dict[str, Any]:
+        host = self._host(ref)
+        return host.record(host is self.master)
+
+    def host_get_address(self, ref: Any) -> str:
+        return self._host(ref).address
+
+    def host_get_server_certificate(self, ref: Any) -> str:
+        return self._host(ref).certificate
+
     # -- VM reads ----------------------------------------------------------------------------
 
     def get_all(self) -> list[str]:
@@ -374,7 +427,7 @@ class XapiState:
 
     def get_all_records(self) -> dict[str, Any]:
         with self._lock:
-            return {ref: vm.record() for ref, vm in self.vms.items()}
+            return {ref: self._record(vm) for ref, vm in self.vms.items()}
 
     def get_by_uuid(self, uuid: Any) -> str:
         with self._lock:
@@ -389,11 +442,18 @@ class XapiState:
 
     def get_record(self, ref: Any) -> dict[str, Any]:
         with self._lock:
-            return self._vm(ref).record()
+            return self._record(self._vm(ref))
 
     def get_field(self, ref: Any, name: str) -> Any:
         with self._lock:
-            return self._vm(ref).record()[name]
+            return self._record(self._vm(ref))[name]
+
+    def vif_record(self, ref: Any) -> dict[str, Any]:
+        with self._lock:
+            for vm in self.vms.values():
+                if isinstance(ref, str) and ref in vm.vifs:
+                    return {"MAC": vm.vifs[ref], "VM": vm.ref, "device": "0"}
+            raise XapiError("HANDLE_INVALID", "VIF", ref)
 
     def metrics_record(self, ref: Any) -> dict[str, Any]:
         with self._lock:
@@ -402,126 +462,36 @@ class XapiState:
                 raise XapiError("HANDLE_INVALID", "VM_guest_metrics", ref)
             return metrics.record()
 
-    # -- VM lifecycle ----------------------------------------------------------------------------
+    # -- tasks ---------------------------------------------------------------------------------
 
-    def start(self, ref: Any, start_paused: Any = False, force: Any = False) -> str:
+    def task_record(self, ref: Any) -> dict[str, Any]:
         with self._lock:
-            vm = self._vm(ref)
-            if vm.is_a_snapshot:
-                raise XapiError("OPERATION_NOT_ALLOWED", "snapshots cannot be started")
-            self._require(vm, "Halted")
-            if vm.faults.start_fails:
-                raise XapiError(vm.faults.start_fails, vm.ref)
-            if start_paused:
-                self._set_state(vm, "Paused")
-                return ""
-            self._set_state(vm, "Running")
-            self._boot_guest(vm)
+            return self._task(ref).record()
+
+    def task_field(self, ref: Any, name: str) -> Any:
+        return self.task_record(ref)[name]
+
+    def task_get_all(self) -> list[str]:
+        with self._lock:
+            return [ref for ref, task in self.tasks.items() if task.visible]
+
+    def task_cancel(self, ref: Any) -> str:
+        """Ask a pending task to stop; it ends ``cancelled`` once its operation noticed."""
+        with self._changed:
+            self.cancelled.append(str(ref))
+            task = self._task(ref)
+            if task.status != "pending":
+                raise XapiError("OPERATION_NOT_ALLOWED",
+                                f"task {task.ref} is {task.status} and cannot be cancelled")
+            task.cancel_requested.set()
+            self._changed.notify_all()
             return ""
 
-    def clean_shutdown(self, ref: Any) -> str:
+    def task_destroy(self, ref: Any) -> str:
         with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Running")
-            hangs = vm.faults.clean_shutdown_hangs
-        if hangs:
-            # The guest ignores the ACPI request; only a hard shutdown ends the wait.
-            vm.hard_stop.wait(HANG_LIMIT)
-            with self._lock:
-                self._require(vm, "Running")
-                raise XapiError("VM_SHUTDOWN_TIMEOUT", vm.ref, str(HANG_LIMIT))
-        with self._lock:
-            self._require(vm, "Running")
-            self._halt_guest(vm)
-            self._set_state(vm, "Halted")
-            return ""
-
-    def hard_shutdown(self, ref: Any) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Running", "Paused", "Suspended")
-            if vm.faults.hard_shutdown_busy > 0:
-                vm.faults.hard_shutdown_busy -= 1
-                raise XapiError("OTHER_OPERATION_IN_PROGRESS", "VM", vm.ref, "clean_shutdown")
-            self._halt_guest(vm)
-            self._set_state(vm, "Halted")
-            vm.hard_stop.set()
-            return ""
-
-    def pause(self, ref: Any) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Running")
-            self._set_state(vm, "Paused")
-            return ""
-
-    def unpause(self, ref: Any) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Paused")
-            self._set_state(vm, "Running")
-            if vm.guest_metrics == NULL_REF:  # started paused: the guest boots now
-                self._boot_guest(vm)
-            return ""
-
-    def suspend(self, ref: Any) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Running")
-            self._halt_guest(vm)
-            self._set_state(vm, "Suspended")
-            return ""
-
-    def resume(self, ref: Any, start_paused: Any = False, force: Any = False) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            self._require(vm, "Suspended")
-            self._set_state(vm, "Running")
-            self._boot_guest(vm)
-            return ""
-
-    # -- snapshots ------------------------------------------------------------------------------
-
-    def _snapshot_root(self, snap: LabVM) -> Path:
-        if self.snapshot_dir is None:
-            raise XapiError("INTERNAL_ERROR", "the lab has no snapshot directory")
-        return self.snapshot_dir / snap.uuid
-
-    def snapshot(self, ref: Any, name: Any) -> str:
-        with self._lock:
-            vm = self._vm(ref)
-            if vm.is_a_snapshot:
-                raise XapiError("OPERATION_NOT_ALLOWED", "cannot snapshot a snapshot")
-            snap = LabVM(name=str(name), power_state="Halted", is_a_snapshot=True,
-                         snapshot_of=vm.ref, address=vm.address, ssh_port=vm.ssh_port,
-                         snapshot_time=time.time())
-            if vm.root is not None:
-                copy = self._snapshot_root(snap)
-                shutil.copytree(vm.root, copy, symlinks=True)
-                snap.root = copy
-            self.vms[snap.ref] = snap
-            vm.snapshots.append(snap.ref)
-            self._emit("vm", "add", snap.ref)
-            self._emit("vm", "mod", vm.ref)
-            return snap.ref
-
-    def revert(self, snapshot_ref: Any) -> str:
-        with self._lock:
-            snap = self._vm(snapshot_ref)
-            if not snap.is_a_snapshot:
-                raise XapiError("VM_REVERT_FAILED", snap.ref, "not a snapshot")
-            vm = self._vm(snap.snapshot_of)
-            if vm.power_state != "Halted":
-                self._halt_guest(vm)
-                vm.hard_stop.set()
-            if vm.root is not None and snap.root is not None:
-                scratch = vm.root.with_name(vm.root.name + ".reverting")
-                shutil.rmtree(scratch, ignore_errors=True)
-                shutil.copytree(snap.root, scratch, symlinks=True)
-                shutil.rmtree(vm.root)
-                scratch.rename(vm.root)
-            vm.reverts += 1
-            self._set_state(vm, "Halted")
+            task = self._task(ref)
+            del self.tasks[task.ref]
+            self._emit("task", "del", task.ref)
             return ""
 
     # -- events ---------------------------------------------------------------------------------
@@ -529,19 +499,24 @@ class XapiState:
     @staticmethod
     def _matches(event: dict[str, Any], classes: list[str]) -> bool:
         for wanted in classes:
-            wanted = str(wanted).lower()
+            wanted = str(wanted)
             if wanted == "*":
                 return True
             cls, _, ref = wanted.partition("/")
-            if cls == event["class"] and (not ref or ref == event["ref"].lower()):
+            if cls.lower() == event["class"] and (not ref or ref == event["ref"]):
                 return True
         return False
+
+    def _token(self) -> str:
+        # xen-api ``xapi_event.ml``: "%020Ld,%020Ld" (object generation, message generation)
+        return f"{self._event_id:020d},{0:020d}"
 
     def event_from(self, classes: Any, token: Any, timeout: Any) -> dict[str, Any]:
         if self.faults.events_unsupported:
             raise XapiError("MESSAGE_METHOD_UNKNOWN", "event.from")
         if not isinstance(classes, list):
             raise XapiError("FIELD_TYPE_ERROR", "classes")
+        self.subscriptions.append([str(c) for c in classes])
         try:
             wait = max(0.0, min(float(timeout), 3600.0))
         except (TypeError, ValueError):
@@ -551,15 +526,16 @@ class XapiState:
                 events = []
                 for ref, vm in self.vms.items():
                     events.append({"id": "0", "class": "vm", "operation": "add", "ref": ref,
-                                   "snapshot": vm.record(), "timestamp": str(time.time())})
+                                   "snapshot": self._record(vm), "timestamp": str(time.time())})
                 for ref, metrics in self.metrics.items():
                     events.append({"id": "0", "class": "vm_guest_metrics", "operation": "add",
                                    "ref": ref, "snapshot": metrics.record(),
                                    "timestamp": str(time.time())})
                 return {"events": [e for e in events if self._matches(e, classes)],
-                        "valid_ref_counts": {}, "token": f"{self._event_id:020d}"}
+                        "valid_ref_counts": {}, "token": self._token()}
             try:
-                since = int(str(token))
+                generation, _messages = str(token).split(",")
+                since = int(generation)
             except ValueError:
                 raise XapiError("EVENT_FROM_TOKEN_PARSE_FAILURE", token) from None
             deadline = time.monotonic() + wait
@@ -576,6 +552,4 @@ class XapiState:
                 found = pending()
             events = [{k: v for k, v in e.items() if k != "_n" and v is not None}
                       for e in found]
-            return {"events": events, "valid_ref_counts": {},
-                    "token": f"{self._event_id:020d}"}
-
+            return {"events": events, "valid_ref_counts": {}, "token": self._token()}
