@@ -45,6 +45,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
+        "observers": Key(list, [], "observer plugins to tell about runs (e.g. ['command'])"),
     },
     "base": {
         "name": Key(str, "freebsd", "declared base name"),
@@ -59,7 +60,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
-PLUGIN_TABLES = ("executors", "guests")
+PLUGIN_TABLES = ("executors", "guests", "observers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ class Config:
     build_root: Path = Path(".fruix/build")
     executors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     guests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    observers: tuple[str, ...] = ()
+    observer_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def effective_jobs(self) -> int:
@@ -90,6 +93,9 @@ class Config:
 
     def guest_settings(self, name: str) -> Mapping[str, Any]:
         return self.guests.get(name, {})
+
+    def observer_settings(self, name: str) -> Mapping[str, Any]:
+        return self.observer_tables.get(name, {})
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -206,6 +212,9 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         if not value or any(c.isspace() or c in "/\\\"'" for c in value):
             raise ConfigError("must be a non-empty word without spaces, quotes or slashes",
                               file=file, key=f"base.{key}")
+    observers = build["observers"]
+    if not all(isinstance(n, str) and n for n in observers):
+        raise ConfigError("must be a list of observer names", file=file, key="build.observers")
     cwd = Path.cwd()
     # Defaults are relative to the working directory, values from a file to the file.
     def path_of(key: str) -> Path:
@@ -230,4 +239,6 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         build_root=path_of("build_root"),
         executors=plugin_tables["executors"],
         guests=plugin_tables["guests"],
+        observers=tuple(observers),
+        observer_tables=plugin_tables["observers"],
     )

@@ -30,9 +30,9 @@ from typing import Any
 
 import structlog
 
-from fruix_core import hookimpl
 from fruix_core.config import Key, read_section
 from fruix_core.errors import ConfigError
+from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import Guest, GuestRequest
 
 __all__ = ["SCHEMA", "SSHGuestProvider", "guest_from_settings"]
@@ -116,6 +116,7 @@ class SSHGuestProvider:
     """A static SSH host from the config (``[guests.ssh]``)."""
 
     name = PROVIDER
+    fruix_plugin_api = PLUGIN_API_VERSION
 
     @hookimpl
     def fruix_acquire_guest(self, request: GuestRequest) -> Guest | None:

@@ -29,12 +29,16 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fruix_core.hookspecs import hookimpl
+
 __all__ = [
     "TOY_MAKEFILE",
+    "TeardownRecorder",
     "Workspace",
     "copy_sample_source",
     "make_toy_source",
@@ -43,7 +47,9 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "wait_for",
     "wait_gone",
+    "write_plugin_dist",
 ]
 
 
@@ -158,6 +164,26 @@ def make_toy_source(path: Path) -> Path:
     return path
 
 
+def write_plugin_dist(root: Path, dist: str, module: str, source: str, entry_points: str,
+                      version: str = "1.2.3") -> Path:
+    """Lay out an installed distribution (one module and its ``.dist-info``) under ``root``.
+
+    Put ``root`` on ``sys.path`` (``monkeypatch.syspath_prepend``) or
+    ``PYTHONPATH`` and its entry points are discovered like those of any
+    installed plugin. ``entry_points`` is the text of ``entry_points.txt``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+                                   encoding="utf-8")
+    (info / "top_level.txt").write_text(module + "\n", encoding="utf-8")
+    (info / "RECORD").write_text(f"{module}.py,,\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points), encoding="utf-8")
+    return root
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
           timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (no terminal), as an operator would."""
@@ -218,3 +244,41 @@ def wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
     while time.monotonic() < deadline and live_processes(pattern):
         time.sleep(0.1)
     return live_processes(pattern)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Wait until ``condition()`` holds, at most ``seconds``; whether it held."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return bool(condition())
+        time.sleep(0.05)
+    return True
+
+
+class TeardownRecorder:
+    """A plugin that records the teardowns the core asks for, and can cancel between phases.
+
+    Register it beside the executor (``run_build(..., extra_plugins=(recorder,))``):
+    ``calls`` lists ``(run id, outcome state, failed stage)`` per teardown. With
+    ``cancel_after="buildworld"`` it cancels ``cancel`` as soon as that phase
+    returned, so the core stops the run *between* two phases.
+    """
+
+    def __init__(self, cancel_after: str | None = None, cancel: Any = None) -> None:
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.cancel_after = cancel_after
+        self.cancel = cancel
+
+    @hookimpl(wrapper=True)
+    def fruix_run_phase(self, request: Any, env: Any, phase: Any) -> Any:
+        result = yield
+        if phase.name == self.cancel_after and self.cancel is not None:
+            self.cancel.cancel("interrupted")
+        return result
+
+    @hookimpl
+    def fruix_teardown_env(self, request: Any, env: Any, outcome: Any) -> None:
+        self.calls.append((request.run_id, outcome.state, outcome.stage))

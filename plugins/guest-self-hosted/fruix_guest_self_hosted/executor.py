@@ -19,12 +19,15 @@ How the four executor hooks map onto one helper invocation:
     wait for the helper to finish (it stages and writes ``promotion.scm``
     itself) and describe the artifacts from its summary document.
 ``fruix_emit_promotion``
-    import the guest's result root to ``request.result_root`` through one tar
-    stream, verified against its digests, its executor and helper version
-    and its run id; the core promotes it.
+    say where the guest's result root is; the core imports it through one
+    verified tar stream and checks its provenance (executor, the helper's
+    version, which must be this distribution's, and run id).
+``fruix_teardown_env``
+    stop the helper's whole process group in the guest if it still runs
+    (the helper then records ``failed <phase>``) and hang up.
 
-Cancel (Ctrl-C, SIGTERM) and errors on the host stop the helper's whole
-process group in the guest; the helper then records ``failed <phase>``.
+Cancel (Ctrl-C, SIGTERM) and errors on the host, during a phase or between
+two, end in the teardown, so nothing of the run keeps running in the guest.
 Configuration: ``[executors.guest-self-hosted]`` (:data:`SCHEMA`).
 """
 
@@ -34,34 +37,32 @@ import collections
 import posixpath
 import queue
 import shlex
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.config import Key, read_section
-from fruix_core.environment import sanitised_environment
-from fruix_core.errors import (
+from fruix_core.api import (
+    PLUGIN_API_VERSION,
+    BuildRequest,
     Cancelled,
     ConfigError,
-    GuestError,
-    PromotionInputError,
-    UsageError,
-)
-from fruix_core.model import (
-    BuildRequest,
     EmittedResult,
     Guest,
+    GuestError,
+    Key,
     Phase,
     PhaseResult,
     PreparedEnv,
+    RunEnd,
     SourceStore,
     StagedArtifacts,
+    UsageError,
+    hookimpl,
+    read_section,
+    require_guest,
+    sanitised_environment,
 )
-from fruix_core.resultroot import ResultRoot, build_metadata
-from fruix_guest_self_hosted.__about__ import __version__
 from fruix_guest_self_hosted.follow import HelperRun, helper_failure, output_tail, staged_from
 from fruix_guest_self_hosted.protocol import PROG
 
@@ -75,10 +76,8 @@ NAME = "guest-self-hosted"
 SCHEMA: dict[str, Key] = {
     "helper": Key(str, PROG, "the helper command in the guest (words allowed, e.g. "
                              "'python3 -m fruix_guest_self_hosted.helper')"),
-    "expected_version": Key(str, "", "helper version the host requires ('' = this plugin's)"),
     "keep_work": Key(bool, False, "keep the guest's object/stage work area after success"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
-    "progress": Key(bool, True, "show import progress in bytes on a terminal"),
     "check_timeout": Key((int, float), 120, "seconds the helper's --version/--check may take"),
 }
 
@@ -124,24 +123,22 @@ class GuestSelfHostedExecutor:
     """Builds the native base inside a Fruix guest through its self-hosted helper."""
 
     name = NAME
-    version = __version__
+    fruix_plugin_api = PLUGIN_API_VERSION
 
     # -- preparation -----------------------------------------------------------------
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
-        from fruix_core.guests import require_guest
-        from fruix_core.transport.ssh import connect
+        from fruix_core.api import connect
 
         guest = require_guest(request, NAME)
         settings = _settings(request)
         if request.resume_from is not None:
             raise UsageError(f"executor '{NAME}' cannot resume a run: its helper builds every "
                              "phase in one go; start a new run")
-        ResultRoot(request.result_root).create()
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:
-            version = self._check_version(session, guest, settings)
+            version = self._check_version(session, guest, settings, request)
             facts = self._check_guest(session, guest, settings, request)
         except BaseException:
             session.close()
@@ -159,14 +156,13 @@ class GuestSelfHostedExecutor:
             development_profile_path=facts.get("development_profile"),
             session=_State(session, settings, version, guest),
         )
-        ResultRoot(request.result_root).write_metadata(
-            build_metadata(request, env, None, version))
         log.info("guest ready for a self-hosted build", guest=guest.name, helper_version=version,
                  source=env.source.path, result_root=env.result_root)
         return env
 
-    def _check_version(self, session: Any, guest: Guest, settings: Mapping[str, Any]) -> str:
-        from fruix_core.transport.ssh import shell_script
+    def _check_version(self, session: Any, guest: Guest, settings: Mapping[str, Any],
+                       request: BuildRequest) -> str:
+        from fruix_core.api import shell_script
 
         argv = settings["helper_argv"]
         command = " ".join(argv)
@@ -177,7 +173,7 @@ class GuestSelfHostedExecutor:
         if outcome.returncode == 127:
             raise GuestError(f"{where}: the self-hosted helper '{command}' is not installed "
                              f"(not found{': ' + tail if tail else ''}); install "
-                             f"fruix-executor-guest-self-hosted {self._expected(settings)} in "
+                             f"fruix-executor-guest-self-hosted {request.executor_version} in "
                              f"the guest or set executors.{NAME}.helper")
         if outcome.returncode == 126:
             raise GuestError(f"{where}: the self-hosted helper '{command}' is not executable")
@@ -189,7 +185,9 @@ class GuestSelfHostedExecutor:
             raise GuestError(f"{where}: '{command}' is not the Fruix self-hosted helper "
                              f"(its --version printed {tail!r})")
         version = words[1]
-        expected = self._expected(settings)
+        # The helper's version is recorded as executor-version, which must be this
+        # distribution's: the core takes provenance from the distribution.
+        expected = request.executor_version
         if version != expected:
             raise GuestError(
                 f"{where}: the self-hosted helper '{command}' is version {version}, but this "
@@ -198,13 +196,9 @@ class GuestSelfHostedExecutor:
                 "different helper never reuses them)")
         return version
 
-    @staticmethod
-    def _expected(settings: Mapping[str, Any]) -> str:
-        return str(settings["expected_version"] or __version__)
-
     def _check_guest(self, session: Any, guest: Guest, settings: Mapping[str, Any],
                      request: BuildRequest) -> dict[str, Any]:
-        from fruix_core.transport.ssh import shell_script
+        from fruix_core.api import shell_script
 
         argv = [*settings["helper_argv"], "--check", "--markers",
                 "--system-root", guest.system_root, "--make", request.make]
@@ -224,7 +218,7 @@ class GuestSelfHostedExecutor:
     # -- building --------------------------------------------------------------------
 
     def _start(self, request: BuildRequest, state: _State) -> HelperRun:
-        from fruix_core.transport.ssh import shell_script
+        from fruix_core.api import shell_script
 
         base = request.base
         argv = [*state.settings["helper_argv"], "--markers",
@@ -247,56 +241,43 @@ class GuestSelfHostedExecutor:
     @hookimpl
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         state: _State = env.session
-        host_root = ResultRoot(request.result_root)
-        log_path = host_root.log_path(phase.name)
-        try:
-            helper = state.helper or self._start(request, state)
-            result = self._follow_phase(request, state, helper, phase, log_path)
-        except BaseException:
-            host_root.set_failed(phase.name)
-            state.close()
-            raise
+        helper = state.helper or self._start(request, state)
+        result = self._follow_phase(request, state, helper, phase)
         if not result.ok:
             # The helper records the failure and exits; wait for it so the guest is settled.
             helper.wait(request.cancel)
-            host_root.set_failed(phase.name)
-            state.close()
         return result
 
     def _follow_phase(self, request: BuildRequest, state: _State, helper: HelperRun,
-                      phase: Phase, log_path: Path) -> PhaseResult:
+                      phase: Phase) -> PhaseResult:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
-            log_file.write(f"# {phase.name}, run by the self-hosted helper in guest "
-                           f"{state.guest.name}\n")
-            while True:
-                if request.cancel.cancelled and not helper.cancel.cancelled:
-                    helper.cancel.cancel(request.cancel.reason or "interrupted")
-                try:
-                    kind, payload = helper.events.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if kind == "line":
-                    log_file.write(payload + "\n")
-                    tail.append(payload)
-                    if request.on_output is not None:
-                        request.on_output(phase.name, payload)
-                elif kind == "phase-start" and payload.phase != phase.name:
-                    raise GuestError(f"guest {state.guest.name}: the helper started phase "
+        request.output(phase.name, f"# {phase.name}, run by the self-hosted helper in guest "
+                                   f"{state.guest.name}")
+        while True:
+            if request.cancel.cancelled and not helper.cancel.cancelled:
+                helper.cancel.cancel(request.cancel.reason or "interrupted")
+            try:
+                kind, payload = helper.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "line":
+                tail.append(payload)
+                request.output(phase.name, payload)
+            elif kind == "phase-start" and payload.phase != phase.name:
+                raise GuestError(f"guest {state.guest.name}: the helper started phase "
+                                 f"{payload.phase} while the host expected {phase.name}")
+            elif kind == "phase-end":
+                if payload.phase != phase.name:
+                    raise GuestError(f"guest {state.guest.name}: the helper ended phase "
                                      f"{payload.phase} while the host expected {phase.name}")
-                elif kind == "phase-end":
-                    if payload.phase != phase.name:
-                        raise GuestError(f"guest {state.guest.name}: the helper ended phase "
-                                         f"{payload.phase} while the host expected {phase.name}")
-                    return PhaseResult(phase=phase.name, returncode=payload.returncode,
-                                       duration=payload.seconds, log_path=str(log_path),
-                                       last_lines=tuple(tail))
-                elif kind == "exit":
-                    if helper.error is not None:
-                        raise helper.error
-                    if request.cancel.cancelled:
-                        raise Cancelled(f"interrupted during {phase.name}")
-                    raise helper_failure(helper.summary, helper.outcome, state.guest.name)
+                return PhaseResult(phase=phase.name, returncode=payload.returncode,
+                                   duration=payload.seconds, last_lines=tuple(tail))
+            elif kind == "exit":
+                if helper.error is not None:
+                    raise helper.error
+                if request.cancel.cancelled:
+                    raise Cancelled(f"interrupted during {phase.name}")
+                raise helper_failure(helper.summary, helper.outcome, state.guest.name)
 
     # -- result root -------------------------------------------------------------------
 
@@ -304,61 +285,44 @@ class GuestSelfHostedExecutor:
     def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
         state: _State = env.session
         helper = state.helper
-        try:
-            if helper is None:
-                raise GuestError("the self-hosted helper was never started")
-            helper.wait(request.cancel)
-            while not helper.events.empty():
-                kind, payload = helper.events.get()
-                if kind == "line" and payload.strip():
-                    log.info("helper output", guest=state.guest.name, line=payload)
-            if helper.error is not None:
-                raise helper.error
-            summary = helper.summary
-            if summary is None or summary.get("status") != "ok" or \
-                    helper.outcome is None or helper.outcome.returncode != 0:
-                raise helper_failure(summary, helper.outcome, state.guest.name)
-            return staged_from(summary, env.result_root)
-        except BaseException:
-            state.close()
-            raise
+        if helper is None:
+            raise GuestError("the self-hosted helper was never started")
+        helper.wait(request.cancel)
+        while not helper.events.empty():
+            kind, payload = helper.events.get()
+            if kind == "line" and payload.strip():
+                log.info("helper output", guest=state.guest.name, line=payload)
+        if helper.error is not None:
+            raise helper.error
+        summary = helper.summary
+        if summary is None or summary.get("status") != "ok" or \
+                helper.outcome is None or helper.outcome.returncode != 0:
+            raise helper_failure(summary, helper.outcome, state.guest.name)
+        return staged_from(summary, env.result_root)
 
     @hookimpl
     def fruix_emit_promotion(self, request: BuildRequest, env: PreparedEnv,
                              staged: StagedArtifacts) -> EmittedResult:
-        from fruix_core.promotion.schema import read_promotion
-        from fruix_core.transport.tarstream import fetch_tree
+        # The helper wrote promotion.scm in the guest; the core imports and checks it.
+        return EmittedResult(result_root=env.result_root, in_guest=True)
 
+    # -- teardown ----------------------------------------------------------------------
+
+    @hookimpl
+    def fruix_teardown_env(self, request: BuildRequest, env: PreparedEnv, outcome: RunEnd) -> None:
         state: _State = env.session
         try:
-            fetch_tree(state.session, env.result_root, request.result_root,
-                       verify=_verifier(request, state.version),
-                       progress=None if state.settings["progress"] else False)
+            if state.helper is not None:
+                state.helper.stop()
+            if not outcome.ok and state.session.active:
+                # Say in the guest what the host records, whatever the helper managed to
+                # write before it stopped (a cancel between two phases included).
+                root = shlex.quote(env.result_root)
+                line = shlex.quote(f"failed {outcome.stage or 'prepare'}")
+                state.session.check_output(
+                    f"if [ -d {root} ]; then printf '%s\\n' {line} > {root}/status; fi",
+                    what="recording the failure in the guest")
         finally:
             state.close()
-        promotion = read_promotion(request.result_root / "promotion.scm")
-        return EmittedResult(result_root=request.result_root, promotion=promotion)
-
-
-def _verifier(request: BuildRequest, version: str) -> Callable[[Path], None]:
-    """Check an imported result root before it is renamed into place."""
-    from fruix_core.promotion.schema import read_promotion
-    from fruix_core.transport.tarstream import verify_result_root
-
-    def verify(tree: Path) -> None:
-        verify_result_root(tree)
-        promotion = read_promotion(tree / "promotion.scm")
-        problems = []
-        if promotion.executor != NAME:
-            problems.append(f"executor is {promotion.executor!r}, not {NAME!r}")
-        if promotion.executor_version != version:
-            problems.append(f"executor-version is {promotion.executor_version!r}, "
-                            f"the helper said {version!r}")
-        if promotion.run_id != request.run_id:
-            problems.append(f"run-id is {promotion.run_id!r}, not {request.run_id!r}")
-        if ResultRoot(tree).status().state != "ok":
-            problems.append("its status is not ok")
-        if problems:
-            raise PromotionInputError(f"imported result root refused: {'; '.join(problems)}")
-
-    return verify
+        log.debug("self-hosted helper stopped and session closed", guest=state.guest.name,
+                  outcome=outcome.state)

@@ -4,7 +4,8 @@ The helper reuses the ``local`` executor: :class:`InGuestExecutor` is a
 :class:`~fruix_local.LocalExecutor` whose name is ``guest-self-hosted``, whose
 version is the helper version, and whose ``prepare_env`` takes the source
 store from the guest's own ``store-layout.scm`` instead of the host's config.
-:func:`run_in_guest` drives its four hooks like the core's runner does::
+:func:`run_in_guest` calls its four hooks in order and keeps the guest's result
+root (status, logs, metadata), as the core's runner does on the host::
 
     <root>/var/lib/fruix/native-builds/<run-id>/          the result root (small, legible)
     <root>/var/lib/fruix/native-builds/latest -> <run-id> swapped once the root is complete
@@ -28,23 +29,32 @@ from typing import Any
 import structlog
 from fruix_local import LocalExecutor, check_source, check_tools
 
-from fruix_core import hookimpl
-from fruix_core.environment import BASE_PATH, ENVIRONMENT_POLICY, sanitised_environment
-from fruix_core.errors import BuildFailed, Cancelled, GuestError, UsageError
-from fruix_core.guestlayout import StoreLayout, read_store_layout
-from fruix_core.model import (
+from fruix_core.api import (
+    BASE_PATH,
+    CORE_VERSION,
+    ENVIRONMENT_POLICY,
+    PHASES,
     BaseMetadata,
+    BuildFailed,
     BuildRequest,
+    Cancelled,
     CancelToken,
     EmittedResult,
+    GuestError,
     PhaseResult,
     PreparedEnv,
+    ResultRoot,
     SourceStore,
     StagedArtifacts,
+    StoreLayout,
+    UsageError,
+    build_metadata,
+    hookimpl,
+    new_run_id,
+    read_store_layout,
+    sanitised_environment,
+    swap_latest,
 )
-from fruix_core.plugins import make_plugin_manager
-from fruix_core.profile import PHASES
-from fruix_core.resultroot import ResultRoot, build_metadata, new_run_id, swap_latest
 from fruix_guest_self_hosted.__about__ import __version__
 
 __all__ = [
@@ -222,7 +232,7 @@ class InGuestExecutor(LocalExecutor):
             closure_path=layout.closure_path,
             development_profile_path=layout.development_profile_path,
         )
-        root.write_metadata(build_metadata(request, env, None, self.version))
+        root.write_metadata(build_metadata(request, env, None))
         return env
 
 
@@ -303,27 +313,41 @@ def run_in_guest(
     run.result_root = facts.results_dir / run.run_id
     run.build_root = facts.work_dir / run.run_id
     executor = InGuestExecutor(facts)
+    root = ResultRoot(run.result_root)
+    logs: dict[str, Any] = {}
+
+    def on_output(phase: str, line: str) -> None:
+        handle = logs.get(phase)
+        if handle is not None:
+            handle.write(line + "\n")
+        if events.on_output is not None:
+            events.on_output(phase, line)
+
     request = BuildRequest(
         run_id=run.run_id, executor=EXECUTOR_NAME, base=base or BaseMetadata(), phases=PHASES,
         jobs=jobs, make=make, source_dir=facts.source_dir, results_dir=facts.results_dir,
         result_root=run.result_root, build_root=run.build_root,
         environment=sanitised_environment(environ), environment_policy=ENVIRONMENT_POLICY,
-        phase_timeout=phase_timeout, cancel=cancel, on_output=events.on_output,
+        phase_timeout=phase_timeout, cancel=cancel, on_output=on_output,
+        executor_version=__version__, executor_distribution="fruix-executor-guest-self-hosted",
     )
-    pm = make_plugin_manager(executor)
     bound = log.bind(run_id=run.run_id)
     bound.info("self-hosted build started", system_root=str(system_root),
                source=facts.layout.source_path, result_root=str(run.result_root))
-    root = ResultRoot(run.result_root)
     try:
-        env = pm.prepare_env(request)
+        env = executor.fruix_prepare_env(request)
         for phase in request.phases:
             run.current = phase.name
             if cancel.cancelled:
                 raise Cancelled(cancel.reason or "interrupted")
             if events.on_phase_start is not None:
                 events.on_phase_start(phase.name)
-            result = pm.run_phase(request, env, phase)
+            with open(root.log_path(phase.name), "w", encoding="utf-8", buffering=1) as handle:
+                logs[phase.name] = handle
+                try:
+                    result = executor.fruix_run_phase(request, env, phase)
+                finally:
+                    logs.pop(phase.name, None)
             run.phases.append(result)
             if events.on_phase_end is not None:
                 events.on_phase_end(result)
@@ -331,9 +355,14 @@ def run_in_guest(
                 raise BuildFailed(phase.name, result.returncode, "\n".join(result.last_lines),
                                   log_path=root.log_path(phase.name))
         run.current = "stage"
-        run.staged = pm.stage_artifacts(request, env)
+        run.staged = executor.fruix_stage_artifacts(request, env)
         run.current = "emit"
-        run.emitted = pm.emit_promotion(request, env, run.staged)
+        run.emitted = executor.fruix_emit_promotion(request, env, run.staged)
+        metadata = build_metadata(request, env, run.staged)
+        metadata["core_version"] = CORE_VERSION
+        metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        root.write_metadata(metadata)
+        root.set_ok()
     except (KeyboardInterrupt, SystemExit):
         root.record_failure(run.current)
         raise Cancelled("interrupted") from None

@@ -24,7 +24,7 @@ from fruix_core.errors import (
 from fruix_core.model import CancelToken
 from fruix_core.resultroot import ResultRoot
 from fruix_core.runner import run_build
-from fruix_core.testkit import run_cli
+from fruix_core.testkit import TeardownRecorder, live_processes, run_cli, wait_for
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
 
@@ -247,10 +247,15 @@ def test_older_helper_is_refused(fruix_workspace, fruix_sshd_shared, toy_guest, 
     assert not any(toy_guest.results_dir.iterdir())
 
 
-def test_expected_version_is_configurable(fruix_workspace, fruix_sshd_shared, toy_guest):
-    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest,
-                   extra='expected_version = "9.9.9"')
-    with pytest.raises(GuestError, match=rf"version {__version__}, but this host expects 9\.9\.9"):
+def test_a_helper_of_another_version_is_refused(fruix_workspace, fruix_sshd_shared, toy_guest,
+                                               tmp_path):
+    # The helper's version becomes executor-version, which the core takes from this
+    # distribution: any other helper version is refused before anything is built.
+    other = tmp_path / "other-helper"
+    other.write_text("#!/bin/sh\necho fruix-self-hosted-native-build 9.9.9\n")
+    other.chmod(0o755)
+    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest, helper=str(other))
+    with pytest.raises(GuestError, match=rf"version 9\.9\.9, but this host expects {__version__}"):
         run_build(load_config(conf))
 
 
@@ -361,4 +366,38 @@ def test_helper_outlives_a_lost_connection(fruix_workspace, fruix_sshd, tmp_path
         assert (guest.results_dir / "latest").resolve() == guest_root.path.resolve()
     finally:
         worker.join(30)
+        kit.kill_processes_in(guest.source_dir)
+
+
+# -- teardown -----------------------------------------------------------------------------
+
+
+def test_teardown_once_after_success(fruix_workspace, fruix_sshd_shared, toy_guest):
+    recorder = TeardownRecorder()
+    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest)
+    outcome = run_build(load_config(conf), extra_plugins=(recorder,))
+    assert recorder.calls == [(outcome.run_id, "ok", None)]
+    assert (toy_guest.results_dir / outcome.run_id / "status").read_text() == "ok\n"
+
+
+def test_cancel_between_phases_stops_the_helper_and_both_statuses_agree(
+        fruix_workspace, fruix_sshd_shared, tmp_path, kit):
+    # buildkernel sleeps, so the helper is busy in the guest when the host cancels.
+    guest = kit.make_toy_guest(tmp_path, sleep_buildkernel="312")
+    conf = _config(fruix_workspace, fruix_sshd_shared, guest)
+    cancel = CancelToken()
+    recorder = TeardownRecorder(cancel_after="buildworld", cancel=cancel)
+    try:
+        with pytest.raises(Cancelled) as info:
+            run_build(load_config(conf), cancel=cancel, extra_plugins=(recorder,))
+        assert [c[1:] for c in recorder.calls] == [("interrupted", "buildkernel")]
+        run_id = info.value.run_id
+        host = ResultRoot(fruix_workspace.results / run_id)
+        guest_root = ResultRoot(guest.results_dir / run_id)
+        assert str(host.status()) == str(guest_root.status()) == "failed (buildkernel)"
+        # Nothing of the run is left in the guest: no helper, no make, no sleep.
+        assert wait_for(lambda: not live_processes("sleep 312"))
+        assert wait_for(lambda: not kit.processes_in(guest.source_dir))
+        assert wait_for(lambda: not live_processes(f"--run-id {run_id}"))
+    finally:
         kit.kill_processes_in(guest.source_dir)

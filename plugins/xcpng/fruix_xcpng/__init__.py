@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.errors import GuestError
-from fruix_core.model import Guest, GuestRequest
+from fruix_core.api import PLUGIN_API_VERSION, Guest, GuestError, GuestRequest, hookimpl
 
 if TYPE_CHECKING:
     from fruix_xcpng.lifecycle import Lease
@@ -33,13 +31,17 @@ log = structlog.get_logger(__name__)
 class XcpngGuestProvider:
     """Build VMs on an XCP-ng pool (XenAPI): start, find the address, shut down and revert."""
 
+    fruix_plugin_api = PLUGIN_API_VERSION
+
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
 
     @hookimpl
-    def fruix_acquire_guest(self, request: GuestRequest) -> Guest:
+    def fruix_acquire_guest(self, request: GuestRequest) -> Guest | None:
         """Start (or take) the configured VM and return it once sshd shows the pinned key."""
+        if request.provider != PROVIDER_NAME:
+            return None
         from fruix_xcpng.lifecycle import acquire
         from fruix_xcpng.settings import load_credentials, parse_settings
 
@@ -88,19 +90,3 @@ class XcpngGuestProvider:
             if lease.released:
                 with self._lock:
                     self._leases.pop(lease_id, None)
-
-    def release_all(self, outcome: str = "interrupted") -> None:
-        """Release every VM still leased (for embedding code without the core's guarantee)."""
-        from fruix_xcpng.lifecycle import release
-
-        with self._lock:
-            leases = list(self._leases.values())
-        for lease in leases:
-            try:
-                release(lease, outcome)
-            except GuestError as exc:
-                log.error("could not release VM", vm=lease.describe(), error=str(exc))
-            finally:
-                if lease.released:
-                    with self._lock:
-                        self._leases.pop(lease.lease_id, None)
