@@ -47,6 +47,7 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "toml_value",
     "wait_for",
     "wait_gone",
     "write_plugin_dist",
@@ -89,6 +90,23 @@ def copy_sample_source(dest: Path, *, read_only: bool = True) -> Path:
     return dest
 
 
+def toml_value(value: Any) -> str:
+    """``value`` (string, number, boolean, list) written as TOML, quotes and all escaped."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string: quotes, backslashes and control
+        # characters escaped, non-ASCII as \uXXXX (TOML 1.0, "Strings").
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
 @dataclass
 class Workspace:
     """Temporary places for one test's runs."""
@@ -112,14 +130,14 @@ class Workspace:
         """Write a config using this workspace's paths; ``text`` is appended verbatim."""
         lines = ["[build]"]
         if source is not None:
-            lines.append(f'source = "{source}"')
+            lines.append(f"source = {toml_value(str(source))}")
         for key, value in build.items():
-            lines.append(f"{key} = {value!r}" if not isinstance(value, bool)
-                         else f"{key} = {str(value).lower()}")
-        lines += ["", "[paths]", f'store = "{self.store}"', f'results = "{self.results}"',
-                  f'build_root = "{self.build_root}"', ""]
+            lines.append(f"{key} = {toml_value(value)}")
+        lines += ["", "[paths]", f"store = {toml_value(str(self.store))}",
+                  f"results = {toml_value(str(self.results))}",
+                  f"build_root = {toml_value(str(self.build_root))}", ""]
         path = self.root / name
-        path.write_text("\n".join(lines).replace("'", '"') + "\n" + text, encoding="utf-8")
+        path.write_text("\n".join(lines) + "\n" + text, encoding="utf-8")
         return path
 
 

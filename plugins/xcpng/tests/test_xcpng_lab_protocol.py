@@ -14,6 +14,8 @@ from fruix_xcpng.lab import LabFaults, VmFaults, XapiLab
 from fruix_xcpng.lab.fixtures import LAB_PASSWORD as PASSWORD
 from fruix_xcpng.lab.fixtures import LAB_USER as USER
 
+from fruix_core.testkit import wait_for
+
 
 @pytest.fixture
 def session(xapi_lab: XapiLab) -> Iterator[XenAPI.Session]:
@@ -106,7 +108,7 @@ def test_guest_metrics_appear_after_the_delay(xapi_lab: XapiLab, session: XenAPI
     api = session.xenapi
     api.VM.start(ref, False, False)
     assert api.VM.get_guest_metrics(ref) == "OpaqueRef:NULL"
-    time.sleep(0.6)
+    assert wait_for(lambda: api.VM.get_guest_metrics(ref) != "OpaqueRef:NULL")
     metrics = api.VM.get_guest_metrics(ref)
     networks = api.VM_guest_metrics.get_networks(metrics)
     assert networks["0/ipv4/0"] == "127.0.0.2" and networks["1/ipv4/0"].startswith("169.254")
@@ -179,8 +181,7 @@ def test_session_ttl_fault(tmp_path: Path) -> None:
                  faults=LabFaults(session_ttl=0.2)) as lab:
         session = XenAPI.Session(lab.url)
         session.xenapi.login_with_password(USER, PASSWORD, "1.0", "t")
-        time.sleep(0.3)
-        assert lab.live_sessions() == []
+        assert wait_for(lambda: lab.live_sessions() == [])
         session.xenapi.VM.get_all()  # renewed
         session.xenapi.session.logout()
         assert lab.live_sessions() == [] and lab.state.logins == 2
@@ -208,7 +209,7 @@ def test_start_fault_and_clean_shutdown_hang(xapi_lab: XapiLab, session: XenAPI.
 
     thread = threading.Thread(target=clean)
     thread.start()
-    time.sleep(0.3)
+    assert vm.shutdown_hanging.wait(10), "the clean shutdown never reached its hang"
     assert thread.is_alive() and api.VM.get_power_state(vm.ref) == "Running"
     api.VM.hard_shutdown(vm.ref)
     thread.join(5)

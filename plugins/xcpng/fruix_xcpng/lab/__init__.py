@@ -18,7 +18,6 @@ system root; ``VM.revert`` restores it. Faults: :class:`VmFaults` per VM,
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -255,7 +254,3 @@ class XapiLab:
             data["certificate"] = {"file": str(self.certificate.cert_file),
                                    "sha256": self.certificate.sha256}
         return data
-
-    def wipe(self) -> None:
-        """Remove the work directory (after :meth:`stop`)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)

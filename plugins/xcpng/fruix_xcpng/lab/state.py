@@ -43,7 +43,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 NULL_REF = "OpaqueRef:NULL"
-POWER_STATES = ("Halted", "Running", "Paused", "Suspended")
 #: Longest a hanging clean shutdown blocks its caller when nothing ends it.
 HANG_LIMIT = 600.0
 
@@ -121,6 +120,8 @@ class LabVM:
     reverts: int = 0
     #: set by a hard shutdown, releases a hanging clean shutdown
     hard_stop: threading.Event = field(default_factory=threading.Event)
+    #: set once a clean shutdown hangs (a barrier for tests: no sleeping to wait for it)
+    shutdown_hanging: threading.Event = field(default_factory=threading.Event)
 
     def record(self) -> dict[str, Any]:
         """The XAPI ``VM`` record (the fields this lab knows)."""
@@ -426,6 +427,7 @@ class XapiState:
             hangs = vm.faults.clean_shutdown_hangs
         if hangs:
             # The guest ignores the ACPI request; only a hard shutdown ends the wait.
+            vm.shutdown_hanging.set()
             vm.hard_stop.wait(HANG_LIMIT)
             with self._lock:
                 self._require(vm, "Running")
