@@ -7,8 +7,10 @@ builds the bundled sample base with the ``local`` executor under ``./.fruix/``.
 Relative paths in a file are relative to that file's directory; defaults are
 relative to the working directory.
 
-Plugins validate their own tables (``[executors.NAME]``, ``[guests.NAME]``)
-with :func:`read_section`.
+Plugins declare the keys of their own tables (``[executors.NAME]``,
+``[guests.NAME]``, ``[observers.NAME]``) with :class:`Key`; the core checks
+every such table against its plugin's schema before a run
+(:func:`fruix_core.plugins.check_settings`, ``fruix config check``).
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ class Config:
 
     def observer_settings(self, name: str) -> Mapping[str, Any]:
         return self.observer_tables.get(name, {})
+
+    def plugin_tables(self, table: str) -> Mapping[str, Mapping[str, Any]]:
+        """The ``[table.NAME]`` sections of ``executors``, ``guests`` or ``observers``."""
+        return {"executors": self.executors, "guests": self.guests,
+                "observers": self.observer_tables}[table]
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:

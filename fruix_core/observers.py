@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from fruix_core.config import ConfigError, Key
 from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import RunEvent
 
@@ -49,11 +50,35 @@ def notify(pm: FruixPluginManager, event: RunEvent) -> None:
                         error=f"{type(exc).__name__}: {exc}")
 
 
+EVENT_KINDS = ("run-started", "phase-started", "phase-finished", "run-finished", "run-failed")
+
+
 class CommandObserver:
     """Runs a configured command with each run's final event as JSON on stdin."""
 
     name = "command"
     fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings: dict[str, Key] = {
+        "command": Key(str, "", "command line run for each event (no shell); '' = nothing"),
+        "events": Key(list, ["run-finished", "run-failed"], "event kinds that run it"),
+        "timeout": Key((int, float), 30, "seconds the command may take"),
+    }
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse an ``[observers.command]`` table whose command or events make no sense."""
+        prefix = "observers.command"
+        try:
+            shlex.split(str(table.get("command", "")))
+        except ValueError as exc:
+            raise ConfigError(f"not a command line: {exc}", file=file,
+                              key=f"{prefix}.command") from None
+        for kind in table.get("events", []):
+            if kind not in EVENT_KINDS:
+                raise ConfigError(f"unknown event kind {kind!r} (known: "
+                                  f"{', '.join(EVENT_KINDS)})", file=file, key=f"{prefix}.events")
+        if table.get("timeout", 30) <= 0:
+            raise ConfigError("must be more than 0 seconds", file=file, key=f"{prefix}.timeout")
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = dict(settings or {})

@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 import structlog
 
 from fruix_core import hookspecs
-from fruix_core.errors import FruixError, PluginContractError, PluginLoadError, UnknownPluginError
+from fruix_core.errors import (
+    ConfigError,
+    FruixError,
+    PluginContractError,
+    PluginLoadError,
+    UnknownPluginError,
+)
 from fruix_core.model import (
     BuildRequest,
     EmittedResult,
@@ -42,6 +48,9 @@ from fruix_core.model import (
     RunEnd,
     StagedArtifacts,
 )
+
+if TYPE_CHECKING:
+    from fruix_core.config import Config
 
 log = structlog.get_logger(__name__)
 
@@ -63,9 +72,11 @@ __all__ = [
     "EXECUTOR_NAMESPACE",
     "GUEST_PROVIDER_NAMESPACE",
     "OBSERVER_NAMESPACE",
+    "PLUGIN_TABLES",
     "FruixPluginManager",
     "LoadedPlugin",
     "PluginInfo",
+    "check_settings",
     "discover",
     "identify",
     "load",
@@ -289,6 +300,62 @@ def load(kind: str, name: str) -> LoadedPlugin:
     except Exception as exc:  # a plugin's constructor is foreign code
         raise PluginLoadError(f"{where} failed to start: {type(exc).__name__}: {exc}") from None
     return LoadedPlugin(name, kind, instance, dist, version)
+
+
+#: Config tables of plugins, and the plugin kind each one configures.
+PLUGIN_TABLES: dict[str, str] = {"executors": "executor", "guests": "guest-provider",
+                                 "observers": "observer"}
+
+
+def check_settings(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
+    """Validate every plugin table of the config against its plugin's declared schema.
+
+    Every ``[executors.NAME]``, ``[guests.NAME]`` and ``[observers.NAME]``
+    table is checked, also those of plugins this run does not use. A plugin
+    declares its keys as the class attribute ``fruix_settings`` (a mapping of
+    name to :class:`~fruix_core.config.Key`) and may check values further in
+    a static method ``fruix_check_settings(table, *, file)``. Only the
+    modules of plugins that have a table are imported.
+
+    :returns: table → plugin name → its values, defaults filled in.
+    :raises ConfigError: naming the file and the key: a table for a plugin
+        that is not installed, an unknown key, a wrong type or value.
+    :raises PluginLoadError: a plugin with a table cannot be imported.
+    """
+    from fruix_core.config import read_section
+
+    resolved: dict[str, dict[str, dict[str, Any]]] = {}
+    for table, kind in PLUGIN_TABLES.items():
+        sections: Mapping[str, Mapping[str, Any]] = config.plugin_tables(table)
+        resolved[table] = {}
+        names = list(sections)
+        installed = available_names(kind)
+        for name in names:
+            if name not in installed:
+                raise ConfigError(f"no {kind} '{name}' is installed (installed: "
+                                  f"{', '.join(installed) or 'none'})", file=config.file,
+                                  key=f"{table}.{name}")
+        targets, failures = _import_targets(NAMESPACES[kind], names)
+        for name in names:
+            prefix = f"{table}.{name}"
+            if name not in targets:
+                raise PluginLoadError(f"{kind} plugin '{name}' failed to load: "
+                                      f"{failures.get(name, 'not importable')}")
+            target, section = targets[name], sections[name]
+            schema = getattr(target, "fruix_settings", None)
+            if schema is None:
+                if section:
+                    first = next(iter(section))
+                    raise ConfigError(f"unknown key: {kind} '{name}' takes no settings",
+                                      file=config.file, key=f"{prefix}.{first}")
+                values: dict[str, Any] = {}
+            else:
+                values = read_section(section, schema, file=config.file, prefix=prefix)
+            check = getattr(target, "fruix_check_settings", None)
+            if callable(check):
+                check(section, file=config.file)
+            resolved[table][name] = values
+    return resolved
 
 
 def load_plugin(kind: str, name: str) -> Any:

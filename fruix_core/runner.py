@@ -365,9 +365,10 @@ class _Run:
 def _plugins(config: Config, executor_name: str, guest_name: str, executor_plugin: Any,
              provider_plugin: Any, extra_plugins: tuple[Any, ...]
              ) -> tuple[FruixPluginManager, LoadedPlugin]:
-    """Load and check every plugin of the run; nothing is written yet."""
-    from fruix_core.plugins import make_plugin_manager
+    """Load and check every plugin of the run and every plugin table; nothing is written yet."""
+    from fruix_core.plugins import check_settings, make_plugin_manager
 
+    settings = check_settings(config)
     if executor_plugin is not None:
         executor = identify("executor", executor_plugin, executor_name)
         validate(executor, require_api=False)
@@ -384,7 +385,7 @@ def _plugins(config: Config, executor_name: str, guest_name: str, executor_plugi
     for observer in observers:
         configure = getattr(observer.plugin, "configure", None)
         if callable(configure):
-            configure(config.observer_settings(observer.name))
+            configure(settings["observers"].get(observer.name, {}))
     pm = make_plugin_manager(executor, provider, *observers, *extra_plugins)
     return pm, executor
 

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex_list = ex_sub.add_parser("list", help="list installed plugins")
     _common(ex_list, config=False)
 
+    conf = top.add_parser("config", help="the configuration")
+    conf_sub = conf.add_subparsers(dest="action", metavar="ACTION", required=True)
+    conf_check = conf_sub.add_parser(
+        "check", help="validate the config file (every plugin table) and print it resolved")
+    _common(conf_check)
+
     nb = top.add_parser("native-build", help="build and promote a native base")
     nb_sub = nb.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = nb_sub.add_parser("run", help="build the base (default: the sample, locally)")
@@ -76,6 +82,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fruix_core.cli import plugins_cmd
 
         return plugins_cmd.list_command(as_json=args.json)
+    if args.command == "config":
+        from fruix_core.cli import config_cmd
+
+        return config_cmd.check_command(args)
     if args.command == "native-build":
         from fruix_core.cli import build_cmd
 

@@ -11,7 +11,7 @@ __all__ = ["list_command"]
 
 
 def list_command(*, as_json: bool) -> int:
-    """Print installed executors and guest providers; broken ones are reported, not fatal."""
+    """Print installed plugins; broken or invalid ones are reported with why, not fatal."""
     infos = discover()
     if as_json:
         print(json.dumps([info.as_dict() for info in infos], indent=2))
@@ -25,5 +25,5 @@ def list_command(*, as_json: bool) -> int:
             print(f"{info.name:<{width}}  {info.kind:<14}  BROKEN: {info.error}")
         else:
             print(f"{info.name:<{width}}  {info.kind:<14}  {info.distribution} {info.version}"
-                  f"  {info.description}")
+                  f"  (plugin API {info.api_version})  {info.description}")
     return int(ExitCode.OK)

@@ -117,6 +117,12 @@ class SSHGuestProvider:
 
     name = PROVIDER
     fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse a ``[guests.ssh]`` table that cannot describe a guest."""
+        guest_from_settings(table, config_file=file)
 
     @hookimpl
     def fruix_acquire_guest(self, request: GuestRequest) -> Guest | None:

@@ -84,19 +84,29 @@ SCHEMA: dict[str, Key] = {
 TAIL_LINES = 20
 
 
-def _settings(request: BuildRequest) -> dict[str, Any]:
-    values = read_section(request.settings, SCHEMA, file=None, prefix=f"executors.{NAME}")
+def check_settings(table: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
+    """Validate ``[executors.guest-self-hosted]``; the values with their defaults.
+
+    :raises ConfigError: naming the file and the key.
+    """
+    prefix = f"executors.{NAME}"
+    values = read_section(table, SCHEMA, file=file, prefix=prefix)
     try:
         words = shlex.split(values["helper"])
     except ValueError as exc:
-        raise ConfigError(f"not a command line: {exc}", key=f"executors.{NAME}.helper") from None
+        raise ConfigError(f"not a command line: {exc}", file=file,
+                          key=f"{prefix}.helper") from None
     if not words:
-        raise ConfigError("must name the helper command", key=f"executors.{NAME}.helper")
+        raise ConfigError("must name the helper command", file=file, key=f"{prefix}.helper")
     values["helper_argv"] = words
     for key in ("keepalive", "check_timeout"):
         if values[key] <= 0:
-            raise ConfigError("must be more than 0 seconds", key=f"executors.{NAME}.{key}")
+            raise ConfigError("must be more than 0 seconds", file=file, key=f"{prefix}.{key}")
     return values
+
+
+def _settings(request: BuildRequest) -> dict[str, Any]:
+    return check_settings(request.settings)
 
 
 class _State:
@@ -124,6 +134,12 @@ class GuestSelfHostedExecutor:
 
     name = NAME
     fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse an ``[executors.guest-self-hosted]`` table :func:`check_settings` refuses."""
+        check_settings(table, file=file)
 
     # -- preparation -----------------------------------------------------------------
 

@@ -73,7 +73,7 @@ from fruix_core.api import (
 )
 from fruix_host_initiated import scripts
 
-__all__ = ["SCHEMA", "HostInitiatedExecutor", "__version__"]
+__all__ = ["SCHEMA", "HostInitiatedExecutor", "__version__", "check_settings"]
 
 __version__ = "0.1.0"
 
@@ -93,16 +93,25 @@ SCHEMA: dict[str, Key] = {
 }
 
 
-def _settings(request: BuildRequest) -> dict[str, Any]:
-    values = read_section(request.settings, SCHEMA, file=None, prefix=f"executors.{NAME}")
+def check_settings(table: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
+    """Validate ``[executors.host-initiated]``; the values with their defaults.
+
+    :raises ConfigError: naming the file and the key.
+    """
+    prefix = f"executors.{NAME}"
+    values = read_section(table, SCHEMA, file=file, prefix=prefix)
     for key in ("results_dir", "work_dir"):
         path = values[key]
         if not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
             raise ConfigError("must be an absolute, normalised guest path other than /",
-                              key=f"executors.{NAME}.{key}")
+                              file=file, key=f"{prefix}.{key}")
     if values["keepalive"] <= 0:
-        raise ConfigError("must be more than 0 seconds", key=f"executors.{NAME}.keepalive")
+        raise ConfigError("must be more than 0 seconds", file=file, key=f"{prefix}.keepalive")
     return values
+
+
+def _settings(request: BuildRequest) -> dict[str, Any]:
+    return check_settings(request.settings)
 
 
 class _State:
@@ -122,6 +131,12 @@ class HostInitiatedExecutor:
 
     name = NAME
     fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse an ``[executors.host-initiated]`` table :func:`check_settings` refuses."""
+        check_settings(table, file=file)
 
     # -- preparation -----------------------------------------------------------------
 

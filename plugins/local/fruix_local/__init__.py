@@ -19,6 +19,7 @@ from fruix_core.api import (
     BuildPaths,
     BuildRequest,
     EmittedResult,
+    Key,
     LocalRunner,
     Phase,
     PhaseResult,
@@ -75,6 +76,8 @@ class LocalExecutor:
 
     name = "local"
     fruix_plugin_api = PLUGIN_API_VERSION
+    #: ``[executors.local]`` has no keys: every setting of a local build is in ``[build]``.
+    fruix_settings: dict[str, Key] = {}
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:

@@ -11,11 +11,13 @@ The plugin ships a local XAPI lab (:mod:`fruix_xcpng.lab`, command
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from fruix_core.api import PLUGIN_API_VERSION, Guest, GuestError, GuestRequest, hookimpl
+from fruix_xcpng import settings as _settings
 
 if TYPE_CHECKING:
     from fruix_xcpng.lifecycle import Lease
@@ -32,6 +34,12 @@ class XcpngGuestProvider:
     """Build VMs on an XCP-ng pool (XenAPI): start, find the address, shut down and revert."""
 
     fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = _settings.SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse a ``[guests.xcpng]`` table that ``parse_settings`` refuses."""
+        _settings.parse_settings(table, file=file)
 
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
