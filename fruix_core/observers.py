@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fruix_core.config import ConfigError, Key
+from fruix_core.config import Key
+from fruix_core.errors import ConfigError
 from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import RunEvent
 

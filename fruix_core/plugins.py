@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pluggy
 import structlog
@@ -442,7 +442,7 @@ class FruixPluginManager:
             got = "nothing (None)" if value is None else f"a {type(value).__name__}"
             raise PluginContractError(label, hook,
                                       f"returned {got}; it must return a {expected.__name__}")
-        return value
+        return cast(T, value)
 
     def _call_each(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of a cleanup hook, even when one of them fails.

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -89,7 +90,7 @@ def _fsync_policy(fsync: str | None) -> str:
     return policy
 
 
-def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list]:
+def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list[Any]]:
     document = artifact_identity(promotion, ingested.kind, ingested.tree_signature,
                                  ingested.manifest_sha256)
     name = artifact_name(document, ingested.kind, promotion.base.version, promotion.executor)
@@ -175,7 +176,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
             temp = ingested.temp_dir
             name, document = _artifact_name(promotion, ingested)
 
-            def prepare(temp: Path = temp, name: str = name, document: list = document,
+            def prepare(temp: Path = temp, name: str = name, document: list[Any] = document,
                         ingested: IngestedArtifact = ingested) -> None:
                 materialise(layout, temp)
                 write_metadata_file(temp, OBJECT_FILE,

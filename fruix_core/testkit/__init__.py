@@ -203,7 +203,7 @@ def write_plugin_dist(root: Path, dist: str, module: str, source: str, entry_poi
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-          timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
+          timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (no terminal), as an operator would."""
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,

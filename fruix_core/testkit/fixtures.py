@@ -84,6 +84,6 @@ def fruix_guest_root(tmp_path: Path) -> GuestRoot:
 
 
 @pytest.fixture
-def fruix_guest(fruix_sshd, fruix_guest_root: GuestRoot) -> Guest:
+def fruix_guest(fruix_sshd: SshServer, fruix_guest_root: GuestRoot) -> Guest:
     """A :class:`~fruix_core.model.Guest` whose system root is ``fruix_guest_root``."""
     return fruix_sshd.guest(system_root=fruix_guest_root.path)

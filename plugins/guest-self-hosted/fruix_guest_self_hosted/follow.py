@@ -13,17 +13,18 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from fruix_core import errors
-from fruix_core.errors import (
+from fruix_core import api as errors
+from fruix_core.api import (
     BuildFailed,
     Cancelled,
+    CancelToken,
+    CommandOutcome,
     FruixError,
     GuestError,
     PhaseTimeout,
+    StagedArtifacts,
     UsageError,
 )
-from fruix_core.model import CancelToken, StagedArtifacts
-from fruix_core.transport import CommandOutcome
 from fruix_guest_self_hosted import protocol
 
 __all__ = ["STOP_WAIT", "HelperRun", "helper_failure", "output_tail", "staged_from"]

@@ -35,8 +35,16 @@ from typing import Any, TextIO
 
 import structlog
 
-from fruix_core.errors import BuildFailed, Cancelled, ExitCode, FruixError, UsageError
-from fruix_core.model import BaseMetadata, CancelToken, PhaseResult
+from fruix_core.api import (
+    BaseMetadata,
+    BuildFailed,
+    Cancelled,
+    CancelToken,
+    ExitCode,
+    FruixError,
+    PhaseResult,
+    UsageError,
+)
 from fruix_guest_self_hosted import protocol
 from fruix_guest_self_hosted.__about__ import __version__
 from fruix_guest_self_hosted.guestbuild import (
@@ -261,7 +269,7 @@ def _error_line(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the helper; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    from fruix_core.logconfig import configure_logging
+    from fruix_core.api import configure_logging
 
     configure_logging(args.log_format, args.log_level)
     output = _Output(markers=args.markers, as_json=args.json)

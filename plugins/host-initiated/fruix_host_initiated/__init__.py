@@ -45,6 +45,7 @@ from fruix_core.api import (
     PLUGIN_API_VERSION,
     BuildPaths,
     BuildRequest,
+    CommandOutcome,
     ConfigError,
     ConnectionLostError,
     EmittedResult,
@@ -234,7 +235,7 @@ class HostInitiatedExecutor:
                 request.output(phase.name, text)
 
             line(f"# {' '.join(argv)}")
-            outcome = session.run(
+            outcome: CommandOutcome = session.run(
                 argv, env={**env.environment, **extra}, cwd=env.source_dir, on_line=line,
                 timeout=request.phase_timeout, cancel=request.cancel,
             )

@@ -18,8 +18,7 @@ from typing import Any
 
 import structlog
 
-from fruix_core.errors import Cancelled, FruixError, GuestError
-from fruix_core.model import CancelToken
+from fruix_core.api import Cancelled, CancelToken, FruixError, GuestError
 from fruix_xcpng.network import candidate_addresses
 from fruix_xcpng.settings import Credentials, XcpngSettings
 from fruix_xcpng.sshprobe import wait_for_ssh
@@ -261,7 +260,7 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
 def _wait_halted(xapi: XapiClient, ref: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        state = xapi.call("VM.get_power_state", ref)
+        state = str(xapi.call("VM.get_power_state", ref))
         if state == "Halted" or time.monotonic() >= deadline:
             return state
         time.sleep(0.2)

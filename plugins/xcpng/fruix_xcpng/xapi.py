@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from fruix_core.errors import GuestError
+from fruix_core.api import GuestError
 from fruix_xcpng.settings import Credentials, XcpngSettings
 
 __all__ = ["API_VERSION", "CertificatePinError", "XapiClient", "XapiFailure", "make_transport"]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fruix_core.errors import ConfigError
+from fruix_core.api import ConfigError
 
 __all__ = ["build_lab", "main"]
 
@@ -103,7 +103,7 @@ def _human(description: dict[str, Any], settings: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fruix-xapi-lab``."""
-    from fruix_core.logconfig import configure_logging
+    from fruix_core.api import configure_logging
 
     args = _parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)

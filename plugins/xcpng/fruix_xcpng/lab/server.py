@@ -37,7 +37,8 @@ def method_table(state: XapiState) -> dict[str, tuple[Handler, int, int]]:
         return lambda ref: state.get_field(ref, name)
 
     def networks(ref: Any) -> dict[str, str]:
-        return state.metrics_record(ref)["networks"]
+        found: dict[str, str] = state.metrics_record(ref)["networks"]
+        return found
 
     return {
         "VM.get_all": (state.get_all, 0, 0),
