@@ -23,92 +23,7 @@ from fruix_core.errors import (
 from fruix_core.plugins import discover, load
 from fruix_core.resultroot import list_runs
 from fruix_core.runner import run_build
-from fruix_core.testkit import run_cli, write_plugin_dist
-
-HEADER = '''
-import dataclasses
-from pathlib import Path
-
-from fruix_core.api import (
-    PLUGIN_API_VERSION, EmittedResult, build_promotion, hookimpl, write_promotion)
-from fruix_local import LocalExecutor
-'''
-
-#: name -> (class body); each becomes a LocalExecutor subclass in its own distribution.
-BROKEN = {
-    "returns-dict": '''
-    @hookimpl
-    def fruix_prepare_env(self, request):
-        return {"build_root": "/tmp"}
-''',
-    "returns-none": '''
-    @hookimpl
-    def fruix_stage_artifacts(self, request, env):
-        return None
-''',
-    "crashes": '''
-    @hookimpl
-    def fruix_run_phase(self, request, env, phase):
-        return env.no_such_attribute
-''',
-    "extra-arg": '''
-    @hookimpl
-    def fruix_prepare_env(self, request, extra):
-        return None
-''',
-    "impostor": '''
-    @hookimpl
-    def fruix_emit_promotion(self, request, env, staged):
-        promotion = dataclasses.replace(build_promotion(request, env, staged), executor="local")
-        write_promotion(promotion, Path(env.result_root) / "promotion.scm")
-        return EmittedResult(result_root=Path(env.result_root), promotion=promotion)
-''',
-    "old-version": '''
-    @hookimpl
-    def fruix_emit_promotion(self, request, env, staged):
-        promotion = build_promotion(request, env, staged, "0.0.1")
-        write_promotion(promotion, Path(env.result_root) / "promotion.scm")
-        return EmittedResult(result_root=Path(env.result_root), promotion=promotion)
-''',
-    "other-root": '''
-    @hookimpl
-    def fruix_emit_promotion(self, request, env, staged):
-        other = request.results_dir / "elsewhere"
-        other.mkdir(exist_ok=True)
-        promotion = build_promotion(request, env, staged)
-        write_promotion(promotion, other / "promotion.scm")
-        return EmittedResult(result_root=other, promotion=promotion)
-''',
-    "api-99": '''
-    fruix_plugin_api = 99
-''',
-    "no-api": '''
-    fruix_plugin_api = None
-''',
-}
-
-
-def _module(name: str) -> str:
-    return "fruix_test_" + name.replace("-", "_")
-
-
-@pytest.fixture
-def broken_plugins(tmp_path_factory, monkeypatch):
-    site = tmp_path_factory.mktemp("site")
-    for name, body in BROKEN.items():
-        source = HEADER + f'''
-
-class Executor(LocalExecutor):
-    """Deliberately broken executor: {name}."""
-
-    fruix_plugin_api = PLUGIN_API_VERSION
-''' + body
-        write_plugin_dist(site / name, f"fruix-test-{name}", _module(name), source,
-                          f"[fruix.executors]\n{name} = {_module(name)}:Executor\n")
-        monkeypatch.syspath_prepend(str(site / name))
-    yield site
-    for name in BROKEN:
-        sys.modules.pop(_module(name), None)
+from fruix_core.testkit import run_cli
 
 
 def _config(ws, source):
@@ -244,7 +159,7 @@ def test_blocked_plugins_are_never_imported(broken_plugins, monkeypatch):
     monkeypatch.setenv("FRUIX_BLOCK_PLUGINS", "crashes,returns-dict")
     names = {i.name for i in discover()}
     assert "crashes" not in names and "impostor" in names
-    assert _module("crashes") not in sys.modules
+    assert "fruix_test_crashes" not in sys.modules
     with pytest.raises(UnknownPluginError):
         load("executor", "returns-dict")
-    assert _module("returns-dict") not in sys.modules
+    assert "fruix_test_returns_dict" not in sys.modules

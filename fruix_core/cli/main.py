@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex_sub = executors.add_subparsers(dest="action", metavar="ACTION", required=True)
     ex_list = ex_sub.add_parser("list", help="list installed plugins")
     _common(ex_list, config=False)
+    ex_check = ex_sub.add_parser(
+        "check", help="run an installed executor through the conformance suite")
+    ex_check.add_argument("name", metavar="NAME", help="the executor's entry-point name")
+    _common(ex_check)
 
     conf = top.add_parser("config", help="the configuration")
     conf_sub = conf.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -81,6 +85,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "executors":
         from fruix_core.cli import plugins_cmd
 
+        if args.action == "check":
+            return plugins_cmd.check_command(args.name, config_file=args.config,
+                                             as_json=args.json)
         return plugins_cmd.list_command(as_json=args.json)
     if args.command == "config":
         from fruix_core.cli import config_cmd

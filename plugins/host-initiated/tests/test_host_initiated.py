@@ -365,3 +365,10 @@ def test_cancel_between_phases_leaves_nothing_and_both_statuses_agree(toy_lab: L
     assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed buildkernel\n"
     # The SSH session is closed: no command and no session process left in the guest.
     assert wait_for(lambda: _sessions_gone(toy_lab))
+
+
+def test_conformance(fruix_executor_conformance) -> None:
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("host-initiated")
+    assert all_passed(results), "\n".join(r.line() for r in results)

@@ -208,3 +208,10 @@ def test_missing_compiler(tmp_path):
     (bin_dir / "make").symlink_to("/usr/bin/make")
     with pytest.raises(ToolMissingError, match="C compiler 'cc' not found"):
         check_tools("make", str(bin_dir))  # a build PATH with make but no cc
+
+
+def test_conformance(fruix_executor_conformance):
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("local")
+    assert all_passed(results), "\n".join(r.line() for r in results)
