@@ -217,7 +217,7 @@ def _check_settings(st: _State) -> str:
     schema = getattr(st.loaded.plugin, "fruix_settings", None)
     _require(schema is not None, "the plugin declares no settings (fruix_settings)")
     check_settings(st.lab.config(toy=True))
-    return f"{len(schema)} key(s) declared"
+    return f"{len(schema or ())} key(s) declared"
 
 
 def _check_build(st: _State) -> str:
