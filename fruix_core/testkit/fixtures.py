@@ -101,7 +101,7 @@ def fruix_executor_conformance(tmp_path: Path) -> Callable[..., list[Any]]:
 
         def test_conformance(fruix_executor_conformance):
             results = fruix_executor_conformance("chroot")
-            assert all_passed(results), "\n".join(r.line() for r in results)
+            assert all_passed(results), [r.line() for r in results]
     """
     from fruix_core.testkit.conformance import run_checks
 
