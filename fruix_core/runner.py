@@ -7,9 +7,10 @@
     acquire guest                               provider hook
     prepare-env, run-phase x N, stage-artifacts, emit-promotion   executor hooks
     teardown-env                                always, once per prepared env
-    release guest                               always, also on failure / Ctrl-C
     import the guest's result root              in-guest executors; one core path
-    check provenance, stamp metadata, status ok, swap latest
+    check provenance, stamp metadata
+    release guest                               always, also on failure / Ctrl-C
+    status ok, swap latest
     promote into the store                      the core's engine
 
 Everything around the executor's hooks is the runner's: every status
@@ -257,7 +258,8 @@ class _Run:
             finally:
                 self.logs.end(phase.name)
                 seconds = round(time.monotonic() - began, 3)
-                self.stamp({f"phase_{phase.name}_seconds": seconds})
+                self.stamp({f"phase_{phase.name}_finished": _now(),
+                            f"phase_{phase.name}_seconds": seconds})
             self.bound.info("phase finished", phase=phase.name, returncode=result.returncode,
                             seconds=seconds)
             if not result.ok:
@@ -291,7 +293,6 @@ class _Run:
             except Exception as exc:  # release must not hide the run's own error
                 self.bound.error("guest release failed", guest=guest.name, error=str(exc))
                 if end.ok:
-                    self.stage = "release-guest"
                     raise
 
     # -- after the build: import, provenance, records -------------------------------------
@@ -452,6 +453,15 @@ def run_build(
     run.event("run-started")
 
     acquired: Guest | None = None
+    released = False
+
+    def release(end: RunEnd) -> None:
+        """Give the guest back once (after the import: the guest must still be there)."""
+        nonlocal released
+        if acquired is not None and not released:
+            released = True
+            run.release(acquired, end)
+
     try:
         env: PreparedEnv | None = None
         end = RunEnd("failed", "prepare")
@@ -473,12 +483,8 @@ def run_build(
             raise
         finally:
             logs.close()
-            try:
-                if env is not None:
-                    run.teardown(env, end)
-            finally:
-                if acquired is not None:
-                    run.release(acquired, end)
+            if env is not None:
+                run.teardown(env, end)
         guest_metadata: dict[str, str] = {}
         if emitted.in_guest:
             guest_metadata = run.import_from_guest(emitted)
@@ -489,17 +495,21 @@ def run_build(
                  "run_seconds": round(time.monotonic() - run.started, 3)}
         run.metadata = {}
         run.stamp(final)
+        if cancel.cancelled:  # a Ctrl-C during the teardown or the import
+            raise Cancelled(cancel.reason or "interrupted")
+        run.stage = "release-guest"
+        release(RunEnd("ok"))
         root.set_ok()
         swap_latest(config.results, run_id)
         run.bound.info("run finished", result_root=str(root.path))
-        if cancel.cancelled:
-            raise Cancelled(cancel.reason or "interrupted")
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")
         _fail(run, failure)
+        release(RunEnd("interrupted", run.stage))
         raise failure from None
     except BaseException as exc:
         _fail(run, exc)
+        release(RunEnd(_state_of(exc), run.stage))
         raise
 
     bundle = artifacts = None
