@@ -51,7 +51,8 @@ def notify(pm: FruixPluginManager, event: RunEvent) -> None:
                         error=f"{type(exc).__name__}: {exc}")
 
 
-EVENT_KINDS = ("run-started", "phase-started", "phase-finished", "run-finished", "run-failed")
+EVENT_KINDS = ("run-started", "phase-started", "phase-finished", "phase-failed", "run-finished",
+               "run-failed")
 
 
 class CommandObserver:

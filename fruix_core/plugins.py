@@ -328,7 +328,11 @@ def check_settings(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
     for table, kind in PLUGIN_TABLES.items():
         sections: Mapping[str, Mapping[str, Any]] = config.plugin_tables(table)
         resolved[table] = {}
-        names = list(sections)
+        blocked = _blocked()
+        for name in sorted(set(sections) & blocked):
+            log.warning("plugin blocked: its table is not checked", table=f"{table}.{name}")
+            resolved[table][name] = dict(sections[name])
+        names = [n for n in sections if n not in blocked]
         installed = available_names(kind)
         for name in names:
             if name not in installed:

@@ -255,6 +255,14 @@ class _Run:
             self.logs.start(phase.name)
             try:
                 result = self.pm.run_phase(request, env, phase)
+                if not result.ok:
+                    raise BuildFailed(phase.name, result.returncode,
+                                      "\n".join(result.last_lines),
+                                      log_path=self.root.log_path(phase.name))
+            except BaseException as exc:
+                self.event("phase-failed", phase=phase.name, error=str(exc) or type(exc).__name__,
+                           seconds=round(time.monotonic() - began, 3))
+                raise
             finally:
                 self.logs.end(phase.name)
                 seconds = round(time.monotonic() - began, 3)
@@ -262,9 +270,6 @@ class _Run:
                             f"phase_{phase.name}_seconds": seconds})
             self.bound.info("phase finished", phase=phase.name, returncode=result.returncode,
                             seconds=seconds)
-            if not result.ok:
-                raise BuildFailed(phase.name, result.returncode, "\n".join(result.last_lines),
-                                  log_path=self.root.log_path(phase.name))
             self.event("phase-finished", phase=phase.name, seconds=seconds)
         self.stage = "stage"
         staged = self.pm.stage_artifacts(request, env)

@@ -55,7 +55,9 @@ def test_a_failed_run_is_reported(fruix_workspace, toy_source):
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
     with pytest.raises(BuildFailed):
         run_build(config, extra_plugins=(recorder,))
-    last = recorder.events[-1]
+    failed, last = recorder.events[-2:]
+    assert (failed.kind, failed.phase) == ("phase-failed", "buildkernel")
+    assert failed.seconds >= 0 and "phase buildkernel failed" in failed.error
     assert (last.kind, last.phase, last.status) == ("run-failed", "buildkernel",
                                                     "failed (buildkernel)")
     assert "phase buildkernel failed" in last.error

@@ -80,3 +80,14 @@ def test_a_run_validates_every_plugin_table_before_any_result_root(fruix_workspa
                                "(known: check_overlay, keep_work, keepalive, results_dir, "
                                "work_dir)")
     assert list_runs(fruix_workspace.results) == []
+
+
+def test_the_table_of_a_blocked_plugin_is_left_alone(tmp_path):
+    # FRUIX_BLOCK_PLUGINS is a debugging aid: it must not make the config unusable.
+    conf = tmp_path / "fruix.toml"
+    conf.write_text("[executors.host-initiated]\nkeep_work = true\n")
+    env = dict(_env(tmp_path), FRUIX_BLOCK_PLUGINS="host-initiated")
+    proc = run_cli("config", "check", "--config", str(conf), "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["configuration"]["executors"]["host-initiated"] == {
+        "keep_work": True}
