@@ -113,7 +113,7 @@ def guest_from_settings(settings: Mapping[str, Any], *, config_file: str | None 
 
 
 class SSHGuestProvider:
-    """A static SSH host from the config (``[guests.ssh]``)."""
+    """A static SSH host described in the config (table guests.ssh)."""
 
     name = PROVIDER
     fruix_plugin_api = PLUGIN_API_VERSION
