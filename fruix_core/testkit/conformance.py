@@ -334,7 +334,7 @@ def _check_cancel_during(st: _State) -> str:
         if "sleeping" in line:
             cancel.cancel("interrupted")
 
-    st.lab.mark("sleep-buildkernel", "300")
+    st.lab.mark("sleep-buildkernel", "2771")
     try:
         return _stopped_run(st, expect=Cancelled, phase="buildkernel", cancel=cancel,
                             on_output=on_output)
@@ -347,7 +347,7 @@ def _check_cancel_between(st: _State) -> str:
     from fruix_core.model import CancelToken
 
     cancel = CancelToken()
-    st.lab.mark("sleep-buildkernel", "300")  # if the run went on, it would be caught here
+    st.lab.mark("sleep-buildkernel", "2772")  # if the run went on, it would be caught here
     try:
         return _stopped_run(st, expect=Cancelled, phase="buildkernel", cancel=cancel,
                             recorder=TeardownRecorder(cancel_after="buildworld", cancel=cancel))
@@ -358,7 +358,7 @@ def _check_cancel_between(st: _State) -> str:
 def _check_timeout(st: _State) -> str:
     from fruix_core.errors import PhaseTimeout
 
-    st.lab.mark("sleep-distribution", "300")
+    st.lab.mark("sleep-distribution", "2773")
     try:
         return _stopped_run(st, expect=PhaseTimeout, phase="distribution",
                             build={"phase_timeout": 2})
