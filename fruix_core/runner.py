@@ -180,12 +180,20 @@ class _PhaseLogs:
 
 
 @contextmanager
-def _shielded() -> Iterator[None]:
-    """Keep a second Ctrl-C from cutting a teardown or a guest release short."""
+def _shielded(doing: str) -> Iterator[None]:
+    """Keep a second Ctrl-C from cutting a teardown or a guest release short.
+
+    The interrupt is not lost silently: the operator is told what is still
+    going on and that it will finish (``doing``, e.g. "releasing guest xcpng").
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def still(signum: int, frame: object) -> None:
+        log.warning(f"still {doing}; it goes on until it is done")
+
+    previous = signal.signal(signal.SIGINT, still)
     try:
         yield
     finally:
@@ -280,7 +288,7 @@ class _Run:
         return staged, emitted
 
     def teardown(self, env: PreparedEnv, end: RunEnd) -> None:
-        with _shielded():
+        with _shielded("tearing down the build environment"):
             try:
                 self.pm.teardown_env(self.request, env, end)
                 self.bound.info("environment torn down", outcome=end.state)
@@ -291,7 +299,7 @@ class _Run:
                     raise
 
     def release(self, guest: Guest, end: RunEnd) -> None:
-        with _shielded():
+        with _shielded(f"releasing guest {guest.name}"):
             try:
                 self.pm.release_guest(guest, end.state)
                 self.bound.info("guest released", guest=guest.name, outcome=end.state)
