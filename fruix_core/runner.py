@@ -179,6 +179,10 @@ class _PhaseLogs:
             self.forward(phase, line)
 
 
+#: Seconds within which a second interrupt abandons a shielded teardown or release.
+ABANDON_WINDOW = 3.0
+
+
 @contextmanager
 def _shielded(doing: str) -> Iterator[None]:
     """Keep a second Ctrl-C from cutting a teardown or a guest release short.
@@ -190,8 +194,17 @@ def _shielded(doing: str) -> Iterator[None]:
         yield
         return
 
+    last: list[float] = []
+
     def still(signum: int, frame: object) -> None:
-        log.warning(f"still {doing}; it goes on until it is done")
+        now = time.monotonic()
+        if last and now - last[-1] <= ABANDON_WINDOW:
+            log.warning(f"abandoning: {doing} was interrupted twice within "
+                        f"{ABANDON_WINDOW:g} s")
+            raise KeyboardInterrupt
+        last.append(now)
+        log.warning(f"still {doing}; it goes on until it is done (Ctrl-C again within "
+                    f"{ABANDON_WINDOW:g} s abandons it)")
 
     previous = signal.signal(signal.SIGINT, still)
     try:
