@@ -47,6 +47,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
+        "keep_build_area": Key(bool, False,
+                               "keep a successful run's build area (default: removed)"),
         "observers": Key(list, [], "observer plugins to tell about runs (e.g. ['command'])"),
     },
     "base": {
@@ -77,6 +79,7 @@ class Config:
     make: str = "make"
     phase_timeout: float | None = None
     promote: bool = True
+    keep_build_area: bool = False
     base: BaseMetadata = field(default_factory=BaseMetadata)
     store: Path = Path(".fruix/store")
     results: Path = Path(".fruix/results")
@@ -239,6 +242,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         make=build["make"],
         phase_timeout=float(build["phase_timeout"]) or None,
         promote=build["promote"],
+        keep_build_area=build["keep_build_area"],
         base=BaseMetadata(name=base["name"], version=base["version"], arch=base["arch"],
                           kernconf=base["kernconf"]),
         store=path_of("store"),

@@ -527,6 +527,10 @@ def run_build(
         release(RunEnd("ok"))
         root.set_ok()
         swap_latest(config.results, run_id)
+        if not config.keep_build_area:
+            from fruix_core.prune import remove_build_area
+
+            remove_build_area(config, run_id)
         run.bound.info("run finished", result_root=str(root.path))
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = nb_sub.add_parser("show", help="show one run")
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)
+    prune = nb_sub.add_parser("prune", help="remove old result roots and build areas")
+    prune.add_argument("--keep-last", type=int, default=3, metavar="N",
+                       help="successful runs to keep, newest first (default 3)")
+    prune.add_argument("--failed", action="store_true",
+                       help="also remove failed and stale runs")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    _common(prune)
 
     store = top.add_parser("store", help="store maintenance")
     st_sub = store.add_subparsers(dest="action", metavar="ACTION", required=True)
