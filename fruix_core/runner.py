@@ -153,6 +153,7 @@ class _PhaseLogs:
             if old is not None:
                 old.close()
             self._files[phase] = open(self.root.log_path(phase), "w", encoding="utf-8",
+                                      errors="surrogateescape",
                                       buffering=1)
 
     def end(self, phase: str) -> None:
@@ -172,7 +173,8 @@ class _PhaseLogs:
             handle = self._files.get(phase)
             if handle is None:  # a line outside a running phase: keep it, never drop it
                 self.root.logs.mkdir(parents=True, exist_ok=True)
-                handle = open(self.root.log_path(phase), "a", encoding="utf-8", buffering=1)
+                handle = open(self.root.log_path(phase), "a", encoding="utf-8",
+                              errors="surrogateescape", buffering=1)
                 self._files[phase] = handle
             handle.write(line.rstrip("\n") + "\n")
         if self.forward is not None:

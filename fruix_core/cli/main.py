@@ -159,4 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # ``python -m`` puts the working directory first on sys.path: never import plugins
+    # from wherever an operator happens to stand (and its name need not be UTF-8).
+    import os
+
+    _cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", _cwd)]
     sys.exit(main())
