@@ -108,19 +108,28 @@ class Config:
                 "observers": self.observer_tables}[table]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a place we may not look into is a clear error."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot look for the config file: {exc.strerror}",
+                          file=path) from None
+
+
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file to read, or ``None`` when there is none."""
     if explicit is not None:
         path = Path(explicit)
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError("config file not found", file=path)
         return path
     local = Path("fruix.toml")
-    if local.is_file():
+    if _is_file(local):
         return local
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(base) / "fruix" / "config.toml"
-    return user if user.is_file() else None
+    return user if _is_file(user) else None
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
