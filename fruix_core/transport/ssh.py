@@ -70,11 +70,13 @@ KEEPALIVE_COUNT_MAX = 4
 #: Seconds between SIGTERM and SIGKILL of a remote process group.
 GRACE_SECONDS = 3.0
 TAIL_LINES = 20
-#: Channel window and packet size for bulk reads (tar streams). The window is how far
-#: paramiko's transport thread may receive and decrypt ahead of the extractor while it
-#: waits on file creation; 256 KiB is OpenSSH's largest packet (PACKET_MAX_SIZE), and
-#: fewer, larger packets cost less Python per byte (docs/benchmarks.md, SSH import).
-BULK_WINDOW = 64 * 1024 * 1024
+#: Channel window and packet size for bulk reads (tar streams). paramiko's transport
+#: thread receives and decrypts up to a window ahead of the reader; 256 KiB is OpenSSH's
+#: largest packet (PACKET_MAX_SIZE in packet.c), and fewer, larger packets cost less
+#: Python per byte. A larger window made things worse: while extraction waits on file
+#: creation, the backlog comes out of paramiko's buffer as huge, freshly mapped blocks
+#: (page faults); see docs/benchmarks.md, SSH import.
+BULK_WINDOW = 16 * 1024 * 1024
 BULK_PACKET = 256 * 1024
 PGID_MARKER = "@@fruix-pgid@@"
 #: Longest line passed on as one; longer output is cut into pieces of this size.

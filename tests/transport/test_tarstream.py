@@ -488,3 +488,69 @@ def test_any_writer_count_gives_the_same_tree(writers: int, tmp_path: Path) -> N
     assert os.stat(dest / "bin/sh").st_ino == os.stat(dest / "bin/-sh").st_ino
     for tree in (source, dest):
         os.chmod(tree / "ro", 0o755)
+
+
+# -- header decoding ---------------------------------------------------------------------------
+
+
+def _headers(data: bytes) -> list[bytes]:
+    return [data[i:i + 512] for i in range(0, len(data), 512)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(min_size=1, max_size=300).filter(lambda n: "\0" not in n),
+       size=st.integers(min_value=0, max_value=3000), mode=st.integers(0, 0o7777),
+       mtime=st.integers(0, 2**33), uid=st.integers(0, 2**22),
+       kind=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                             tarfile.LNKTYPE, tarfile.CHRTYPE]),
+       fmt=st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]))
+def test_fast_header_decoder_agrees_with_tarfile(name, size, mode, mtime, uid, kind,
+                                                  fmt) -> None:  # type: ignore[no-untyped-def]
+    from fruix_core.transport.tarstream import _HeaderInfo
+
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.uid = kind, mode, mtime, uid
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.linkname = "target/" + name[:50] if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+    try:
+        block = info.tobuf(fmt, "utf-8", "surrogateescape")
+    except ValueError:
+        return  # not representable in this format
+    for header in _headers(block):
+        for mutated in (header, header[:100] + b"7" + header[101:],
+                        header[:150] + b"\x00" + header[151:]):
+            outcomes = []
+            for decoder in (tarfile.TarInfo, _HeaderInfo):
+                try:
+                    outcomes.append(decoder.frombuf(mutated, "utf-8", "surrogateescape")
+                                    .get_info())
+                except tarfile.HeaderError as exc:
+                    outcomes.append(type(exc))
+            assert outcomes[0] == outcomes[1]
+
+
+def test_fast_decoder_reads_real_archives_like_tarfile(tmp_path: Path) -> None:
+    from fruix_core.testkit import require_tool
+    from fruix_core.transport.tarstream import _HeaderInfo
+
+    source = _sample_tree(tmp_path / "src")
+    (source / ("long-" * 40)).write_text("long name")
+    for program in ("tar", require_tool("bsdtar", "libarchive-tools")):
+        archive = tmp_path / "a.tar"
+        __import__("subprocess").run([program, "-C", str(source), "-cf", str(archive), "."],
+                                     check=True)
+        with tarfile.open(archive) as plain, tarfile.open(archive, tarinfo=_HeaderInfo) as fast:
+            assert [m.get_info() for m in plain.getmembers()] == \
+                [m.get_info() for m in fast.getmembers()]
+        archive.unlink()
+    os.chmod(source / "ro", 0o755)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_stream_is_refused_with_writer_threads(case: str, tmp_path: Path) -> None:
+    area = tmp_path / "area"
+    area.mkdir()
+    with pytest.raises(UnsafeArchiveError):
+        extract_stream(io.BytesIO(HOSTILE[case]), area, writers=2)
+    assert not Path("/tmp/fruix-absolute-escape").exists()
+    assert not (tmp_path / "escaped").exists()
