@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import structlog
 
@@ -244,7 +244,7 @@ class _HeaderInfo(tarfile.TarInfo):
     """
 
     @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
         if len(buf) != tarfile.BLOCKSIZE or buf[156:157] == tarfile.GNUTYPE_SPARSE:
             return super().frombuf(buf, encoding, errors)
         try:
@@ -255,10 +255,11 @@ class _HeaderInfo(tarfile.TarInfo):
         except ValueError:
             return super().frombuf(buf, encoding, errors)
         if not buf.strip(b"\0"):
-            raise tarfile.EOFHeaderError("end of file header")
+            raise tarfile.EOFHeaderError("end of file header")  # type: ignore[attr-defined]
         unsigned = sum(buf) - sum(chksum) + 256
-        if checksum != unsigned and checksum not in tarfile.calc_chksums(buf):
-            raise tarfile.InvalidHeaderError("bad checksum")
+        if checksum != unsigned and \
+                checksum not in tarfile.calc_chksums(buf):  # type: ignore[attr-defined]
+            raise tarfile.InvalidHeaderError("bad checksum")  # type: ignore[attr-defined]
         obj = cls()
         obj.name = name.split(b"\0", 1)[0].decode(encoding, errors)
         obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.devmajor, obj.devminor = numbers
