@@ -228,6 +228,12 @@ def measure(name: str, server: SshServer, source: Path, dest: Path, expected: st
     return wall, used
 
 
+def time_call(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
 def shaped(args: argparse.Namespace) -> int:
     """Run this benchmark again inside a private netns whose loopback is shaped."""
     namespace = f"fruix-bench-{os.getpid()}"
@@ -256,6 +262,8 @@ def main() -> None:
     parser.add_argument("--inside-link", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--calls", type=int, default=0,
+                        help="also time N commands over the open session vs `ssh HOST true`")
     args = parser.parse_args()
     if args.link and not args.inside_link:
         raise SystemExit(shaped(args))
@@ -304,6 +312,18 @@ def main() -> None:
                     print(f"  {base} vs {other}, round {round_ + 1}: {name:16s} "
                           f"{wall:7.2f} s  (host CPU {used:6.2f} s)", flush=True)
             pairs[other] = samples
+        if args.calls:
+            env = {"PATH": "/bin:/usr/bin"}
+            with connect(server.guest()) as session:
+                session.run(["true"], env=env)
+                calls = [time_call(lambda: session.run(["true"], env=env))
+                         for _ in range(args.calls)]
+            ssh_calls = [time_call(lambda: subprocess.run([*server.ssh_command(), "true"],
+                                                          check=True))
+                         for _ in range(args.calls)]
+            print(f"per-phase overhead: {statistics.median(calls) * 1000:.1f} ms over the "
+                  f"open session vs {statistics.median(ssh_calls) * 1000:.1f} ms for "
+                  f"`ssh HOST true` (medians of {args.calls})", flush=True)
     load_after = os.getloadavg()
 
     def med(values: list[tuple[float, float]], i: int) -> float:

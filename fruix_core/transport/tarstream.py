@@ -1,8 +1,11 @@
 """Move a tree out of a guest as one tar stream, and extract it safely on the host.
 
-The guest runs ``tar -C DIR -cf - .`` on an exec channel (one stream, no
-per-file round trips as with SFTP); the host parses the stream as it arrives
-and writes each member itself — never with :meth:`tarfile.TarFile.extract` —
+The guest runs ``tar -C DIR -cf - .`` (``tar --zstd ...`` when compressed;
+FreeBSD's tar is bsdtar) on an exec channel: one stream, no per-file round
+trips as with SFTP. Its stderr stays on the channel's stderr, never inside
+the stream. The host parses the stream as it arrives and writes each member
+itself — never with :meth:`tarfile.TarFile.extract`, whose extraction
+filters would also clear the setuid/setgid bits a FreeBSD world needs —
 under these rules:
 
 * names are relative and normalised: absolute names, ``..`` components and
@@ -18,11 +21,20 @@ under these rules:
 
 Everything lands in a temporary directory next to the destination
 (``.<name>.partial-*``), which is renamed into place only after the stream
-ended properly (end-of-archive marker seen, remote ``tar`` exited 0) and the
-tree passed verification (:func:`verify_result_root`: the key-file digests in
-``promotion.scm`` and ``metadata``). An interrupted or refused transfer
-removes the temporary directory, so it never leaves a tree that looks
-complete. Progress is shown in bytes on a terminal.
+ended properly (end-of-archive marker seen, complete zstd frame, remote
+``tar`` exited 0) and the tree passed verification
+(:func:`verify_result_root`: the key-file digests in ``promotion.scm`` and
+``metadata``). An interrupted or refused transfer removes the temporary
+directory, so it never leaves a tree that looks complete. Progress is shown
+in bytes on a terminal.
+
+Speed (docs/benchmarks.md): a receive thread (:class:`_ChannelPump`) takes
+the stream from paramiko in 4 MiB blocks and decompresses it, so receiving
+overlaps parsing and writing; tar headers are decoded in one ``struct`` call
+(:class:`_HeaderInfo`); a file costs ``open``, ``write``, ``futimens`` and
+``close`` (plus ``fchmod`` only when the umask would spoil its mode).
+Optional writer threads (:class:`_FileWriters`) can create small files in
+parallel with parsing.
 """
 
 from __future__ import annotations
