@@ -13,6 +13,7 @@ It boots nothing and shuts nothing down; it turns ``[guests.ssh]`` into a
     trust_on_first_use = false         # explicit opt-in only; logs a warning
     system_root = "/"                  # tests: a directory laid out like a guest
     connect_timeout = 15
+    compression = "none"               # or "zstd": compress the result-root import
 
 Relative paths are relative to the config file's directory. Nothing is
 contacted here: connection problems (unreachable host, refused key, host key
@@ -35,6 +36,10 @@ from fruix_core.errors import ConfigError
 from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import Guest, GuestRequest
 
+#: Values of ``compression`` (the same as the import's, kept here so that reading a
+#: config does not import the transport).
+COMPRESSIONS = ("none", "zstd")
+
 __all__ = ["SCHEMA", "SSHGuestProvider", "guest_from_settings"]
 
 log = structlog.get_logger(__name__)
@@ -53,6 +58,7 @@ SCHEMA: dict[str, Key] = {
     "system_root": Key(str, "/", "the guest's system root ('/' in production)"),
     "connect_timeout": Key((int, float), 15, "seconds for connect, banner and auth each"),
     "name": Key(str, "", "guest name used in logs ('' = the host)"),
+    "compression": Key(str, "none", "result-root import stream: 'none' or 'zstd'"),
 }
 
 _KEY_LINE = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*\Z")
@@ -97,6 +103,10 @@ def guest_from_settings(settings: Mapping[str, Any], *, config_file: str | None 
     if host_key and not _KEY_LINE.match(host_key):
         raise fail("host_key", "must be '<type> <base64>' as in known_hosts, "
                                "e.g. 'ssh-ed25519 AAAA...'")
+    compression = values["compression"]
+    if compression not in COMPRESSIONS:
+        raise fail("compression", f"must be one of {', '.join(map(repr, COMPRESSIONS))}, "
+                                  f"not {compression!r}")
     identity = _resolve(values["identity_file"], config_file) if values["identity_file"] else None
     if identity is not None and not os.path.isfile(identity):
         raise fail("identity_file", f"file not found: {identity}")
@@ -109,6 +119,8 @@ def guest_from_settings(settings: Mapping[str, Any], *, config_file: str | None 
         user=values["user"], identity_file=identity, known_hosts=known_hosts,
         host_key=host_key or None, trust_on_first_use=values["trust_on_first_use"],
         system_root=root, connect_timeout=float(values["connect_timeout"]),
+        # Read by the result-root import (fetch_tree); absent means "none".
+        details={"compression": compression} if compression != "none" else {},
     )
 
 

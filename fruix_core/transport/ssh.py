@@ -56,6 +56,7 @@ __all__ = [
     "SSHSession",
     "connect",
     "fingerprint",
+    "login_shell_quote",
     "remote_command",
     "shell_script",
 ]
@@ -69,11 +70,14 @@ KEEPALIVE_COUNT_MAX = 4
 #: Seconds between SIGTERM and SIGKILL of a remote process group.
 GRACE_SECONDS = 3.0
 TAIL_LINES = 20
-#: Channel window and packet size for bulk reads (tar streams). With paramiko's
-#: defaults (2 MiB, 32 KiB) a loopback tar stream ran at a quarter of OpenSSH's speed;
-#: 128 KiB packets match it (see benchmarks/ssh_import).
+#: Channel window and packet size for bulk reads (tar streams). paramiko's transport
+#: thread receives and decrypts up to a window ahead of the reader; 256 KiB is OpenSSH's
+#: largest packet (PACKET_MAX_SIZE in packet.c), and fewer, larger packets cost less
+#: Python per byte. A larger window made things worse: while extraction waits on file
+#: creation, the backlog comes out of paramiko's buffer as huge, freshly mapped blocks
+#: (page faults); see docs/benchmarks.md, SSH import.
 BULK_WINDOW = 16 * 1024 * 1024
-BULK_PACKET = 128 * 1024
+BULK_PACKET = 256 * 1024
 PGID_MARKER = "@@fruix-pgid@@"
 #: Longest line passed on as one; longer output is cut into pieces of this size.
 MAX_LINE = 1 << 20
@@ -115,19 +119,36 @@ def shell_script(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     return command
 
 
-def remote_command(script: str, *, report_pgid: bool = True) -> str:
+def login_shell_quote(text: str) -> str:
+    """Quote ``text`` as one word for both a POSIX shell and csh/tcsh.
+
+    sshd hands the command line to the user's login shell (``$SHELL -c``), which
+    may be csh: csh performs history substitution on ``!`` even inside single
+    quotes, so every ``!`` is spliced in unquoted and escaped (``'a'\\!'b'``),
+    which both shell families read as ``a!b``. Newlines cannot be quoted for csh.
+    """
+    if "\n" in text or "\0" in text:
+        raise TransportError("remote command lines must be one line without NUL bytes")
+    return shlex.quote(text).replace("!", "'\\!'")
+
+
+def remote_command(script: str, *, report_pgid: bool = True, merge_stderr: bool = True) -> str:
     """The exact string sent to sshd: ``exec /bin/sh -c '<script>'``.
 
-    The script is kept on one line (csh refuses newlines inside quotes). With
-    ``report_pgid`` its first output line is ``@@fruix-pgid@@ <pgid>``; stderr
-    is merged into stdout; the command runs as a child so that its exit status
-    (128+N when killed by signal N) reaches us as an exit status.
+    The script is kept on one line (csh refuses newlines inside quotes) and
+    quoted for any login shell (:func:`login_shell_quote`). With
+    ``report_pgid`` its first output line is ``@@fruix-pgid@@ <pgid>``; with
+    ``merge_stderr`` (commands whose output is shown as lines) stderr is
+    merged into stdout. Data streams (a tar stream) pass ``merge_stderr=False``
+    so that warnings never end up inside the data. The command runs as a
+    child so that its exit status (128+N when killed by signal N) reaches us
+    as an exit status.
     """
     if "\n" in script:
         raise TransportError("remote scripts must be one line")
     prefix = f'echo "{PGID_MARKER} $$"; ' if report_pgid else ""
-    wrapped = f"exec 2>&1; {prefix}{script}"
-    return "exec /bin/sh -c " + shlex.quote(wrapped)
+    merge = "exec 2>&1; " if merge_stderr else ""
+    return "exec /bin/sh -c " + login_shell_quote(f"{merge}{prefix}{script}")
 
 
 # -- host keys ----------------------------------------------------------------------------
@@ -324,10 +345,13 @@ class SSHSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open_channel(self, command: str, *, bulk: bool = False) -> paramiko.Channel:
+    def open_channel(self, command: str, *, bulk: bool = False,
+                     combine_stderr: bool = True) -> paramiko.Channel:
         """Start ``command`` (already a full remote command line) on a new channel.
 
         :param bulk: use a large window and packets, for streams (trees, build output).
+        :param combine_stderr: deliver the channel's stderr with its stdout; data
+            streams keep them apart (see :func:`remote_command`).
         """
         import paramiko
 
@@ -339,7 +363,7 @@ class SSHSession:
                                                  timeout=self.guest.connect_timeout)
             else:
                 channel = transport.open_session(timeout=self.guest.connect_timeout)
-            channel.set_combine_stderr(True)
+            channel.set_combine_stderr(combine_stderr)
             channel.exec_command(command)
         except ConnectionLostError:
             raise

@@ -91,3 +91,11 @@ def test_described_guest_connects(fruix_sshd_shared: SshServer) -> None:
         "identity_file": str(server.client_key), "host_key": server.host_key_line}))
     with connect(guest) as session:
         assert session.check_output("echo ok") == b"ok\n"
+
+
+def test_compression_setting_reaches_the_import() -> None:
+    assert guest_from_settings({"host": "b"}).details == {}
+    assert guest_from_settings({"host": "b", "compression": "zstd"}).details == \
+        {"compression": "zstd"}
+    with pytest.raises(ConfigError, match="guests.ssh.compression"):
+        guest_from_settings({"host": "b", "compression": "gzip"}, config_file="f.toml")

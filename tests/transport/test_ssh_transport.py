@@ -93,6 +93,39 @@ def test_remote_command_is_one_sh_invocation() -> None:
     assert "env -i PATH=/bin make buildworld" in command
 
 
+# Words a guest path or command may hold that a login shell could mangle: csh expands
+# `!` (history) even inside single quotes, and `$`, quotes and backslashes must pass.
+AWKWARD = ["a!b", "$HOME", "it's", 'say "hi"', "back\\slash", "*", "~root", "x;y"]
+
+
+@pytest.mark.parametrize("shell", ["sh", "tcsh"])
+def test_remote_command_survives_any_login_shell(shell: str) -> None:
+    # sshd runs a command as `$SHELL -c COMMAND` with the user's login shell (OpenSSH
+    # session.c, do_child: argv = {shell0, "-c", command}); FreeBSD's root had csh
+    # as its login shell before 14.0, so the command line must mean the same to both.
+    from fruix_core.testkit import require_tool
+
+    path = require_tool(shell, {"sh": "dash", "tcsh": "tcsh"}[shell])
+    script = shell_script(["printf", "%s\\n", *AWKWARD], env={"PATH": "/bin:/usr/bin"})
+    for merge in (True, False):
+        command = remote_command(script, report_pgid=False, merge_stderr=merge)
+        done = subprocess.run([path, "-c", command], capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().splitlines() == AWKWARD
+
+
+def test_data_commands_keep_stderr_apart() -> None:
+    script = "echo data; echo warning >&2"
+    merged = subprocess.run(["sh", "-c", remote_command(script, report_pgid=False)],
+                            capture_output=True, check=True)
+    apart = subprocess.run(["sh", "-c", remote_command(script, report_pgid=False,
+                                                       merge_stderr=False)],
+                           capture_output=True, check=True)
+    assert merged.stdout == b"data\nwarning\n"
+    assert (apart.stdout, apart.stderr) == (b"data\n", b"warning\n")
+    assert "2>&1" not in remote_command(script, merge_stderr=False)
+
+
 def test_large_output_does_not_deadlock(session: SSHSession) -> None:
     # Far more than the channel window (2 MiB), stdout and stderr interleaved.
     script = ["sh", "-c", "i=0; while [ $i -lt 40 ]; do head -c 262144 /dev/zero | tr '\\0' x;"

@@ -340,3 +340,217 @@ def test_file_modes_are_kept_exactly(tmp_path: Path) -> None:
     for name, mode in modes.items():
         assert stat.S_IMODE(os.lstat(tmp_path / name).st_mode) == mode, name
         assert (tmp_path / name).read_bytes() == b"data"
+
+
+# -- the guest's side of the stream ------------------------------------------------------------
+
+
+def test_tar_warnings_never_enter_the_stream(session: SSHSession, tmp_path: Path) -> None:
+    # FreeBSD's tar warns on stderr and goes on; merged into stdout (as `exec 2>&1`
+    # did) its words would be read as tar headers.
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(_tar(_file("a", b"A" * 5000), _file("b", b"B" * 70_000)))
+    dest = tmp_path / "dest"
+    command = f"echo 'tar: ./x: warning' >&2; cat {archive}; echo 'tar: late warning' >&2"
+    stats = fetch_tree(session, "/", dest, command=command, progress=False)
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b"]
+    assert stats.members == 2
+
+
+def test_remote_tar_error_text_is_reported(session: SSHSession, tmp_path: Path) -> None:
+    with pytest.raises(TransportError, match="no-such-dir"):
+        fetch_tree(session, str(tmp_path / "no-such-dir"), tmp_path / "dest", progress=False)
+
+
+def test_freebsd_tar_stream_round_trip(session: SSHSession, tmp_path: Path) -> None:
+    # The guest's tar is FreeBSD's bsdtar (libarchive; restricted pax format):
+    # https://man.freebsd.org/cgi/man.cgi?query=tar&sektion=1
+    from fruix_core.testkit import require_tool
+
+    bsdtar = require_tool("bsdtar", "libarchive-tools")
+    source = _sample_tree(tmp_path / "guest-tree")
+    dest = tmp_path / "dest"
+    fetch_tree(session, str(source), dest, command=f"{bsdtar} -C {source} -cf - .",
+               progress=False)
+    assert tree_signature(dest) == tree_signature(source)
+    assert os.stat(dest / "bin/sh").st_ino == os.stat(dest / "bin/-sh").st_ino
+    for tree in (dest, source):
+        os.chmod(tree / "ro", 0o755)
+
+
+# -- zstd --------------------------------------------------------------------------------------
+
+
+def _compressible_tree(root: Path) -> Path:
+    _sample_tree(root)
+    (root / "man").mkdir()
+    for i in range(50):
+        (root / "man" / f"page{i}.1").write_text(f".Dd page {i}\n" + ".Sh NAME\nfoo\n" * 400)
+    return root
+
+
+@pytest.mark.parametrize("tar", ["tar", "bsdtar"])
+def test_zstd_import_gives_an_identical_tree(tar: str, session: SSHSession,
+                                              tmp_path: Path) -> None:
+    from fruix_core.testkit import require_tool
+
+    require_tool("zstd", "zstd")
+    program = require_tool(tar, {"tar": "tar", "bsdtar": "libarchive-tools"}[tar])
+    source = _compressible_tree(tmp_path / "guest-tree")
+    plain = fetch_tree(session, str(source), tmp_path / "plain", progress=False)
+    packed = fetch_tree(session, str(source), tmp_path / "zstd", compression="zstd",
+                        command=f"{program} --zstd -C {source} -cf - .", progress=False)
+    assert tree_signature(tmp_path / "zstd") == tree_signature(source) \
+        == tree_signature(tmp_path / "plain")
+    assert packed.received < plain.received - 200_000  # the manual pages shrank
+    for tree in (source, tmp_path / "plain", tmp_path / "zstd"):
+        os.chmod(tree / "ro", 0o755)
+
+
+def test_guest_setting_turns_zstd_on(fruix_sshd_shared: SshServer, tmp_path: Path) -> None:
+    import dataclasses
+
+    source = _compressible_tree(tmp_path / "guest-tree")
+    guest = dataclasses.replace(fruix_sshd_shared.guest(), details={"compression": "zstd"})
+    with connect(guest) as sess:
+        stats = fetch_tree(sess, str(source), tmp_path / "dest", progress=False)
+        with pytest.raises(TransportError, match="unknown compression 'gzip'"):
+            fetch_tree(sess, str(source), tmp_path / "other", compression="gzip")
+    assert stats.received < stats.bytes - 200_000
+    assert tree_signature(tmp_path / "dest") == tree_signature(source)
+    for tree in (source, tmp_path / "dest"):
+        os.chmod(tree / "ro", 0o755)
+
+
+def test_truncated_or_corrupt_zstd_is_refused(session: SSHSession, tmp_path: Path) -> None:
+    import zstandard
+
+    good = _tar(_file("a", b"A" * 50_000), _file("b", os.urandom(40_000)))
+    packed = tmp_path / "archive.tar.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(good))
+    size = packed.stat().st_size
+    for cut in (size // 3, size - 1):
+        dest = tmp_path / f"dest-{cut}"
+        with pytest.raises(TransportError, match="truncated"):
+            fetch_tree(session, "/", dest, compression="zstd",
+                       command=f"head -c {cut} {packed}", progress=False)
+        assert not dest.exists()
+    corrupt = tmp_path / "corrupt.zst"
+    data = bytearray(packed.read_bytes())
+    data[1] ^= 0xFF  # the frame's magic number (a payload bit flip is the MAC's job: SSH)
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(TransportError, match="corrupt|truncated"):
+        fetch_tree(session, "/", tmp_path / "dest", compression="zstd",
+                   command=f"cat {corrupt}", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.tar.zst", "corrupt.zst"]
+
+
+# -- writer threads ----------------------------------------------------------------------------
+
+
+def test_writer_thread_failure_stops_the_extraction(tmp_path: Path) -> None:
+    # A real write error in a writer thread (RLIMIT_FSIZE: EFBIG), in a child process.
+    import subprocess
+    import sys
+
+    archive = tmp_path / "archive.tar"
+    archive.write_bytes(_tar(*(_file(f"d/f{i}", b"x" * 3000) for i in range(20))))
+    program = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from fruix_core.transport.tarstream import extract_stream\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+        "try:\n"
+        "    with open(sys.argv[1], 'rb') as f:\n"
+        "        extract_stream(f, Path(sys.argv[2]), writers=2)\n"
+        "except OSError as exc:\n"
+        "    print('error', exc.errno)\n"
+        "    sys.exit(3)\n"
+    )
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, "-c", program, str(archive), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.strip() == f"error {__import__('errno').EFBIG}"
+
+
+@pytest.mark.parametrize("writers", [0, 1, 4])
+def test_any_writer_count_gives_the_same_tree(writers: int, tmp_path: Path) -> None:
+    source = _sample_tree(tmp_path / "src")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(source, arcname=".")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    extract_stream(io.BytesIO(buffer.getvalue()), dest, writers=writers)
+    assert tree_signature(dest) == tree_signature(source)
+    assert os.stat(dest / "bin/sh").st_ino == os.stat(dest / "bin/-sh").st_ino
+    for tree in (source, dest):
+        os.chmod(tree / "ro", 0o755)
+
+
+# -- header decoding ---------------------------------------------------------------------------
+
+
+def _headers(data: bytes) -> list[bytes]:
+    return [data[i:i + 512] for i in range(0, len(data), 512)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(min_size=1, max_size=300).filter(lambda n: "\0" not in n),
+       size=st.integers(min_value=0, max_value=3000), mode=st.integers(0, 0o7777),
+       mtime=st.integers(0, 2**33), uid=st.integers(0, 2**22),
+       kind=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                             tarfile.LNKTYPE, tarfile.CHRTYPE]),
+       fmt=st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]))
+def test_fast_header_decoder_agrees_with_tarfile(name, size, mode, mtime, uid, kind,
+                                                  fmt) -> None:  # type: ignore[no-untyped-def]
+    from fruix_core.transport.tarstream import _HeaderInfo
+
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.uid = kind, mode, mtime, uid
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.linkname = "target/" + name[:50] if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+    try:
+        block = info.tobuf(fmt, "utf-8", "surrogateescape")
+    except ValueError:
+        return  # not representable in this format
+    for header in _headers(block):
+        for mutated in (header, header[:100] + b"7" + header[101:],
+                        header[:150] + b"\x00" + header[151:]):
+            outcomes = []
+            for decoder in (tarfile.TarInfo, _HeaderInfo):
+                try:
+                    outcomes.append(decoder.frombuf(mutated, "utf-8", "surrogateescape")
+                                    .get_info())
+                except tarfile.HeaderError as exc:
+                    outcomes.append(type(exc))
+            assert outcomes[0] == outcomes[1]
+
+
+def test_fast_decoder_reads_real_archives_like_tarfile(tmp_path: Path) -> None:
+    from fruix_core.testkit import require_tool
+    from fruix_core.transport.tarstream import _HeaderInfo
+
+    source = _sample_tree(tmp_path / "src")
+    (source / ("long-" * 40)).write_text("long name")
+    for program in ("tar", require_tool("bsdtar", "libarchive-tools")):
+        archive = tmp_path / "a.tar"
+        __import__("subprocess").run([program, "-C", str(source), "-cf", str(archive), "."],
+                                     check=True)
+        with tarfile.open(archive) as plain, tarfile.open(archive, tarinfo=_HeaderInfo) as fast:
+            assert [m.get_info() for m in plain.getmembers()] == \
+                [m.get_info() for m in fast.getmembers()]
+        archive.unlink()
+    os.chmod(source / "ro", 0o755)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_stream_is_refused_with_writer_threads(case: str, tmp_path: Path) -> None:
+    area = tmp_path / "area"
+    area.mkdir()
+    with pytest.raises(UnsafeArchiveError):
+        extract_stream(io.BytesIO(HOSTILE[case]), area, writers=2)
+    assert not Path("/tmp/fruix-absolute-escape").exists()
+    assert not (tmp_path / "escaped").exists()
