@@ -4,8 +4,8 @@ Config lives in ``[guests.xcpng]`` (see :mod:`fruix_xcpng.settings` and
 docs/operator/xcpng.rst). Importing this package is cheap: the ``XenAPI`` SDK
 and paramiko are imported only when a guest is acquired.
 
-The plugin ships a local XAPI lab (:mod:`fruix_xcpng.lab`, command
-``fruix-xapi-lab``) to test against and to rehearse a config.
+A local XAPI lab to test against and to rehearse a config is a distribution
+of its own (``fruix-xapi-lab``, :mod:`fruix_xapi_lab`), not part of this one.
 """
 
 from __future__ import annotations

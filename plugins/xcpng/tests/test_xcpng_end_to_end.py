@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fruix_xcpng.lab import LabVM, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, fast_settings
+from fruix_xapi_lab import LabVM, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD, LAB_USER, fast_settings
 
 from fruix_core.errors import PluginLoadError, UnknownPluginError
 from fruix_core.plugins import load_plugin
@@ -150,7 +150,7 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
 def test_failing_phase_releases_or_keeps_the_vm(lab: XapiLab, tmp_path: Path, executor: str,
                                                 keep: str) -> None:
     require_executor(executor)
-    from fruix_xcpng.lab.guests import sample_source_dir
+    from fruix_xapi_lab.guests import sample_source_dir
 
     broken = tmp_path / "broken-source"
     shutil.copytree(sample_source_dir(), broken)
@@ -294,7 +294,7 @@ def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLa
 
 @pytest.fixture
 def pool(tmp_path: Path, lab_credentials: dict[str, str]):  # type: ignore[no-untyped-def]
-    from fruix_xcpng.lab.fixtures import quick_faults
+    from fruix_xapi_lab.fixtures import quick_faults
 
     with XapiLab(tmp_path / "pool", users={LAB_USER: LAB_PASSWORD}, hosts=2,
                  faults=quick_faults()) as running:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fruix_xapi_lab import LabVM, VmFaults, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request, quick_faults
 from fruix_xcpng import XcpngGuestProvider
-from fruix_xcpng.lab import LabVM, VmFaults, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request, quick_faults
 from fruix_xcpng.lifecycle import release_vm
 from fruix_xcpng.settings import load_credentials, parse_settings
 from structlog.testing import capture_logs
