@@ -91,3 +91,13 @@ def test_described_guest_connects(fruix_sshd_shared: SshServer) -> None:
         "identity_file": str(server.client_key), "host_key": server.host_key_line}))
     with connect(guest) as session:
         assert session.check_output("echo ok") == b"ok\n"
+
+
+def test_release_configured_guest_says_a_static_host_has_nothing_to_release() -> None:
+    provider = SSHGuestProvider()
+    assert provider.fruix_release_configured_guest(_request({"host": "h"}, provider="x")) is None
+    line = provider.fruix_release_configured_guest(_request({"host": "b.example", "name": "b"}))
+    assert line == ("guest 'b' is a static host (b.example): nothing to release, fruix never "
+                    "starts, stops or reverts it")
+    with pytest.raises(ConfigError, match="guests.ssh.host"):
+        provider.fruix_release_configured_guest(_request({"port": 22}))

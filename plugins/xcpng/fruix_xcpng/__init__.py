@@ -99,3 +99,15 @@ class XcpngGuestProvider:
             if lease.released:
                 with self._lock:
                     self._leases.pop(lease_id, None)
+
+    @hookimpl
+    def fruix_release_configured_guest(self, request: GuestRequest) -> str | None:
+        """Shut the configured VM down and revert it, as a run's release does (``keep`` aside)."""
+        if request.provider != PROVIDER_NAME:
+            return None
+        from fruix_xcpng.lifecycle import release_vm
+        from fruix_xcpng.settings import load_credentials, parse_settings
+
+        settings = parse_settings(request.settings, file=request.config_file)
+        lease = release_vm(settings, load_credentials(settings))
+        return f"{lease.describe()}: halted and reverted to {lease.snapshot_label}"

@@ -397,7 +397,7 @@ def test_a_vm_without_agent_is_never_cleanly_shut_down_by_mistake(pool: XapiLab)
     released(pool, vm)
 
 
-def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
+def test_guests_release_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
                                        lab_credentials: dict[str, str]) -> None:
     import os
     import subprocess
@@ -407,7 +407,8 @@ def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
     pool.state.call("start", vm.ref, False, False)  # kept running by an earlier run
     config = tmp_path / "fruix.toml"
     config.write_text(pool.fruix_config("build", url=pool.url_of("xcp-host2")))
-    command = [sys.executable, "-m", "fruix_xcpng.release_cmd", "--config", str(config)]
+    command = [sys.executable, "-m", "fruix_core.cli.main", "guests", "release",
+               "--config", str(config)]
     env = {**os.environ, **lab_credentials}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
