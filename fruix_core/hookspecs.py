@@ -203,6 +203,31 @@ class GuestProviderSpec:
         :returns: nothing.
         """
 
+    # -- outside a run -------------------------------------------------------------
+
+    @hookspec(firstresult=True)
+    def fruix_release_configured_guest(self, request: GuestRequest) -> str:
+        """Release the configured guest outside any run: a kept or stranded one.
+
+        Called by ``fruix guests release``, with no run and no lease: the
+        provider finds its guest from the settings alone and gives it back by
+        the code path a run's :func:`fruix_release_guest` takes (for a VM:
+        shut down, revert to the snapshot, log out). A setting that keeps
+        guests after a run (``keep``) does not apply: an explicit release
+        always releases. It runs in the CLI's main thread, under the same
+        interrupt shield as a run's release.
+
+        :param request: the provider's ``[guests.NAME]`` table and the config
+            file; ``run_id`` is ``""`` and ``cancel`` is ``None``.
+        :returns: one line saying what was done (``"VM 'b' (uuid): halted and
+            reverted to clean"``, or that there was nothing to release).
+            ``firstresult``: the first non-``None`` answer is used; answer
+            ``None`` for another provider's name.
+        :raises fruix_core.errors.ConfigError: the table is wrong (exit 2).
+        :raises fruix_core.errors.GuestError: the guest could not be released
+            (exit 3); say how to finish by hand.
+        """
+
 
 class ObserverSpec:
     """Run and phase events, for plugins that watch runs without building (``fruix.observers``)."""

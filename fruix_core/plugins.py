@@ -36,6 +36,7 @@ from fruix_core.errors import (
     PluginContractError,
     PluginLoadError,
     UnknownPluginError,
+    UsageError,
 )
 from fruix_core.model import (
     BuildRequest,
@@ -523,6 +524,20 @@ class FruixPluginManager:
 
     def release_guest(self, guest: Guest, outcome: str) -> None:
         self._call_each("fruix_release_guest", guest=guest, outcome=outcome)
+
+    def release_configured_guest(self, request: GuestRequest) -> str:
+        """The provider's one-line account of releasing its configured guest (no run).
+
+        :raises UsageError: the provider cannot release a guest outside a run
+            (it implements no ``fruix_release_configured_guest``).
+        """
+        provider = self.provider
+        hook = "fruix_release_configured_guest"
+        if provider is not None and hook not in _implemented(provider.plugin):
+            raise UsageError(f"{provider.label} cannot release a guest outside a run (it "
+                             f"implements no {hook}); release it with the provider's own tools")
+        description = self._call(hook, provider, str, request=request)
+        return " ".join(description.split()) or f"guest provider '{request.provider}' released"
 
 
 def make_plugin_manager(*plugins: Any) -> FruixPluginManager:

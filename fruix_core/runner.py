@@ -201,8 +201,8 @@ def _shielded(doing: str) -> Iterator[None]:
     def still(signum: int, frame: object) -> None:
         now = time.monotonic()
         if last and now - last[-1] <= ABANDON_WINDOW:
-            log.warning(f"abandoning: {doing} was interrupted twice within "
-                        f"{ABANDON_WINDOW:g} s")
+            log.warning(f"interrupted twice within {ABANDON_WINDOW:g} s: asking to stop "
+                        f"{doing} (a guest provider may still finish it safely)")
             raise KeyboardInterrupt
         last.append(now)
         log.warning(f"still {doing}; it goes on until it is done (Ctrl-C again within "

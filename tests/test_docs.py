@@ -19,5 +19,6 @@ def test_sphinx_builds_without_warnings(tmp_path):
     assert proc.returncode == 0, proc.stderr
     hooks = (tmp_path / "html" / "reference" / "hooks.html").read_text()
     for hook in ("fruix_prepare_env", "fruix_run_phase", "fruix_stage_artifacts",
-                 "fruix_emit_promotion", "fruix_acquire_guest", "fruix_release_guest"):
+                 "fruix_emit_promotion", "fruix_acquire_guest", "fruix_release_guest",
+                 "fruix_release_configured_guest"):
         assert hook in hooks

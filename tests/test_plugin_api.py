@@ -25,6 +25,7 @@ DISTRIBUTIONS = [
     (REPO / "plugins/guest-self-hosted", "fruix_guest_self_hosted",
      "fruix-executor-guest-self-hosted"),
     (REPO / "plugins/xcpng", "fruix_xcpng", "fruix-guest-xcpng"),
+    (REPO / "plugins/xapi-lab", "fruix_xapi_lab", "fruix-xapi-lab"),
 ]
 
 #: What a plugin may import from the core: the facade, the plugin API, the test kit.

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     _common(prune)
 
+    guests = top.add_parser("guests", help="guests of in-guest executors")
+    gu_sub = guests.add_subparsers(dest="action", metavar="ACTION", required=True)
+    release = gu_sub.add_parser(
+        "release", help="release the configured guest a run kept or left (shut down, revert)")
+    release.add_argument("--guest", metavar="NAME",
+                         help="guest provider (overrides build.guest)")
+    _common(release)
+
     store = top.add_parser("store", help="store maintenance")
     st_sub = store.add_subparsers(dest="action", metavar="ACTION", required=True)
     verify = st_sub.add_parser("verify", help="re-hash store objects against their identity")
@@ -122,6 +130,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fruix_core.cli import build_cmd
 
         return build_cmd.dispatch(args)
+    if args.command == "guests":
+        from fruix_core.cli import guests_cmd
+
+        return guests_cmd.release_command(args)
     if args.command == "store":
         from fruix_core.cli import build_cmd
 

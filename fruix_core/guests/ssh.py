@@ -154,3 +154,12 @@ class SSHGuestProvider:
             return
         log.debug("guest released (static host, nothing to do)", guest=guest.name,
                   outcome=outcome)
+
+    @hookimpl
+    def fruix_release_configured_guest(self, request: GuestRequest) -> str | None:
+        """A static host is never started or reverted: say so (after checking the table)."""
+        if request.provider != self.name:
+            return None
+        guest = guest_from_settings(request.settings, config_file=request.config_file)
+        return (f"guest '{guest.name}' is a static host ({guest.host}): nothing to release, "
+                "fruix never starts, stops or reverts it")

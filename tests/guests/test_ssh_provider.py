@@ -99,3 +99,13 @@ def test_compression_setting_reaches_the_import() -> None:
         {"compression": "zstd"}
     with pytest.raises(ConfigError, match="guests.ssh.compression"):
         guest_from_settings({"host": "b", "compression": "gzip"}, config_file="f.toml")
+
+
+def test_release_configured_guest_says_a_static_host_has_nothing_to_release() -> None:
+    provider = SSHGuestProvider()
+    assert provider.fruix_release_configured_guest(_request({"host": "h"}, provider="x")) is None
+    line = provider.fruix_release_configured_guest(_request({"host": "b.example", "name": "b"}))
+    assert line == ("guest 'b' is a static host (b.example): nothing to release, fruix never "
+                    "starts, stops or reverts it")
+    with pytest.raises(ConfigError, match="guests.ssh.host"):
+        provider.fruix_release_configured_guest(_request({"port": 22}))

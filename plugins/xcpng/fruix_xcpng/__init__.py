@@ -4,8 +4,8 @@ Config lives in ``[guests.xcpng]`` (see :mod:`fruix_xcpng.settings` and
 docs/operator/xcpng.rst). Importing this package is cheap: the ``XenAPI`` SDK
 and paramiko are imported only when a guest is acquired.
 
-The plugin ships a local XAPI lab (:mod:`fruix_xcpng.lab`, command
-``fruix-xapi-lab``) to test against and to rehearse a config.
+A local XAPI lab to test against and to rehearse a config is a distribution
+of its own (``fruix-xapi-lab``, :mod:`fruix_xapi_lab`), not part of this one.
 """
 
 from __future__ import annotations
@@ -99,3 +99,15 @@ class XcpngGuestProvider:
             if lease.released:
                 with self._lock:
                     self._leases.pop(lease_id, None)
+
+    @hookimpl
+    def fruix_release_configured_guest(self, request: GuestRequest) -> str | None:
+        """Shut the configured VM down and revert it, as a run's release does (``keep`` aside)."""
+        if request.provider != PROVIDER_NAME:
+            return None
+        from fruix_xcpng.lifecycle import release_vm
+        from fruix_xcpng.settings import load_credentials, parse_settings
+
+        settings = parse_settings(request.settings, file=request.config_file)
+        lease = release_vm(settings, load_credentials(settings))
+        return f"{lease.describe()}: halted and reverted to {lease.snapshot_label}"

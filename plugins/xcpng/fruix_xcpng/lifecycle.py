@@ -439,7 +439,8 @@ def release(lease: Lease, outcome: str, *, attempts: int = 3) -> None:
         where = f"RUNNING at {lease.address}" if lease.address else "as it is (no address yet)"
         log.warning(f"KEEPING {label} {where} "
                     f"(keep = \"{settings.keep}\", run {outcome}); it is NOT reverted; "
-                    f"when done: xe vm-shutdown uuid={lease.vm_uuid} force=true && "
+                    f"when done: fruix guests release (with this run's --config), or "
+                    f"xe vm-shutdown uuid={lease.vm_uuid} force=true && "
                     f"xe snapshot-revert snapshot-uuid={lease.snapshot_uuid}",
                     vm_uuid=lease.vm_uuid, address=lease.address, port=settings.ssh_port,
                     outcome=outcome, keep=settings.keep)

@@ -1,5 +1,5 @@
-"""Fixtures of the xcpng plugin's tests: the plugin's own lab fixtures."""
+"""Fixtures of the xcpng tests: the XAPI lab's (test dependency fruix-xapi-lab)."""
 
 from __future__ import annotations
 
-from fruix_xcpng.lab.fixtures import lab, lab_credentials, xapi_lab  # noqa: F401
+from fruix_xapi_lab.fixtures import lab, lab_credentials, xapi_lab  # noqa: F401

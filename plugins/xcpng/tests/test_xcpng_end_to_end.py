@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fruix_xcpng.lab import LabVM, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, fast_settings
+from fruix_xapi_lab import LabVM, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD, LAB_USER, fast_settings
 
 from fruix_core.errors import PluginLoadError, UnknownPluginError
 from fruix_core.plugins import load_plugin
@@ -150,7 +150,7 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
 def test_failing_phase_releases_or_keeps_the_vm(lab: XapiLab, tmp_path: Path, executor: str,
                                                 keep: str) -> None:
     require_executor(executor)
-    from fruix_xcpng.lab.guests import sample_source_dir
+    from fruix_xapi_lab.guests import sample_source_dir
 
     broken = tmp_path / "broken-source"
     shutil.copytree(sample_source_dir(), broken)
@@ -294,7 +294,7 @@ def test_second_ctrl_c_during_release_still_ends_halted_and_reverted(lab: XapiLa
 
 @pytest.fixture
 def pool(tmp_path: Path, lab_credentials: dict[str, str]):  # type: ignore[no-untyped-def]
-    from fruix_xcpng.lab.fixtures import quick_faults
+    from fruix_xapi_lab.fixtures import quick_faults
 
     with XapiLab(tmp_path / "pool", users={LAB_USER: LAB_PASSWORD}, hosts=2,
                  faults=quick_faults()) as running:
@@ -332,3 +332,111 @@ def test_pool_true_builds(pool: XapiLab, tmp_path: Path, scenario: str) -> None:
         assert "following the pool master" in err
     if scenario == "no-agent":
         assert pool.state.calls_of("Async.VM.clean_shutdown") == []  # forced off instead
+
+
+def guests_release(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "guests", "release",
+                           "--config", str(config), *extra], capture_output=True, text=True,
+                          env=environment(), timeout=120)
+
+
+@pytest.mark.slow
+def test_guests_release_brings_a_kept_vm_back(lab: XapiLab, tmp_path: Path) -> None:
+    """``keep = "always"`` leaves the VM running; ``fruix guests release`` halts and reverts it.
+
+    The same path as a run's release (find, shut down, revert, log out); ``keep``
+    does not apply to an explicit release.
+    """
+    require_executor("host-initiated")
+    vm = lab.add_vm("build", ip_delay=0.1)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          lab_settings(lab, keep="always"))
+    done = subprocess.run(fruix(config), capture_output=True, text=True, env=environment(),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["status"] == "ok"
+    assert vm.power_state == "Running" and vm.reverts == 0
+    assert "KEEPING VM 'build'" in done.stderr and "fruix guests release" in done.stderr
+    builds = Path(vm.root) / "var/lib/fruix/native-builds"  # type: ignore[arg-type]
+    assert any(builds.iterdir()), "a kept VM still holds the run's result root"
+
+    released = guests_release(config)
+    assert released.returncode == 0, released.stderr[-3000:]
+    assert released.stdout == f"VM 'build' ({vm.uuid}): halted and reverted to clean\n"
+    assert_released(lab, vm)  # halted, reverted once, the result root gone, no session
+    assert lab.state.calls_of("Async.VM.revert") or lab.state.calls_of("VM.revert")
+    assert_no_login(released.stdout, released.stderr)
+
+    again = guests_release(config, "--json")  # a halted VM: reverted again, still exit 0
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout) == {
+        "guest": "xcpng", "distribution": "fruix-guest-xcpng",
+        "version": json.loads(again.stdout)["version"],
+        "released": f"VM 'build' ({vm.uuid}): halted and reverted to clean"}
+    assert vm.power_state == "Halted" and vm.reverts == 2 and lab.live_sessions() == []
+
+
+#: A well-formed host key, so that only the changed key is wrong (release never uses SSH).
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEH6R1q1l0O9o1oWw4Y0G3B3lO0x3ZC2Fq2Yj3u7bL4e"
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (('keep = "always"', 'keep = "maybe"'), "guests.xcpng.keep"),
+    (('snapshot = "clean"', 'snapshot = 7'), "guests.xcpng.snapshot"),
+    (('guest = "xcpng"', 'guest = "xcp-ng"'), "xcp-ng"),
+])
+def test_guests_release_with_a_bad_config_is_one_line_and_exit_2(
+        xapi_lab: XapiLab, tmp_path: Path, change: tuple[str, str], words: str) -> None:
+    vm = xapi_lab.add_vm("build")
+    xapi_lab.state.call("start", vm.ref, False, False)  # kept running by an earlier run
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          xapi_lab.provider_settings("build", keep="always", host_key=KEY))
+    text = config.read_text()
+    assert change[0] in text
+    config.write_text(text.replace(change[0], change[1]))
+    done = guests_release(config)
+    assert done.returncode == 2, done.stderr
+    assert words in one_error(done.stderr) and str(config) in done.stderr
+    assert done.stdout == ""
+    assert vm.power_state == "Running" and vm.reverts == 0  # nothing was touched
+    assert xapi_lab.live_sessions() == []
+
+
+def test_ctrl_c_during_guests_release_still_ends_halted_and_reverted(
+        xapi_lab: XapiLab, tmp_path: Path) -> None:
+    """The command's release is shielded like a run's: Ctrl-C twice, and it still finishes."""
+    vm = xapi_lab.add_vm("build")
+    xapi_lab.state.call("start", vm.ref, False, False)
+    config = write_config(tmp_path / "fruix.toml", tmp_path / "run", "host-initiated",
+                          xapi_lab.provider_settings("build", host_key=KEY))
+    hold = xapi_lab.faults.hold("VM.clean_shutdown")
+    process = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "guests", "release",
+                                "--config", str(config)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environment())
+    lines: list[str] = []
+    assert process.stderr is not None
+    stream = process.stderr
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+
+    def said(text: str) -> bool:
+        return any(text in line for line in list(lines))
+
+    try:
+        assert hold.wait_reached(60)  # shutting down, held on the server
+        process.send_signal(signal.SIGINT)
+        assert xapi_lab.state.wait_for(lambda: said("still releasing"), timeout=60)
+        process.send_signal(signal.SIGINT)
+        assert xapi_lab.state.wait_for(
+            lambda: sum("still releasing" in line for line in list(lines)) >= 2, timeout=60)
+    finally:
+        hold.release()
+        assert process.stdout is not None
+        out = process.stdout.read()
+        process.wait(timeout=120)
+        reader.join(10)
+    err = "".join(lines)
+    assert process.returncode == 0, err[-3000:]
+    assert out == f"VM 'build' ({vm.uuid}): halted and reverted to clean\n"
+    assert "ABANDONED" not in err and "Traceback" not in err
+    assert vm.power_state == "Halted" and vm.reverts == 1 and xapi_lab.live_sessions() == []

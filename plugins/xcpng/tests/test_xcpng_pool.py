@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fruix_xapi_lab import LabVM, VmFaults, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request, quick_faults
 from fruix_xcpng import XcpngGuestProvider
-from fruix_xcpng.lab import LabVM, VmFaults, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request, quick_faults
 from fruix_xcpng.lifecycle import release_vm
 from fruix_xcpng.settings import load_credentials, parse_settings
 from structlog.testing import capture_logs
@@ -397,7 +397,7 @@ def test_a_vm_without_agent_is_never_cleanly_shut_down_by_mistake(pool: XapiLab)
     released(pool, vm)
 
 
-def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
+def test_guests_release_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
                                        lab_credentials: dict[str, str]) -> None:
     import os
     import subprocess
@@ -407,7 +407,8 @@ def test_release_command_for_a_kept_vm(pool: XapiLab, tmp_path: Path,
     pool.state.call("start", vm.ref, False, False)  # kept running by an earlier run
     config = tmp_path / "fruix.toml"
     config.write_text(pool.fruix_config("build", url=pool.url_of("xcp-host2")))
-    command = [sys.executable, "-m", "fruix_xcpng.release_cmd", "--config", str(config)]
+    command = [sys.executable, "-m", "fruix_core.cli.main", "guests", "release",
+               "--config", str(config)]
     env = {**os.environ, **lab_credentials}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr

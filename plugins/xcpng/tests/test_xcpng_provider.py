@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import structlog
+from fruix_xapi_lab import LabVM, VmFaults, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request
 from fruix_xcpng import XcpngGuestProvider
-from fruix_xcpng.lab import LabVM, VmFaults, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD, LAB_USER, guest_request
 from structlog.testing import capture_logs
 
 from fruix_core.errors import Cancelled, ConfigError, GuestError, HostKeyError

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from fruix_xcpng.lab.state import LabVM
+from fruix_xapi_lab.state import LabVM
 
 __all__ = ["SshdBooter", "sample_source_dir"]
 

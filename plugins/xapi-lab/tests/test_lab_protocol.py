@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import XenAPI
-from fruix_xcpng.lab import LabFaults, VmFaults, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD as PASSWORD
-from fruix_xcpng.lab.fixtures import LAB_USER as USER
+from fruix_xapi_lab import LabFaults, VmFaults, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD as PASSWORD
+from fruix_xapi_lab.fixtures import LAB_USER as USER
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Import them into a ``conftest.py``::
 
-    from fruix_xcpng.lab.fixtures import lab, lab_credentials, xapi_lab  # noqa: F401
+    from fruix_xapi_lab.fixtures import lab, lab_credentials, xapi_lab  # noqa: F401
 
 ``lab`` has real sshd guests, ``xapi_lab`` only the XAPI side. Both accept the
 login :data:`LAB_USER` / :data:`LAB_PASSWORD`, which ``lab_credentials`` also
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fruix_core.api import CancelToken, GuestRequest
-from fruix_xcpng.lab import LabFaults, XapiLab
+from fruix_xapi_lab import LabFaults, XapiLab
 
 __all__ = ["LAB_PASSWORD", "LAB_USER", "fast_settings", "guest_request", "lab",
            "lab_credentials", "quick_faults", "xapi_lab"]

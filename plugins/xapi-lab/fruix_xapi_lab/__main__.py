@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_lab(args: argparse.Namespace) -> Any:
     """The lab described by the config file and the command-line overrides (not started)."""
-    from fruix_xcpng.lab import LabFaults, VmFaults, XapiLab
-    from fruix_xcpng.lab.labconfig import lab_users, load_lab_config
+    from fruix_xapi_lab import LabFaults, VmFaults, XapiLab
+    from fruix_xapi_lab.labconfig import lab_users, load_lab_config
 
     config = load_lab_config(args.config)
     lab_cfg = config.lab
@@ -124,7 +124,7 @@ CONFIG_NAME = "fruix.toml"
 
 
 def _print_config(args: argparse.Namespace) -> int:
-    from fruix_xcpng.lab.labconfig import load_lab_config
+    from fruix_xapi_lab.labconfig import load_lab_config
 
     try:
         workdir = Path(args.workdir or load_lab_config(args.config).lab["workdir"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fruix_xcpng.lab.state import ALLOWED_STATES, NULL_REF, LabVM, XapiError, XapiState
+from fruix_xapi_lab.state import ALLOWED_STATES, NULL_REF, LabVM, XapiError, XapiState
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule

@@ -1,6 +1,6 @@
 """The lab's objects: hosts, sessions, tasks, VMs, guest metrics, and XAPI's error.
 
-Plain records; :class:`~fruix_xcpng.lab.state.XapiState` owns them and turns
+Plain records; :class:`~fruix_xapi_lab.state.XapiState` owns them and turns
 them into XAPI's records (``record()``) for the wire.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fruix_xcpng.lab.faults import VmFaults
+from fruix_xapi_lab.faults import VmFaults
 
 __all__ = [
     "AGENTS",

@@ -23,7 +23,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 import structlog
 
-from fruix_xcpng.lab.state import LabHost, XapiError, XapiState
+from fruix_xapi_lab.state import LabHost, XapiError, XapiState
 
 __all__ = ["Call", "XapiHttpServer", "method_table"]
 

@@ -7,7 +7,7 @@ An operation waits *on the server* while another one holds the VM
 point (``"VM.start"``, ...) where a test may hold it; it keeps running when the
 client hangs up; only a task cancel (a hard shutdown cancels a clean one)
 stops it. :class:`VmOperations` is a part of
-:class:`~fruix_xcpng.lab.state.XapiState`.
+:class:`~fruix_xapi_lab.state.XapiState`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fruix_xcpng.lab.faults import LabFaults
-from fruix_xcpng.lab.objects import (
+from fruix_xapi_lab.faults import LabFaults
+from fruix_xapi_lab.objects import (
     ALLOWED_STATES,
     CANCELLED_BY_HARD_SHUTDOWN,
     SNAPSHOT_OPERATIONS,

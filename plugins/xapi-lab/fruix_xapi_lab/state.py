@@ -37,8 +37,8 @@ from typing import Any
 
 import structlog
 
-from fruix_xcpng.lab.faults import LabFaults
-from fruix_xcpng.lab.objects import (
+from fruix_xapi_lab.faults import LabFaults
+from fruix_xapi_lab.objects import (
     AGENTS,
     ALLOWED_STATES,
     NULL_REF,
@@ -53,7 +53,7 @@ from fruix_xcpng.lab.objects import (
     new_ref,
     xapi_time,
 )
-from fruix_xcpng.lab.operations import VmOperations
+from fruix_xapi_lab.operations import VmOperations
 
 __all__ = [
     "AGENTS",

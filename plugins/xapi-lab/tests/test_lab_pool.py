@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import XenAPI
-from fruix_xcpng.lab import VmFaults, XapiLab
-from fruix_xcpng.lab.fixtures import LAB_PASSWORD as PASSWORD
-from fruix_xcpng.lab.fixtures import LAB_USER as USER
-from fruix_xcpng.lab.fixtures import quick_faults
+from fruix_xapi_lab import VmFaults, XapiLab
+from fruix_xapi_lab.fixtures import LAB_PASSWORD as PASSWORD
+from fruix_xapi_lab.fixtures import LAB_USER as USER
+from fruix_xapi_lab.fixtures import quick_faults
 
 
 def details(call, *args) -> list[str]:  # type: ignore[no-untyped-def]
@@ -195,7 +195,7 @@ def test_clean_shutdown_gives_up_at_the_shutdown_limit(pool: XapiLab) -> None:
 def test_failed_login_waits_like_xapi() -> None:
     # xen-api ocaml/xapi/xapi_session.ml thread_delay_and_raise_error: a failed
     # login is answered after a delay; the lab's default is XAPI's 5 s.
-    from fruix_xcpng.lab import LabFaults
+    from fruix_xapi_lab import LabFaults
 
     assert LabFaults().failed_login_delay == 5.0
     assert LabFaults().conflict_wait == 7200.0

@@ -1,7 +1,9 @@
 """A local XAPI lab: a pool speaking XenAPI's wire protocol, with real sshd guests.
 
-For plugin authors (tests drive the real ``XenAPI.Session`` against it) and for
-operators rehearsing a ``[guests.xcpng]`` config (``fruix-xapi-lab``)::
+Its own distribution, ``fruix-xapi-lab``, kept out of the ``fruix-guest-xcpng``
+runtime wheel. For plugin authors (tests drive the real ``XenAPI.Session``
+against it) and for operators rehearsing a ``[guests.xcpng]`` config
+(command ``fruix-xapi-lab``)::
 
     with XapiLab(tmp_path, users={"builder": "s3cret"}, hosts=2) as lab:
         vm = lab.add_vm("fruix-build")          # Halted, with snapshot "clean"
@@ -15,7 +17,7 @@ the master. Each VM has its own loopback address (127.0.0.2, 127.0.0.3, ...),
 a guest system root laid out like a Fruix guest (the bundled sample base as
 its source store) and, while running, an OpenSSH sshd on that address.
 Snapshots copy the system root; ``VM.revert`` restores it. Faults are named
-points (:mod:`fruix_xcpng.lab.faults`): hold an operation server-side, run a
+points (:mod:`fruix_xapi_lab.faults`): hold an operation server-side, run a
 callback at a call, drop a connection after a call; plus :class:`VmFaults`
 per VM, :meth:`XapiLab.expire_sessions` and :meth:`XapiLab.drop_ssh`.
 """
@@ -28,8 +30,8 @@ from typing import Any
 
 import structlog
 
-from fruix_xcpng.lab.faults import Hold, LabFaults, VmFaults
-from fruix_xcpng.lab.state import (
+from fruix_xapi_lab.faults import Hold, LabFaults, VmFaults
+from fruix_xapi_lab.state import (
     AGENTS,
     GuestBooter,
     LabHost,
@@ -54,7 +56,10 @@ __all__ = [
     "VmFaults",
     "XapiError",
     "XapiLab",
+    "__version__",
 ]
+
+__version__ = "0.1.0"
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +90,7 @@ class XapiLab:
         self.cert_style = cert_style
         self.certificates: dict[str, Any] = {}
         if booter == "sshd":
-            from fruix_xcpng.lab.guests import SshdBooter
+            from fruix_xapi_lab.guests import SshdBooter
 
             self.booter: GuestBooter = SshdBooter(self.workdir / "keys")
         elif booter == "none":
@@ -109,7 +114,7 @@ class XapiLab:
     def _context(self, host: LabHost) -> Any:
         if not self.tls:
             return None
-        from fruix_xcpng.lab.tls import make_certificate
+        from fruix_xapi_lab.tls import make_certificate
 
         certificate = make_certificate(self.workdir / "tls" / host.name, host.address,
                                        hostname=host.hostname, style=self.cert_style)
@@ -118,7 +123,7 @@ class XapiLab:
         return certificate.server_context()
 
     def start(self) -> XapiLab:
-        from fruix_xcpng.lab.server import XapiHttpServer
+        from fruix_xapi_lab.server import XapiHttpServer
 
         hosts = self.state.hosts
         for attempt in range(8):
@@ -231,7 +236,7 @@ class XapiLab:
             if not root.exists():
                 if real_guests:
                     from fruix_core.testkit.guest import make_guest_root
-                    from fruix_xcpng.lab.guests import sample_source_dir
+                    from fruix_xapi_lab.guests import sample_source_dir
 
                     make_guest_root(root, source or sample_source_dir(), host_name=name)
                 else:
