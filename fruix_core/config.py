@@ -184,6 +184,9 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=os.fspath(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid TOML: not UTF-8 at byte {exc.start}",
+                          file=os.fspath(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
 

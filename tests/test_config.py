@@ -131,3 +131,16 @@ def test_an_unreadable_user_config_directory_is_one_clear_error(tmp_path):
     assert "internal error" not in proc.stderr and proc.stderr.count("\n") == 1
     assert str(home / "fruix" / "config.toml") in proc.stderr
     assert "Permission denied" in proc.stderr
+
+
+def test_a_config_that_is_not_utf8_is_one_clear_error(tmp_path):
+    from fruix_core.config import load_config
+    from fruix_core.errors import ConfigError
+
+    path = tmp_path / "fruix.toml"
+    data = b'[build]\nexecutor = "caf\xe9"\n'
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    where = data.index(b"\xe9")
+    assert str(path) in str(info.value) and f"not UTF-8 at byte {where}" in str(info.value)
