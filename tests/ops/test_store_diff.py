@@ -155,3 +155,16 @@ def test_a_malformed_manifest_is_one_line(tmp_path: Path, sample_runs: SampleRun
     proc = sample_runs.cli("store", "diff", str(a.path), str(b.path))
     assert proc.returncode == ExitCode.VERIFICATION
     assert "malformed manifest path" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_of_a_mistyped_store_path_is_exit_2(sample_runs: SampleRuns, tmp_path: Path):
+    world = Path(str(sample_runs.first["artifacts"]["world"]))
+    typo = world.name[:-1]
+    proc = sample_runs.cli("store", "verify", typo)
+    assert proc.returncode == ExitCode.USAGE and f"{typo}: no such store object" in proc.stderr
+    proc = sample_runs.cli("store", "verify", str(tmp_path / "nothing"))
+    assert proc.returncode == ExitCode.USAGE and "no such store object" in proc.stderr
+    proc = sample_runs.cli("store", "verify", "--store", str(tmp_path / "no-store"))
+    assert proc.returncode == ExitCode.USAGE and "no such store directory" in proc.stderr
+    ok = sample_runs.cli("store", "verify", world.name)
+    assert ok.returncode == ExitCode.OK, ok.stdout + ok.stderr
