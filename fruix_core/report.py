@@ -115,13 +115,14 @@ def _run_entry(record: RunRecord, page_dir: Path, bundle: Path | None,
     }
 
 
-def _diff_summary(store: Path, old: Path, new: Path) -> dict[str, Any] | None:
+def _diff_summary(old: Path, new: Path,
+                  cache: dict[Path, Any]) -> dict[str, Any] | None:
     from fruix_core.promotion.diff import DiffSide, bundle_objects, diff_sides
 
     try:
         a = DiffSide(old.name, "bundle", old, bundle_objects(old))
         b = DiffSide(new.name, "bundle", new, bundle_objects(new))
-        found = diff_sides(a, b)
+        found = diff_sides(a, b, cache)
     except FruixError as err:
         log.warning("no diff for the report", old=shown(old), new=shown(new), error=str(err))
         return None
@@ -133,35 +134,44 @@ def _diff_summary(store: Path, old: Path, new: Path) -> dict[str, Any] | None:
 
 def build_report(results: Path, store: Path, page_dir: Path,
                  limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
-    """The page's data: the newest ``limit`` runs, newest first."""
+    """The page's data: the newest ``limit`` runs, newest first.
+
+    Each successful promoted run is compared with the successful promoted run
+    before it, which may be older than the runs shown.
+    """
     from fruix_core.promotion.diff import bundle_objects, bundle_of_run, bundles_by_run
 
-    roots = list_runs(results)
     index = bundles_by_run(store)
-    entries: list[dict[str, Any]] = []
-    previous_ok: Path | None = None
-    for root in roots:  # oldest first, so each run knows the previous successful one
-        record = read_run(root)
+    records = [read_run(root) for root in list_runs(results)]  # oldest first
+    bundles: list[Path | None] = []
+    for record in records:
         try:
-            bundle = bundle_of_run(store, record.run_id, record.metadata, index)
+            bundles.append(bundle_of_run(store, record.run_id, record.metadata, index))
         except FruixError:
-            bundle = None
-        artifacts: Mapping[str, Path] = {}
-        if bundle is not None:
-            try:
-                artifacts = bundle_objects(bundle)
-            except FruixError:
-                artifacts = {}
-        entry = _run_entry(record, page_dir, bundle, artifacts)
-        if bundle is not None and record.state == "ok":
-            if previous_ok is not None:
-                entry["diff"] = _diff_summary(store, previous_ok, bundle)
-                entry["diff_against"] = previous_ok.name
+            bundles.append(None)
+    first_shown = max(0, len(records) - limit) if limit > 0 else 0
+    entries: list[dict[str, Any]] = []
+    cache: dict[Path, Any] = {}
+    previous_ok: Path | None = None
+    for number, (record, bundle) in enumerate(zip(records, bundles, strict=True)):
+        ok = bundle is not None and record.state == "ok"
+        if number >= first_shown:
+            artifacts: Mapping[str, Path] = {}
+            if bundle is not None:
+                try:
+                    artifacts = bundle_objects(bundle)
+                except FruixError:
+                    artifacts = {}
+            entry = _run_entry(record, page_dir, bundle, artifacts)
+            if ok and previous_ok is not None and bundle is not None:
+                entry["diff"] = _diff_summary(previous_ok, bundle, cache)
+            entries.append(entry)
+        if ok:
             previous_ok = bundle
-        entries.append(entry)
-    entries = entries[-limit:] if limit > 0 else entries
     entries.reverse()
-    longest = max((e["seconds"] or 0.0 for e in entries), default=0.0)
+    # One scale for every bar: the longest run (or sum of phases, if that is longer) fills it.
+    longest = max((max(e["seconds"] or 0.0, sum(p["seconds"] or 0.0 for p in e["phases"]))
+                   for e in entries), default=0.0)
     for entry in entries:
         for phase in entry["phases"]:
             share = (phase["seconds"] or 0.0) / longest * 100 if longest > 0 else 0.0

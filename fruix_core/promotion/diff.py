@@ -213,13 +213,21 @@ def bundle_objects(bundle: Path) -> dict[str, Path]:
         if not link.is_symlink():
             raise VerificationError(f"{shown(link)}: not a symlink to an artifact object")
         target = Path(os.readlink(link))
-        if target.parent != store or not OBJECT_NAME_RE.match(target.name):
+        if not OBJECT_NAME_RE.match(target.name) or not _same_dir(target.parent, store):
             raise VerificationError(f"{shown(link)}: points to {shown(target)}, not an object "
                                     f"of the store {shown(store)}; not followed")
         if target.is_symlink() or not target.is_dir():
             raise VerificationError(f"{shown(link)}: target {shown(target)} does not exist")
         out[kind] = target
     return out
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one directory (a store reached through a symlink too)."""
+    try:
+        return a.is_absolute() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def bundles_by_run(store: Path) -> dict[str, list[Path]]:
@@ -278,21 +286,10 @@ def resolve_side(argument: str, *, store: Path, results: Path) -> DiffSide:
 
     :raises UsageError: (exit 2) when ``argument`` names nothing.
     """
-    from fruix_core.resultroot import ResultRoot, resolve_run
+    from fruix_core.resultroot import resolve_run
 
-    candidate = Path(argument)
-    if os.sep in argument or os.path.lexists(candidate) and not OBJECT_NAME_RE.match(argument):
-        if not os.path.lexists(candidate):
-            raise UsageError(f"{shown(argument)}: no such store object or result root")
-        # The operator's own argument may be a link (a GC root, results/latest): resolve it
-        # once here; nothing inside is followed.
-        real = candidate.resolve() if candidate.is_symlink() else candidate.absolute()
-        if not real.is_dir():
-            raise UsageError(f"{shown(argument)}: not a directory")
-        if _kind_of_object(real) is None and (real / "status").exists():
-            root = ResultRoot(real)
-            return _side_of_run(argument, root.run_id, root.read_metadata(), store)
-        return _side_of_object(argument, real)
+    if os.sep in argument:
+        return _side_of_path(argument, store)
     if OBJECT_NAME_RE.match(argument):
         path = store.absolute() / argument
         if not os.path.lexists(path) or path.is_symlink() or not path.is_dir():
@@ -301,9 +298,28 @@ def resolve_side(argument: str, *, store: Path, results: Path) -> DiffSide:
     try:
         root = resolve_run(results, argument)
     except UsageError:
+        if os.path.lexists(argument):  # a relative path without a slash
+            return _side_of_path(argument, store)
         raise UsageError(f"{shown(argument)}: no store object, store path or run by that "
                          f"name (store {shown(store)}, results {shown(results)})") from None
     return _side_of_run(argument, root.run_id, root.read_metadata(), store)
+
+
+def _side_of_path(argument: str, store: Path) -> DiffSide:
+    from fruix_core.resultroot import ResultRoot
+
+    candidate = Path(argument)
+    if not os.path.lexists(candidate):
+        raise UsageError(f"{shown(argument)}: no such store object or result root")
+    # The operator's own argument may be a link (a GC root, results/latest): resolve it
+    # once here; nothing inside is followed.
+    real = candidate.resolve() if candidate.is_symlink() else candidate.absolute()
+    if not real.is_dir():
+        raise UsageError(f"{shown(argument)}: not a directory")
+    if _kind_of_object(real) is None and (real / "status").exists():
+        root = ResultRoot(real)
+        return _side_of_run(argument, root.run_id, root.read_metadata(), store)
+    return _side_of_object(argument, real)
 
 
 def _side_of_run(label: str, run_id: str, metadata: Mapping[str, str], store: Path) -> DiffSide:
@@ -346,8 +362,12 @@ def _compare(artifact: str, a: dict[bytes, Fields], b: dict[bytes, Fields]) -> I
                          _int(fa.get("size")), _int(fb.get("size")), details)
 
 
-def diff_sides(a: DiffSide, b: DiffSide) -> StoreDiff:
+def diff_sides(a: DiffSide, b: DiffSide,
+               cache: dict[Path, dict[bytes, Fields]] | None = None) -> StoreDiff:
     """Compare two sides, artifact by artifact, through their manifests.
+
+    :param cache: manifests already read, by object path (filled as they are read);
+        store objects never change, so a caller comparing many pairs shares one.
 
     :raises UsageError: when a bundle is compared with an artifact object.
     :raises VerificationError: when a manifest cannot be read.
@@ -366,11 +386,22 @@ def diff_sides(a: DiffSide, b: DiffSide) -> StoreDiff:
     changes: list[Change] = []
     identical: list[str] = []
     for label, pa, pb in pairs:
-        ma = read_manifest_fields(pa) if pa is not None else {}
-        mb = read_manifest_fields(pb) if pb is not None else {}
+        ma = _manifest(pa, cache)
+        mb = _manifest(pb, cache)
         found = list(_compare(label, ma, mb))
         changes.extend(found)
         if not found and pa is not None and pb is not None:
             identical.append(label)
     return StoreDiff(a, b, tuple(changes), tuple(identical))
 
+
+
+def _manifest(obj: Path | None, cache: dict[Path, dict[bytes, Fields]] | None
+              ) -> dict[bytes, Fields]:
+    if obj is None:
+        return {}
+    if cache is None:
+        return read_manifest_fields(obj)
+    if obj not in cache:
+        cache[obj] = read_manifest_fields(obj)
+    return cache[obj]

@@ -165,6 +165,18 @@ def test_the_page_of_real_runs_shows_status_artifacts_logs_and_changes(
         assert target.is_file() and target.suffix == ".log"
         assert not href.startswith("/")  # relative: the page and results move together
 
+    # Fewer runs shown: the second run is still compared with the first, now off the page.
+    listed = [r["run_id"] for r in json.loads(
+        sample_runs.cli("native-build", "list", "--json").stdout)]
+    limit = len(listed) - listed.index(first) - 1
+    narrow = sample_runs.cli("native-build", "report", "-o", str(tmp_path / "narrow"),
+                             "--limit", str(limit), "--json")
+    assert narrow.returncode == 0, narrow.stderr
+    runs = {r["run_id"]: r for r in json.loads(narrow.stdout)["runs"]}
+    assert first not in runs and runs[second]["diff"]["changed"] == 2
+    bad = sample_runs.cli("native-build", "report", "--limit", "0", "--json")
+    assert bad.returncode == ExitCode.USAGE and json.loads(bad.stdout)["exit_code"] == 2
+
 
 def test_report_errors_are_one_document(fruix_workspace: Workspace, tmp_path: Path):
     config = fruix_workspace.write_config()
