@@ -28,9 +28,10 @@ PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml
 
 #: tool on PATH -> Debian package that provides it
 SYSTEM_TOOLS = {
+    "chromium": "chromium", "zsh": "zsh",
     "sshd": "openssh-server", "ssh": "openssh-client", "nix-hash": "nix-bin",
     "nix-store": "nix-bin", "guile": "guile-3.0", "bmake": "bmake", "cc": "gcc",
-    "make": "make", "tar": "tar", "chromium": "chromium", "zsh": "zsh",
+    "make": "make", "tar": "tar",
 }
 SBIN = "/usr/sbin:/sbin"
 

@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--keep-last", type=int, metavar="N",
                     help="successful runs kept per results directory (default: 3)")
     _common(gc)
+    diff = st_sub.add_parser("diff", help="files that differ between two bundles, objects or runs")
+    diff.add_argument("a", metavar="A", help="bundle, artifact object, or run id")
+    diff.add_argument("b", metavar="B", help="bundle, artifact object, or run id")
+    diff.add_argument("--store", metavar="DIR", help="store directory")
+    _common(diff)
+    completion = top.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     pin = st_sub.add_parser("pin", help="make a bundle or object a GC root")
     pin.add_argument("target", metavar="BUNDLE|OBJECT",
                      help="store path or object name (with --remove: the pin's name)")
@@ -100,14 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     roots.add_argument("--keep-last", type=int, metavar="N",
                        help="successful runs kept per results directory (default: 3)")
     _common(roots)
-    diff = st_sub.add_parser("diff", help="files that differ between two bundles, objects or runs")
-    diff.add_argument("a", metavar="A", help="bundle, artifact object, or run id")
-    diff.add_argument("b", metavar="B", help="bundle, artifact object, or run id")
-    diff.add_argument("--store", metavar="DIR", help="store directory")
-    _common(diff)
-
-    completion = top.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -117,10 +116,6 @@ _OPS = {("store", "diff"): "diff_command", ("native-build", "logs"): "logs_comma
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "executors":
-        from fruix_core.cli import plugins_cmd
-
-        return plugins_cmd.list_command(as_json=args.json)
     if args.command == "completion":
         from fruix_core.cli import ops_cmd
 
@@ -129,6 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fruix_core.cli import ops_cmd
 
         return int(getattr(ops_cmd, _OPS[args.command, args.action])(args))
+    if args.command == "executors":
+        from fruix_core.cli import plugins_cmd
+
+        return plugins_cmd.list_command(as_json=args.json)
     if args.command == "native-build":
         from fruix_core.cli import build_cmd
 

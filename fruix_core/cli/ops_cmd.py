@@ -155,9 +155,9 @@ def report_command(args: argparse.Namespace) -> int:
 
 # -- shell completion ------------------------------------------------------------------------
 
-#: Options whose value is a file or a directory, for the shells to complete.
-_FILE_OPTIONS = {"--config"}
-_DIR_OPTIONS = {"--store", "--output", "-o"}
+#: Metavars whose value is a file or a directory, for the shells to complete.
+_FILE_METAVARS = {"FILE"}
+_DIR_METAVARS = {"DIR", "RESULT_ROOT"}
 
 
 def completion_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -174,9 +174,7 @@ def _mark_paths(parser: argparse.ArgumentParser, file: Any, directory: Any) -> N
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _mark_paths(sub, file, directory)
-        elif set(action.option_strings) & _FILE_OPTIONS:
+        elif action.metavar in _FILE_METAVARS:
             action.complete = file  # type: ignore[attr-defined]
-        elif set(action.option_strings) & _DIR_OPTIONS:
-            action.complete = directory  # type: ignore[attr-defined]
-        elif action.dest == "result_root":
+        elif action.metavar in _DIR_METAVARS:
             action.complete = directory  # type: ignore[attr-defined]
