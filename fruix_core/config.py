@@ -7,8 +7,10 @@ builds the bundled sample base with the ``local`` executor under ``./.fruix/``.
 Relative paths in a file are relative to that file's directory; defaults are
 relative to the working directory.
 
-Plugins validate their own tables (``[executors.NAME]``, ``[guests.NAME]``)
-with :func:`read_section`.
+Plugins declare the keys of their own tables (``[executors.NAME]``,
+``[guests.NAME]``, ``[observers.NAME]``) with :class:`Key`; the core checks
+every such table against its plugin's schema before a run
+(:func:`fruix_core.plugins.check_settings`, ``fruix config check``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
+        "observers": Key(list, [], "observer plugins to tell about runs (e.g. ['command'])"),
     },
     "base": {
         "name": Key(str, "freebsd", "declared base name"),
@@ -59,7 +62,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
-PLUGIN_TABLES = ("executors", "guests")
+PLUGIN_TABLES = ("executors", "guests", "observers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class Config:
     build_root: Path = Path(".fruix/build")
     executors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     guests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    observers: tuple[str, ...] = ()
+    observer_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def effective_jobs(self) -> int:
@@ -90,6 +95,14 @@ class Config:
 
     def guest_settings(self, name: str) -> Mapping[str, Any]:
         return self.guests.get(name, {})
+
+    def observer_settings(self, name: str) -> Mapping[str, Any]:
+        return self.observer_tables.get(name, {})
+
+    def plugin_tables(self, table: str) -> Mapping[str, Mapping[str, Any]]:
+        """The ``[table.NAME]`` sections of ``executors``, ``guests`` or ``observers``."""
+        return {"executors": self.executors, "guests": self.guests,
+                "observers": self.observer_tables}[table]
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -206,6 +219,9 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         if not value or any(c.isspace() or c in "/\\\"'" for c in value):
             raise ConfigError("must be a non-empty word without spaces, quotes or slashes",
                               file=file, key=f"base.{key}")
+    observers = build["observers"]
+    if not all(isinstance(n, str) and n for n in observers):
+        raise ConfigError("must be a list of observer names", file=file, key="build.observers")
     cwd = Path.cwd()
     # Defaults are relative to the working directory, values from a file to the file.
     def path_of(key: str) -> Path:
@@ -230,4 +246,6 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         build_root=path_of("build_root"),
         executors=plugin_tables["executors"],
         guests=plugin_tables["guests"],
+        observers=tuple(observers),
+        observer_tables=plugin_tables["observers"],
     )

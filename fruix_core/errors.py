@@ -9,11 +9,13 @@
     │   ├── SourceTreeError         the source tree is missing or unreadable
     │   ├── RunNotFoundError        no result root for a run id
     │   └── PromotionInputError     a result root or its metadata is unfit to promote
-    │       └── MetadataError       promotion.scm (or another .scm) is malformed
+    │       ├── MetadataError       promotion.scm (or another .scm) is malformed
+    │       └── ProvenanceError     promotion.scm names another executor, version, run or root
     ├── BuildFailed                 exit 1: a build phase exited non-zero
     ├── InfrastructureError         exit 3: the machinery around the build failed
     │   ├── ToolMissingError        make or the C compiler is not there
-    │   ├── PluginLoadError         an installed plugin could not be imported
+    │   ├── PluginLoadError         a plugin could not be imported, validated or started
+    │   ├── PluginContractError     a plugin's hook returned the wrong thing or crashed
     │   ├── TransportError          running a command or moving a tree failed
     │   │   ├── HostKeyError        the guest's host key is unknown or changed
     │   │   ├── AuthenticationError the guest refused our credentials
@@ -46,8 +48,10 @@ __all__ = [
     "InfrastructureError",
     "MetadataError",
     "PhaseTimeout",
+    "PluginContractError",
     "PluginLoadError",
     "PromotionInputError",
+    "ProvenanceError",
     "RunNotFoundError",
     "SourceTreeError",
     "StoreError",
@@ -71,9 +75,16 @@ class ExitCode(enum.IntEnum):
 
 
 class FruixError(Exception):
-    """Base of every error the CLI reports as one clean message."""
+    """Base of every error the CLI reports as one clean message.
+
+    The runner fills in ``run_id``, ``result_root`` and ``stage`` (the stage
+    that failed) when the error ends a run, so ``--json`` can report them.
+    """
 
     exit_code: ExitCode = ExitCode.INFRASTRUCTURE
+    run_id: str | None = None
+    result_root: str | None = None
+    stage: str | None = None
 
 
 class UsageError(FruixError):
@@ -132,12 +143,17 @@ class MetadataError(PromotionInputError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class ProvenanceError(PromotionInputError):
+    """A result root claims another executor, version, run or place than the core's own."""
+
+
 class BuildFailed(FruixError):
     """A build phase exited non-zero."""
 
     exit_code = ExitCode.BUILD_FAILED
 
-    def __init__(self, phase: str, returncode: int | None, log_tail: str = "", log_path=None):
+    def __init__(self, phase: str, returncode: int | None, log_tail: str = "",
+                 log_path: str | Path | None = None):
         self.phase = phase
         self.returncode = returncode
         self.log_tail = log_tail
@@ -159,7 +175,17 @@ class ToolMissingError(InfrastructureError):
 
 
 class PluginLoadError(InfrastructureError):
-    """An installed plugin failed to import or instantiate."""
+    """An installed plugin failed to import, validate or instantiate."""
+
+
+class PluginContractError(InfrastructureError):
+    """A plugin's hook returned a value of the wrong type or raised a foreign exception."""
+
+    def __init__(self, plugin: str, hook: str, problem: str):
+        self.plugin = plugin
+        self.hook = hook
+        self.problem = problem
+        super().__init__(f"{plugin}: {hook} {problem}")
 
 
 class TransportError(InfrastructureError):

@@ -3,14 +3,21 @@
 Two families of hooks exist:
 
 * **executor hooks** run a native base build somewhere and describe its result
-  root; exactly one executor plugin is registered for a run, so each hook is
-  ``firstresult`` and its return value is the executor's answer;
+  root; exactly one executor plugin is registered for a run, so each
+  answering hook is ``firstresult`` and its return value is the executor's
+  answer. The core owns the run around them: the run id, the host result
+  root, every status transition, the phase logs, the metadata, provenance,
+  the import of an in-guest result root and the promotion. The core calls
+  :func:`fruix_teardown_env` for every environment :func:`fruix_prepare_env`
+  returned, whatever happened;
 * **guest-provider hooks** give an in-guest executor a machine to build in and
   take it back afterwards. The core guarantees that
   :func:`fruix_release_guest` is called for every acquired guest, also on
   failure, Ctrl-C and SIGTERM.
 
-Implement them with :data:`fruix_core.hookimpl`.
+Implement them with :data:`fruix_core.hookimpl`. Every answer is checked
+against the type declared here; a wrong one ends the run naming the plugin,
+its distribution and the hook (:class:`~fruix_core.errors.PluginContractError`).
 """
 
 from __future__ import annotations
@@ -25,15 +32,30 @@ from fruix_core.model import (
     Phase,
     PhaseResult,
     PreparedEnv,
+    RunEnd,
+    RunEvent,
     StagedArtifacts,
 )
 
 PROJECT_NAME = "fruix"
 
+#: The major version of the plugin API this core offers. A plugin declares the
+#: one it targets as the class attribute ``fruix_plugin_api``; another major
+#: version is refused when the plugin is loaded.
+PLUGIN_API_VERSION = 1
+
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["PROJECT_NAME", "ExecutorSpec", "GuestProviderSpec", "hookimpl", "hookspec"]
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "PROJECT_NAME",
+    "ExecutorSpec",
+    "GuestProviderSpec",
+    "ObserverSpec",
+    "hookimpl",
+    "hookspec",
+]
 
 
 class ExecutorSpec:
@@ -45,11 +67,13 @@ class ExecutorSpec:
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
         """Make the build machine ready and describe it.
 
-        Runs once per run, before any phase. Check that the tools and source
-        tree are usable, create the build root and the result root (``status``
-        = ``running``), and compute the environment the phases run in from
-        ``request.environment`` (already sanitised by the core; an executor
-        may only add to it what the profile needs).
+        Runs once per run, before any phase, after the core created the host
+        result root (``status`` = ``running``). Check that the tools and
+        source tree are usable, create the build root (and, in a guest, the
+        guest's result root), and compute the environment the phases run in
+        from ``request.environment`` (already sanitised by the core; an
+        executor may only add to it what the profile needs). Whatever this
+        returns is handed to :func:`fruix_teardown_env` at the end.
 
         :param request: the run: id, phases, jobs, paths, settings, guest.
         :returns: the :class:`~fruix_core.model.PreparedEnv` of the build machine.
@@ -67,9 +91,13 @@ class ExecutorSpec:
         """Run one phase (``buildworld``, ``buildkernel``, ``installworld``, ...).
 
         Called once per phase in profile order (from ``request.resume_from`` on
-        a resumed run). Stream every output line to ``logs/<phase>.log`` in the
-        result root and to ``request.on_output``; honour ``request.cancel`` and
-        ``request.phase_timeout`` by stopping the whole process group.
+        a resumed run). Hand every output line to ``request.output(phase,
+        line)``: the core writes ``logs/<phase>.log`` and the live view (an
+        executor never opens the host log itself). Honour ``request.cancel``
+        and ``request.phase_timeout`` by stopping the whole process group
+        (raise :class:`~fruix_core.errors.Cancelled` or
+        :class:`~fruix_core.errors.PhaseTimeout`). The core records
+        ``failed <phase>`` and the phase's start and duration.
 
         :param request: the run.
         :param env: what :func:`fruix_prepare_env` returned.
@@ -102,18 +130,44 @@ class ExecutorSpec:
     def fruix_emit_promotion(
         self, request: BuildRequest, env: PreparedEnv, staged: StagedArtifacts
     ) -> EmittedResult:
-        """Write ``metadata``, ``promotion.scm`` and ``status`` = ``ok``, and hand the root over.
+        """Write ``promotion.scm`` in the build machine's result root and say where it is.
 
-        Called once, last. In-guest executors write the result root in the
-        guest and import it to ``request.result_root`` on the host before
-        returning, so the core can promote it. Executors never write to the
-        store.
+        Called once, after :func:`fruix_stage_artifacts`. The promotion names
+        ``request.executor``, ``request.executor_version`` and
+        ``request.run_id`` (:func:`fruix_core.resultroot.build_promotion` does
+        it); the core checks them and refuses the result otherwise. The core
+        writes the host's ``metadata`` and ``status``, and imports an in-guest
+        result root itself. Executors never write to the store.
 
         :param request: the run.
         :param env: the prepared build machine.
         :param staged: what :func:`fruix_stage_artifacts` returned.
-        :returns: :class:`~fruix_core.model.EmittedResult` whose ``result_root``
-            is on the host. ``firstresult``: the first non-``None`` answer is used.
+        :returns: :class:`~fruix_core.model.EmittedResult`: ``request.result_root``
+            for a build on the host, or the guest path with ``in_guest=True``.
+            ``firstresult``: the first non-``None`` answer is used.
+        """
+
+    # -- teardown ------------------------------------------------------------------
+
+    @hookspec
+    def fruix_teardown_env(self, request: BuildRequest, env: PreparedEnv, outcome: RunEnd) -> None:
+        """Stop everything the run started and let go of the build machine.
+
+        Called exactly once for every environment :func:`fruix_prepare_env`
+        returned, whatever happened after it: success, a failed phase, a
+        timeout, Ctrl-C or SIGTERM during a phase or between two phases, an
+        error in any hook. When it returns, nothing of the run may still run:
+        no local process, no SSH session, no remote process or helper in the
+        guest. An in-guest executor also records ``outcome`` in the guest's
+        result root (``failed <stage>``), so the guest and the host agree.
+        The core imports an in-guest result root after this hook, over a
+        connection of its own.
+
+        :param request: the run.
+        :param env: what :func:`fruix_prepare_env` returned.
+        :param outcome: how the run ended (``state`` and the failed ``stage``).
+        :returns: nothing. Errors raised here are logged; they fail a run that
+            had succeeded, and never hide the error of one that had not.
         """
 
 
@@ -147,4 +201,26 @@ class GuestProviderSpec:
         :param guest: the guest to release.
         :param outcome: how the run ended.
         :returns: nothing.
+        """
+
+
+class ObserverSpec:
+    """Run and phase events, for plugins that watch runs without building (``fruix.observers``)."""
+
+    # -- observing -----------------------------------------------------------------
+
+    @hookspec
+    def fruix_observe(self, event: RunEvent) -> None:
+        """Receive one event of a run: it started, a phase started or ended, it ended.
+
+        Called by the core for every registered observer, in the order the
+        events happen: ``run-started``; ``phase-started`` and then
+        ``phase-finished`` or ``phase-failed`` for each phase;
+        ``run-finished`` or ``run-failed`` last (after promotion). Durations
+        are in ``event.seconds``. Observers must return quickly; they run in
+        the build's own thread.
+
+        :param event: what happened (:class:`~fruix_core.model.RunEvent`).
+        :returns: nothing. An observer's error is logged and never changes
+            the run's outcome.
         """

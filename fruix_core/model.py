@@ -29,6 +29,8 @@ __all__ = [
     "PhaseResult",
     "PreparedEnv",
     "Promotion",
+    "RunEnd",
+    "RunEvent",
     "SourceStore",
     "StagedArtifacts",
 ]
@@ -149,8 +151,12 @@ class BuildRequest:
     """Everything an executor needs to know about one run.
 
     Paths are on the host. ``settings`` is the executor's own config section
-    (``[executors.<name>]``). ``on_output`` receives ``(phase, line)`` for the
-    live view; executors also write every line to ``logs/<phase>.log``.
+    (``[executors.<name>]``), already checked against the plugin's schema.
+    ``executor`` is the entry-point name and ``executor_version`` the version
+    of its distribution: the provenance the core records, which every
+    ``promotion.scm`` must repeat. Executors hand each output line of a phase
+    to :meth:`output`; the core writes ``logs/<phase>.log`` and feeds the live
+    view.
     """
 
     run_id: str
@@ -171,6 +177,13 @@ class BuildRequest:
     resume_from: str | None = None
     cancel: CancelToken = field(default_factory=CancelToken)
     on_output: Callable[[str, str], None] | None = None
+    executor_version: str = ""
+    executor_distribution: str = ""
+
+    def output(self, phase: str, line: str) -> None:
+        """Hand one line of ``phase``'s output to the core (log file and live view)."""
+        if self.on_output is not None:
+            self.on_output(phase, line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +213,7 @@ class PhaseResult:
     phase: str
     returncode: int
     duration: float
-    log_path: str
+    log_path: str = ""
     last_lines: tuple[str, ...] = ()
 
     @property
@@ -255,7 +268,62 @@ class Promotion:
 
 @dataclass(frozen=True, slots=True)
 class EmittedResult:
-    """A finished result root, available on the host for promotion."""
+    """Where the executor left the finished result root.
 
-    result_root: Path
-    promotion: Promotion
+    ``result_root`` is on the host (``in_guest`` false: it must be the
+    ``request.result_root`` the core reserved) or, for an in-guest executor,
+    the result root's path in the guest (``in_guest`` true), which the core
+    imports to the host through one verified tar stream. ``promotion`` is
+    what the executor wrote into ``promotion.scm``; the core reads the file
+    itself and checks it against its own provenance.
+    """
+
+    result_root: Path | str
+    promotion: Promotion | None = None
+    in_guest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How a run ended, as :func:`~fruix_core.hookspecs.ExecutorSpec.fruix_teardown_env` hears it.
+
+    ``state`` is ``ok``, ``failed`` or ``interrupted``; ``stage`` names the
+    stage that failed (a phase name, ``prepare``, ``stage``, ``emit``), or is
+    ``None`` when the run succeeded.
+    """
+
+    state: str
+    stage: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of a run, as observers receive it.
+
+    ``kind`` is ``run-started``, ``phase-started``, ``phase-finished``,
+    ``phase-failed``, ``run-finished`` or ``run-failed``. ``phase`` is set
+    for phase events (and names the failed stage of ``run-failed``);
+    ``seconds`` is the phase's or the run's duration once it ended; ``status``
+    is the run's status line; ``error`` the one-line message of a failure.
+    """
+
+    kind: str
+    run_id: str
+    executor: str
+    executor_version: str = ""
+    phase: str | None = None
+    seconds: float | None = None
+    status: str = "running"
+    error: str | None = None
+    result_root: str = ""
+    bundle: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "run_id": self.run_id, "executor": self.executor,
+                "executor_version": self.executor_version, "phase": self.phase,
+                "seconds": self.seconds, "status": self.status, "error": self.error,
+                "result_root": self.result_root, "bundle": self.bundle}

@@ -363,11 +363,17 @@ def staged_artifacts(result_root: Path, kinds: Iterable[str] = ARTIFACT_KINDS) -
 
 
 def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtifacts,
-                    executor_version: str) -> Promotion:
-    """The promotion description every executor emits for a finished run."""
+                    executor_version: str | None = None) -> Promotion:
+    """The promotion description every executor emits for a finished run.
+
+    The executor's name and version are the core's (``request.executor`` and
+    ``request.executor_version``: the entry point and its distribution); the
+    core refuses a ``promotion.scm`` naming others.
+    """
     return Promotion(
         executor=request.executor,
-        executor_version=executor_version,
+        executor_version=request.executor_version if executor_version is None
+        else executor_version,
         run_id=request.run_id,
         guest_host_name=env.host_name,
         base=request.base,
@@ -382,12 +388,13 @@ def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtif
 
 
 def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifacts | None,
-                   executor_version: str) -> dict[str, object]:
+                   executor_version: str | None = None) -> dict[str, object]:
     """The ``metadata`` key=value lines for a run (partial while it runs)."""
     values: dict[str, object] = {
         "run_id": request.run_id,
         "executor": request.executor,
-        "executor_version": executor_version,
+        "executor_version": request.executor_version if executor_version is None
+        else executor_version,
         "build_jobs": request.jobs,
         "make": request.make,
         "base_name": request.base.name,

@@ -1,35 +1,76 @@
-"""One run, end to end: executor (+ guest) selection, the four hooks, promotion.
+"""One run, end to end. The core owns the run; executors only build.
 
 ::
 
-    select executor (+ guest provider)     stevedore
-    acquire guest                          provider hook
-    prepare-env, run-phase x5, stage-artifacts, emit-promotion
-    promote into the store                 the core's engine
-    release guest                          always, also on failure / Ctrl-C
+    load and check the plugins                  before anything is written
+    reserve run id, create the host result root   status: running
+    acquire guest                               provider hook
+    prepare-env, run-phase x N, stage-artifacts, emit-promotion   executor hooks
+    teardown-env                                always, once per prepared env
+    import the guest's result root              in-guest executors; one core path
+    check provenance, stamp metadata
+    release guest                               always, also on failure / Ctrl-C
+    status ok, swap latest
+    promote into the store                      the core's engine
 
-The runner owns the host side of the result root: it reserves the run id,
-records a failure when an executor could not, and swaps ``latest`` once a run
-is complete.
+Everything around the executor's hooks is the runner's: every status
+transition (``running``, ``failed <stage>``, ``ok``), the phase logs (the
+executor hands lines to :meth:`~fruix_core.model.BuildRequest.output`; the
+runner writes ``logs/<phase>.log``), the failure records with the stage that
+really failed, the metadata (executor entry-point name, distribution and
+version, core version, start and end of the run and of each phase),
+``latest``, the import of an in-guest result root and the provenance checks.
+Observers (``fruix.observers``) hear about each step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+import datetime as _dt
+import os
+import posixpath
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
+from fruix_core.__about__ import __version__ as CORE_VERSION
 from fruix_core.config import Config
 from fruix_core.environment import ENVIRONMENT_POLICY, sanitised_environment
-from fruix_core.errors import BuildFailed, Cancelled, FruixError, UsageError
-from fruix_core.model import BuildRequest, CancelToken, GuestRequest
-from fruix_core.plugins import load_plugin, make_plugin_manager
+from fruix_core.errors import (
+    BuildFailed,
+    Cancelled,
+    FruixError,
+    PluginContractError,
+    ProvenanceError,
+    UsageError,
+)
+from fruix_core.model import (
+    BuildRequest,
+    CancelToken,
+    EmittedResult,
+    Guest,
+    GuestRequest,
+    PreparedEnv,
+    RunEnd,
+    RunEvent,
+    StagedArtifacts,
+)
+from fruix_core.plugins import FruixPluginManager, LoadedPlugin, identify, load, validate
 from fruix_core.profile import phases_from
-from fruix_core.resultroot import ResultRoot, new_run_id, resolve_run, swap_latest
+from fruix_core.resultroot import (
+    ResultRoot,
+    build_metadata,
+    new_run_id,
+    resolve_run,
+    swap_latest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +79,10 @@ __all__ = ["RunOutcome", "run_build"]
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """What ``fruix native-build run`` reports."""
+    """What ``fruix native-build run`` reports.
+
+    ``status`` is the result root's status as the run left it (``ok``).
+    """
 
     run_id: str
     executor: str
@@ -48,10 +92,12 @@ class RunOutcome:
     guest: str = ""
     bundle: Path | None = None
     artifacts: dict[str, Path] | None = None
+    executor_version: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "run_id": self.run_id, "executor": self.executor, "status": self.status,
+            "run_id": self.run_id, "executor": self.executor,
+            "executor_version": self.executor_version, "status": self.status,
             "result_root": str(self.result_root), "store": str(self.store),
         }
         if self.guest:
@@ -70,6 +116,10 @@ def _source_dir(config: Config) -> Path:
     return sample_base_path()
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _resume_point(config: Config, run_id: str, executor: str) -> tuple[ResultRoot, str]:
     root = resolve_run(config.results, run_id)
     status = root.status()
@@ -85,6 +135,265 @@ def _resume_point(config: Config, run_id: str, executor: str) -> tuple[ResultRoo
     if phase not in known:
         phase = known[0]
     return root, phase
+
+
+class _PhaseLogs:
+    """``logs/<phase>.log`` on the host, written from the lines executors hand over."""
+
+    def __init__(self, root: ResultRoot, forward: Callable[[str, str], None] | None) -> None:
+        self.root = root
+        self.forward = forward
+        self._files: dict[str, IO[str]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, phase: str) -> None:
+        with self._lock:
+            self.root.logs.mkdir(parents=True, exist_ok=True)
+            old = self._files.pop(phase, None)
+            if old is not None:
+                old.close()
+            self._files[phase] = open(self.root.log_path(phase), "w", encoding="utf-8",
+                                      buffering=1)
+
+    def end(self, phase: str) -> None:
+        with self._lock:
+            handle = self._files.pop(phase, None)
+            if handle is not None:
+                handle.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
+
+    def output(self, phase: str, line: str) -> None:
+        with self._lock:
+            handle = self._files.get(phase)
+            if handle is None:  # a line outside a running phase: keep it, never drop it
+                self.root.logs.mkdir(parents=True, exist_ok=True)
+                handle = open(self.root.log_path(phase), "a", encoding="utf-8", buffering=1)
+                self._files[phase] = handle
+            handle.write(line.rstrip("\n") + "\n")
+        if self.forward is not None:
+            self.forward(phase, line)
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """Keep a second Ctrl-C from cutting a teardown or a guest release short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _state_of(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, (Cancelled, KeyboardInterrupt, SystemExit)) \
+        else "failed"
+
+
+class _Run:
+    """One run's state, so each step of :func:`run_build` stays a few lines."""
+
+    def __init__(self, config: Config, pm: FruixPluginManager, executor: LoadedPlugin,
+                 root: ResultRoot, request: BuildRequest, logs: _PhaseLogs,
+                 guest_name: str) -> None:
+        self.config = config
+        self.pm = pm
+        self.executor = executor
+        self.root = root
+        self.request = request
+        self.logs = logs
+        self.guest_name = guest_name
+        self.stage = "prepare"
+        self.metadata: dict[str, object] = {}
+        self.started = time.monotonic()
+        self.bound = log.bind(run_id=request.run_id, executor=request.executor)
+
+    # -- records ---------------------------------------------------------------------
+
+    def stamp(self, values: dict[str, object]) -> None:
+        self.metadata.update(values)
+        self.root.write_metadata(self.metadata)
+
+    def provenance(self) -> dict[str, object]:
+        return {
+            "run_id": self.request.run_id,
+            "executor": self.executor.name,
+            "executor_version": self.executor.version,
+            "executor_distribution": self.executor.distribution,
+            "core_version": CORE_VERSION,
+        }
+
+    def event(self, kind: str, **fields: Any) -> None:
+        from fruix_core.observers import notify
+
+        notify(self.pm, RunEvent(kind=kind, run_id=self.request.run_id,
+                                 executor=self.executor.name,
+                                 executor_version=self.executor.version,
+                                 result_root=str(self.root.path), **fields))
+
+    # -- the executor's stages ---------------------------------------------------------
+
+    def build(self, env: PreparedEnv) -> tuple[StagedArtifacts, EmittedResult]:
+        request, cancel = self.request, self.request.cancel
+        self.stamp(build_metadata(request, env, None))
+        self.stamp(self.provenance())
+        for phase in phases_from(request.resume_from):
+            self.stage = phase.name
+            if cancel.cancelled:
+                raise Cancelled(cancel.reason or "interrupted")
+            self.bound.info("phase started", phase=phase.name)
+            self.event("phase-started", phase=phase.name)
+            self.stamp({f"phase_{phase.name}_started": _now()})
+            began = time.monotonic()
+            self.logs.start(phase.name)
+            try:
+                result = self.pm.run_phase(request, env, phase)
+                if not result.ok:
+                    raise BuildFailed(phase.name, result.returncode,
+                                      "\n".join(result.last_lines),
+                                      log_path=self.root.log_path(phase.name))
+            except BaseException as exc:
+                self.event("phase-failed", phase=phase.name, error=str(exc) or type(exc).__name__,
+                           seconds=round(time.monotonic() - began, 3))
+                raise
+            finally:
+                self.logs.end(phase.name)
+                seconds = round(time.monotonic() - began, 3)
+                self.stamp({f"phase_{phase.name}_finished": _now(),
+                            f"phase_{phase.name}_seconds": seconds})
+            self.bound.info("phase finished", phase=phase.name, returncode=result.returncode,
+                            seconds=seconds)
+            self.event("phase-finished", phase=phase.name, seconds=seconds)
+        self.stage = "stage"
+        staged = self.pm.stage_artifacts(request, env)
+        self.stage = "emit"
+        emitted = self.pm.emit_promotion(request, env, staged)
+        if cancel.cancelled:
+            raise Cancelled(cancel.reason or "interrupted")
+        return staged, emitted
+
+    def teardown(self, env: PreparedEnv, end: RunEnd) -> None:
+        with _shielded():
+            try:
+                self.pm.teardown_env(self.request, env, end)
+                self.bound.info("environment torn down", outcome=end.state)
+            except Exception as exc:  # must not hide the run's own error
+                self.bound.error("teardown failed", error=str(exc))
+                if end.ok:
+                    self.stage = "teardown"
+                    raise
+
+    def release(self, guest: Guest, end: RunEnd) -> None:
+        with _shielded():
+            try:
+                self.pm.release_guest(guest, end.state)
+                self.bound.info("guest released", guest=guest.name, outcome=end.state)
+            except Exception as exc:  # release must not hide the run's own error
+                self.bound.error("guest release failed", guest=guest.name, error=str(exc))
+                if end.ok:
+                    raise
+
+    # -- after the build: import, provenance, records -------------------------------------
+
+    def import_from_guest(self, emitted: EmittedResult) -> dict[str, str]:
+        """Fetch the guest's result root; keep its artifacts and promotion.scm. Its metadata."""
+        from fruix_core.transport.ssh import connect
+        from fruix_core.transport.tarstream import fetch_tree, verify_result_root
+
+        self.stage = "import"
+        guest = self.request.guest
+        remote = str(emitted.result_root)
+        if guest is None:
+            raise PluginContractError(self.executor.label, "fruix_emit_promotion",
+                                      "returned a result root in a guest, but the run has none")
+        if posixpath.basename(remote.rstrip("/")) != self.request.run_id:
+            raise ProvenanceError(
+                f"{self.executor.label}: fruix_emit_promotion handed back the guest result "
+                f"root {remote}, which is not the one of run {self.request.run_id}")
+        incoming = self.root.path / ".import"
+        if incoming.exists():
+            shutil.rmtree(incoming)
+        session = connect(guest)
+        try:
+            fetch_tree(session, remote, incoming, verify=verify_result_root)
+        finally:
+            session.close()
+        try:
+            for name in ("artifacts", "promotion.scm"):
+                target = self.root.path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                if (incoming / name).exists() or (incoming / name).is_symlink():
+                    os.rename(incoming / name, target)
+            return ResultRoot(incoming).read_metadata()
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+
+    def check_provenance(self, emitted: EmittedResult) -> None:
+        from fruix_core.promotion.schema import read_promotion
+
+        self.stage = "emit"
+        label = self.executor.label
+        if not emitted.in_guest:
+            given = Path(emitted.result_root)
+            if given.resolve() != self.root.path.resolve():
+                raise ProvenanceError(
+                    f"{label}: fruix_emit_promotion handed back {given}, not the result root "
+                    f"the core reserved for run {self.request.run_id} ({self.root.path})")
+        if not self.root.promotion_file.is_file():
+            raise ProvenanceError(f"{label}: the result root has no promotion.scm")
+        promotion = read_promotion(self.root.promotion_file)
+        problems = []
+        if promotion.executor != self.request.executor:
+            problems.append(f"executor {promotion.executor!r}, but this run's executor is "
+                            f"{self.request.executor!r}")
+        if promotion.executor_version != self.request.executor_version:
+            problems.append(f"executor-version {promotion.executor_version!r}, but "
+                            f"{self.executor.distribution or 'the plugin'} is version "
+                            f"{self.request.executor_version!r}")
+        if promotion.run_id != self.request.run_id:
+            problems.append(f"run-id {promotion.run_id!r}, but this run is "
+                            f"{self.request.run_id!r}")
+        if problems:
+            raise ProvenanceError(f"{label}: promotion.scm refused: it names "
+                                  + "; ".join(problems))
+
+
+def _plugins(config: Config, executor_name: str, guest_name: str, executor_plugin: Any,
+             provider_plugin: Any, extra_plugins: tuple[Any, ...]
+             ) -> tuple[FruixPluginManager, LoadedPlugin]:
+    """Load and check every plugin of the run and every plugin table; nothing is written yet."""
+    from fruix_core.plugins import check_settings, make_plugin_manager
+
+    settings = check_settings(config)
+    if executor_plugin is not None:
+        executor = identify("executor", executor_plugin, executor_name)
+        validate(executor, require_api=False)
+    else:
+        executor = load("executor", executor_name)
+    provider = None
+    if guest_name:
+        if provider_plugin is not None:
+            provider = identify("guest-provider", provider_plugin, guest_name)
+            validate(provider, require_api=False)
+        else:
+            provider = load("guest-provider", guest_name)
+    observers = [load("observer", name) for name in config.observers]
+    for observer in observers:
+        configure = getattr(observer.plugin, "configure", None)
+        if callable(configure):
+            configure(settings["observers"].get(observer.name, {}))
+    pm = make_plugin_manager(executor, provider, *observers, *extra_plugins)
+    return pm, executor
 
 
 def run_build(
@@ -109,104 +418,136 @@ def run_build(
 
     :raises BuildFailed: a phase failed (status ``failed <phase>``).
     :raises Cancelled: Ctrl-C / SIGTERM.
-    :raises FruixError: anything else, already reported in one line.
+    :raises FruixError: anything else, already reported in one line; the
+        error carries ``run_id``, ``result_root`` and ``stage`` once the
+        result root exists.
     """
     executor_name = executor or config.executor
     guest_name = config.guest if guest is None else guest
     cancel = cancel or CancelToken()
     do_promote = config.promote if promote is None else promote
 
-    plugin = executor_plugin or load_plugin("executor", executor_name)
-    provider = None
-    if guest_name:
-        provider = provider_plugin or load_plugin("guest-provider", guest_name)
-
+    pm, loaded = _plugins(config, executor_name, guest_name, executor_plugin, provider_plugin,
+                          extra_plugins)
     source_dir = _source_dir(config)
     config.results.mkdir(parents=True, exist_ok=True)
+    previous: dict[str, str] = {}
     if resume:
-        host_root, resume_from = _resume_point(config, resume, executor_name)
-        run_id = host_root.run_id
+        root, resume_from = _resume_point(config, resume, executor_name)
+        previous = root.read_metadata()
     else:
-        run_id = new_run_id(config.results)
-        host_root, resume_from = ResultRoot(config.results / run_id), None
-
-    phases = phases_from(None)
+        root, resume_from = ResultRoot(config.results / new_run_id(config.results)), None
+    root.create()
+    run_id = root.run_id
+    logs = _PhaseLogs(root, on_output)
     request = BuildRequest(
-        run_id=run_id, executor=executor_name, base=config.base, phases=phases,
+        run_id=run_id, executor=executor_name, base=config.base, phases=phases_from(None),
         jobs=config.effective_jobs, make=config.make, source_dir=source_dir,
-        results_dir=config.results, result_root=host_root.path,
+        results_dir=config.results, result_root=root.path,
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(executor_name), resume_from=resume_from,
-        cancel=cancel, on_output=on_output,
+        cancel=cancel, on_output=logs.output, executor_version=loaded.version,
+        executor_distribution=loaded.distribution,
     )
-    pm = make_plugin_manager(plugin, provider, *extra_plugins)
-    bound = log.bind(run_id=run_id, executor=executor_name)
-    bound.info("run started", guest=guest_name or None, resume_from=resume_from)
+    run = _Run(config, pm, loaded, root, request, logs, guest_name)
+    run.metadata.update(previous)
+    run.stamp({**run.provenance(), "started": previous.get("started") or _now()}
+              | ({"resumed": _now(), "resumed_from": resume_from} if resume_from else {}))
+    run.bound.info("run started", guest=guest_name or None, resume_from=resume_from)
+    run.event("run-started")
 
-    acquired = None
-    outcome = "failed"
-    current = "prepare"
+    acquired: Guest | None = None
+    released = False
+
+    def release(end: RunEnd) -> None:
+        """Give the guest back once (after the import: the guest must still be there)."""
+        nonlocal released
+        if acquired is not None and not released:
+            released = True
+            run.release(acquired, end)
+
     try:
-        if provider is not None:
-            current = "acquire-guest"
-            acquired = pm.acquire_guest(GuestRequest(
-                provider=guest_name, run_id=run_id, settings=config.guest_settings(guest_name),
-                config_file=config.file, cancel=cancel))
-            request = dataclasses.replace(request, guest=acquired)
-            bound.info("guest acquired", guest=acquired.name, host=acquired.host)
-        current = "prepare"
-        env = pm.prepare_env(request)
-        for phase in phases_from(resume_from):
-            current = phase.name
-            if cancel.cancelled:
-                raise Cancelled(cancel.reason or "interrupted")
-            bound.info("phase started", phase=phase.name)
-            result = pm.run_phase(request, env, phase)
-            bound.info("phase finished", phase=phase.name, returncode=result.returncode,
-                       seconds=round(result.duration, 3))
-            if not result.ok:
-                raise BuildFailed(phase.name, result.returncode, "\n".join(result.last_lines),
-                                  log_path=host_root.log_path(phase.name))
-        current = "stage"
-        staged = pm.stage_artifacts(request, env)
-        current = "emit"
-        emitted = pm.emit_promotion(request, env, staged)
-        outcome = "ok"
-    except Cancelled as exc:
-        outcome = "interrupted"
-        host_root.record_failure(current)
-        exc.run_id = run_id  # type: ignore[attr-defined]
-        exc.result_root = str(host_root.path)  # type: ignore[attr-defined]
-        raise
+        env: PreparedEnv | None = None
+        end = RunEnd("failed", "prepare")
+        try:
+            if guest_name:
+                run.stage = "acquire-guest"
+                acquired = pm.acquire_guest(GuestRequest(
+                    provider=guest_name, run_id=run_id,
+                    settings=config.guest_settings(guest_name), config_file=config.file,
+                    cancel=cancel))
+                request = run.request = _with_guest(request, acquired)
+                run.bound.info("guest acquired", guest=acquired.name, host=acquired.host)
+            run.stage = "prepare"
+            env = pm.prepare_env(request)
+            staged, emitted = run.build(env)
+            end = RunEnd("ok")
+        except BaseException as exc:
+            end = RunEnd(_state_of(exc), run.stage)
+            raise
+        finally:
+            logs.close()
+            if env is not None:
+                run.teardown(env, end)
+        guest_metadata: dict[str, str] = {}
+        if emitted.in_guest:
+            guest_metadata = run.import_from_guest(emitted)
+        run.check_provenance(emitted)
+        run.stage = "emit"
+        final = {**guest_metadata, **run.metadata, **build_metadata(request, env, staged),
+                 **run.provenance(), "finished": _now(),
+                 "run_seconds": round(time.monotonic() - run.started, 3)}
+        run.metadata = {}
+        run.stamp(final)
+        if cancel.cancelled:  # a Ctrl-C during the teardown or the import
+            raise Cancelled(cancel.reason or "interrupted")
+        run.stage = "release-guest"
+        release(RunEnd("ok"))
+        root.set_ok()
+        swap_latest(config.results, run_id)
+        run.bound.info("run finished", result_root=str(root.path))
     except (KeyboardInterrupt, SystemExit):
-        outcome = "interrupted"
-        host_root.record_failure(current)
-        raise Cancelled("interrupted") from None
+        failure = Cancelled("interrupted")
+        _fail(run, failure)
+        release(RunEnd("interrupted", run.stage))
+        raise failure from None
     except BaseException as exc:
-        host_root.record_failure(current)
-        if isinstance(exc, FruixError):
-            exc.run_id = run_id  # type: ignore[attr-defined]
-            exc.result_root = str(host_root.path)  # type: ignore[attr-defined]
+        _fail(run, exc)
+        release(RunEnd(_state_of(exc), run.stage))
         raise
-    finally:
-        if acquired is not None and provider is not None:
-            try:
-                pm.release_guest(acquired, outcome)
-                bound.info("guest released", guest=acquired.name, outcome=outcome)
-            except Exception as exc:  # release must not hide the run's own error
-                bound.error("guest release failed", guest=acquired.name, error=str(exc))
-                if outcome == "ok":
-                    raise
-    swap_latest(config.results, run_id)
-    bound.info("run finished", result_root=str(emitted.result_root))
 
     bundle = artifacts = None
     if do_promote:
         from fruix_core.promotion import promote as promote_root
 
-        promoted = promote_root(emitted.result_root, config.store, progress=progress)
+        try:
+            promoted = promote_root(root.path, config.store, progress=progress)
+        except FruixError as exc:
+            exc.run_id, exc.result_root, exc.stage = run_id, str(root.path), "promote"
+            run.event("run-failed", status="ok", phase="promote", error=str(exc),
+                      seconds=round(time.monotonic() - run.started, 3))
+            raise
         bundle, artifacts = promoted.bundle, dict(promoted.artifacts)
-    return RunOutcome(run_id=run_id, executor=executor_name, status="ok",
-                      result_root=emitted.result_root, store=config.store, guest=guest_name,
-                      bundle=bundle, artifacts=artifacts)
+    run.event("run-finished", status="ok", seconds=round(time.monotonic() - run.started, 3),
+              bundle=str(bundle) if bundle is not None else None)
+    return RunOutcome(run_id=run_id, executor=executor_name, status=str(root.status()),
+                      result_root=root.path, store=config.store, guest=guest_name,
+                      bundle=bundle, artifacts=artifacts, executor_version=loaded.version)
+
+
+def _with_guest(request: BuildRequest, guest: Guest) -> BuildRequest:
+    import dataclasses
+
+    return dataclasses.replace(request, guest=guest)
+
+
+def _fail(run: _Run, exc: BaseException) -> None:
+    """Record the failure of ``run`` at its current stage and tell the observers."""
+    run.root.record_failure(run.stage)
+    if isinstance(exc, FruixError):
+        exc.run_id, exc.result_root = run.request.run_id, str(run.root.path)
+        exc.stage = exc.stage or run.stage
+    run.bound.info("run failed", stage=run.stage, error=str(exc))
+    run.event("run-failed", status=str(run.root.status()), phase=run.stage, error=str(exc),
+              seconds=round(time.monotonic() - run.started, 3))

@@ -64,7 +64,7 @@ def ensure_env(with_tests: bool) -> Path:
     for plugin in PLUGINS:
         args += ["-e", str(plugin)]
     if with_tests:
-        args += ["tox", "ruff", "mypy", "sphinx", "myst-parser"]
+        args += ["tox", "ruff", "mypy", "types-paramiko", "sphinx", "myst-parser"]
     print("bootstrap: installing the core and plugins (editable)", file=sys.stderr)
     subprocess.run(args, check=True)
     marker.write_text(stamp)

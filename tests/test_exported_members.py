@@ -8,7 +8,8 @@ import pytest
 
 import fruix_core
 
-MODULES = ["fruix_core", "fruix_core.errors", "fruix_core.model", "fruix_core.hookspecs",
+MODULES = ["fruix_core", "fruix_core.api", "fruix_core.observers", "fruix_core.errors",
+           "fruix_core.model", "fruix_core.hookspecs",
            "fruix_core.plugins", "fruix_core.config", "fruix_core.profile",
            "fruix_core.environment", "fruix_core.resultroot", "fruix_core.runner",
            "fruix_core.transport", "fruix_core.transport.local", "fruix_core.testkit",

@@ -59,7 +59,8 @@ def test_broken_plugin_is_reported_and_others_work(fake_plugins):
     assert infos["broken"].distribution == "fruix-broken"
     assert infos["local"].error is None
     assert infos["echo"].kind == "guest-provider" and infos["echo"].version == "1.2.3"
-    with pytest.raises(PluginLoadError, match="'broken' failed to load"):
+    with pytest.raises(PluginLoadError,
+                       match=r"executor plugin 'broken' \(fruix-broken 1.2.3\) failed to load"):
         load_plugin("executor", "broken")
     assert load_plugin("executor", "local").name == "local"
 

@@ -96,3 +96,28 @@ def test_release_failure_after_success_is_reported(fruix_workspace, toy_source):
     with pytest.raises(GuestError, match="release went wrong"):
         run_build(_config(fruix_workspace, toy_source), guest="recording",
                   provider_plugin=provider)
+
+
+class AbruptInterrupt:
+    """A second Ctrl-C: KeyboardInterrupt raised in the middle of a phase."""
+
+    @hookimpl(wrapper=True)
+    def fruix_run_phase(self, request, env, phase):
+        result = yield
+        if phase.name == "buildkernel":
+            raise KeyboardInterrupt
+        return result
+
+
+def test_an_abrupt_interrupt_keeps_the_run_id(fruix_workspace, toy_source):
+    with pytest.raises(Cancelled) as info:
+        run_build(_config(fruix_workspace, toy_source), extra_plugins=(AbruptInterrupt(),))
+    (root,) = list_runs(fruix_workspace.results)
+    assert info.value.run_id == root.run_id and info.value.result_root == str(root.path)
+    assert info.value.stage == "buildkernel"
+    assert str(root.status()) == "failed (buildkernel)"
+
+
+def test_the_outcome_status_is_the_result_roots(fruix_workspace, toy_source):
+    outcome = run_build(_config(fruix_workspace, toy_source))
+    assert outcome.status == str(ResultRoot(outcome.result_root).status()) == "ok"

@@ -61,16 +61,11 @@ def run_command(args: argparse.Namespace) -> int:
                                 promote=False if args.no_promote else None,
                                 resume=args.resume, cancel=cancel, on_output=live.on_output,
                                 progress=progress)
-    except FruixError as exc:
+    except Exception as exc:
         if progress is not None:
             progress.close()
         if args.json:
-            doc = {"run_id": getattr(exc, "run_id", None), "status": "failed",
-                   "executor": args.executor or config.executor,
-                   "result_root": getattr(exc, "result_root", None), "store": str(config.store),
-                   "phase": getattr(exc, "phase", None), "error": str(exc),
-                   "exit_code": int(exc.exit_code)}
-            print(json.dumps(doc, indent=2))
+            print(json.dumps(_failure_document(exc, args, config), indent=2))
         raise
     if progress is not None:
         progress.close()
@@ -86,6 +81,20 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         print("not promoted (--no-promote)")
     return int(ExitCode.OK)
+
+
+def _failure_document(exc: Exception, args: argparse.Namespace,
+                      config: Config) -> dict[str, Any]:
+    """The ``--json`` document of a run that failed: always complete, also for our own bugs."""
+    if isinstance(exc, FruixError):
+        error, code = str(exc), int(exc.exit_code)
+    else:
+        error, code = f"internal error: {type(exc).__name__}: {exc}", int(ExitCode.INFRASTRUCTURE)
+    return {"run_id": getattr(exc, "run_id", None), "status": "failed",
+            "executor": args.executor or config.executor,
+            "result_root": getattr(exc, "result_root", None), "store": str(config.store),
+            "phase": getattr(exc, "stage", None) or getattr(exc, "phase", None),
+            "error": error, "exit_code": code}
 
 
 def _summary(root: ResultRoot) -> dict[str, Any]:

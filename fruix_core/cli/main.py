@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex_sub = executors.add_subparsers(dest="action", metavar="ACTION", required=True)
     ex_list = ex_sub.add_parser("list", help="list installed plugins")
     _common(ex_list, config=False)
+    ex_check = ex_sub.add_parser(
+        "check", help="run an installed executor through the conformance suite")
+    ex_check.add_argument("name", metavar="NAME", help="the executor's entry-point name")
+    _common(ex_check)
+
+    conf = top.add_parser("config", help="the configuration")
+    conf_sub = conf.add_subparsers(dest="action", metavar="ACTION", required=True)
+    conf_check = conf_sub.add_parser(
+        "check", help="validate the config file (every plugin table) and print it resolved")
+    _common(conf_check)
 
     nb = top.add_parser("native-build", help="build and promote a native base")
     nb_sub = nb.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -127,7 +137,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "executors":
         from fruix_core.cli import plugins_cmd
 
+        if args.action == "check":
+            return plugins_cmd.check_command(args.name, config_file=args.config,
+                                             as_json=args.json)
         return plugins_cmd.list_command(as_json=args.json)
+    if args.command == "config":
+        from fruix_core.cli import config_cmd
+
+        return config_cmd.check_command(args)
     if args.command == "native-build":
         from fruix_core.cli import build_cmd
 

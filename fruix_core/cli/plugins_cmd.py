@@ -1,4 +1,4 @@
-"""``fruix executors list``."""
+"""``fruix executors list`` and ``fruix executors check NAME``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 from fruix_core.errors import ExitCode
 from fruix_core.plugins import discover
 
-__all__ = ["list_command"]
+__all__ = ["check_command", "list_command"]
 
 
 def list_command(*, as_json: bool) -> int:
-    """Print installed executors and guest providers; broken ones are reported, not fatal."""
+    """Print installed plugins; broken or invalid ones are reported with why, not fatal."""
     infos = discover()
     if as_json:
         print(json.dumps([info.as_dict() for info in infos], indent=2))
@@ -25,5 +25,35 @@ def list_command(*, as_json: bool) -> int:
             print(f"{info.name:<{width}}  {info.kind:<14}  BROKEN: {info.error}")
         else:
             print(f"{info.name:<{width}}  {info.kind:<14}  {info.distribution} {info.version}"
-                  f"  {info.description}")
+                  f"  (plugin API {info.api_version})  {info.description}")
     return int(ExitCode.OK)
+
+
+def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
+    """Run the conformance suite for executor ``name``; one line per check.
+
+    The executor's own ``[executors.NAME]`` table is taken from the config
+    file when there is one (a helper's path, for instance). Exit 0 only when
+    every check passed, 1 otherwise.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from fruix_core.config import load_config
+    from fruix_core.testkit.conformance import all_passed, iter_checks
+
+    settings = load_config(config_file).executor_settings(name)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fruix-executors-check-") as tmp:
+        for result in iter_checks(name, Path(tmp) / "lab", settings):
+            results.append(result)
+            if not as_json:
+                print(result.line(), flush=True)
+    ok = all_passed(results)
+    if as_json:
+        print(json.dumps({"executor": name, "ok": ok, "checks": [
+            {"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]}, indent=2))
+    else:
+        passed = sum(r.ok for r in results)
+        print(f"{name}: {passed}/{len(results)} checks passed")
+    return int(ExitCode.OK) if ok else int(ExitCode.BUILD_FAILED)

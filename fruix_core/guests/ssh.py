@@ -30,9 +30,9 @@ from typing import Any
 
 import structlog
 
-from fruix_core import hookimpl
 from fruix_core.config import Key, read_section
 from fruix_core.errors import ConfigError
+from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import Guest, GuestRequest
 
 __all__ = ["SCHEMA", "SSHGuestProvider", "guest_from_settings"]
@@ -113,9 +113,16 @@ def guest_from_settings(settings: Mapping[str, Any], *, config_file: str | None 
 
 
 class SSHGuestProvider:
-    """A static SSH host from the config (``[guests.ssh]``)."""
+    """A static SSH host described in the config (table guests.ssh)."""
 
     name = PROVIDER
+    fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse a ``[guests.ssh]`` table that cannot describe a guest."""
+        guest_from_settings(table, config_file=file)
 
     @hookimpl
     def fruix_acquire_guest(self, request: GuestRequest) -> Guest | None:

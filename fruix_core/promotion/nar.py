@@ -91,12 +91,11 @@ _NODE = _S(b"node")
 class NarHasher:
     """Streams NAR tokens into a SHA-256 and counts the archive size."""
 
-    __slots__ = ("_hash", "size", "_pending")
+    __slots__ = ("_hash", "size")
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256(_MAGIC)
         self.size = len(_MAGIC)
-        self._pending = 0
 
     def _put(self, data: bytes) -> None:
         self._hash.update(data)
@@ -106,7 +105,6 @@ class NarHasher:
         """Start a regular file of ``size`` bytes; then :meth:`update`, :meth:`end_regular`."""
         self._put(_REGULAR + (_EXECUTABLE if executable else b"") + _CONTENTS
                   + struct.pack("<Q", size))
-        self._pending = size
 
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
         """Feed file contents (exactly the announced size in total)."""

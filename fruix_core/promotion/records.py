@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fruix_core.errors import MetadataError
 from fruix_core.model import ARTIFACT_KINDS
@@ -106,7 +107,8 @@ _OBJECT_FIELDS = frozenset({"name", "nar-size", "manifest", "identity"})
 _RESULT_FIELDS = frozenset({"name", "identity"})
 
 
-def _single(fields: Mapping[str, SList], key: str, kind: type, source: str, line: int):
+def _single(fields: Mapping[str, SList], key: str, kind: type, source: str,
+            line: int) -> Any:
     item = fields.get(key)
     if item is None or len(item) != 2 or not isinstance(item[1], kind) or isinstance(
             item[1], bool) != (kind is bool):

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from fruix_core.errors import MetadataError
 
@@ -58,7 +58,7 @@ class Symbol:
         return self.name
 
 
-class SList(list):
+class SList(list[Any]):
     """A proper list read from input; ``line`` is where its ``(`` stood."""
 
     line: int
@@ -70,7 +70,7 @@ class SList(list):
 
 #: What the reader returns and the writer accepts. Python lists and tuples are
 #: written as lists; ``bool`` is written as ``#t``/``#f``.
-Datum = Union[Symbol, str, int, bool, "SList", list, tuple]
+Datum = Union[Symbol, str, int, bool, "SList", list[Any], tuple[Any, ...]]
 
 _SYMBOL_RE = re.compile(r"[A-Za-z!$%&*/:<=>?^_~+\-.][A-Za-z0-9!$%&*/:<=>?^_~+\-.@]*\Z")
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from fruix_core.errors import StoreError
 
@@ -86,7 +87,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 _libc = None
 
 
-def _syncfs_func():
+def _syncfs_func() -> Any:
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
@@ -139,7 +140,7 @@ def fsync_tree(path: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """Remove a (possibly read-only) temporary tree; missing is fine."""
-    def make_writable(func, failed, _info):  # noqa: ANN001 - shutil callback signature
+    def make_writable(func: Any, failed: str, _info: Any) -> None:
         parent = os.path.dirname(failed)
         try:
             os.chmod(parent, 0o755)

@@ -29,12 +29,16 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fruix_core.hookspecs import hookimpl
+
 __all__ = [
     "TOY_MAKEFILE",
+    "TeardownRecorder",
     "Workspace",
     "copy_sample_source",
     "make_toy_source",
@@ -43,7 +47,10 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "toml_value",
+    "wait_for",
     "wait_gone",
+    "write_plugin_dist",
 ]
 
 
@@ -83,6 +90,23 @@ def copy_sample_source(dest: Path, *, read_only: bool = True) -> Path:
     return dest
 
 
+def toml_value(value: Any) -> str:
+    """``value`` (string, number, boolean, list) written as TOML, quotes and all escaped."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string: quotes, backslashes and control
+        # characters escaped, non-ASCII as \uXXXX (TOML 1.0, "Strings").
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
 @dataclass
 class Workspace:
     """Temporary places for one test's runs."""
@@ -106,14 +130,14 @@ class Workspace:
         """Write a config using this workspace's paths; ``text`` is appended verbatim."""
         lines = ["[build]"]
         if source is not None:
-            lines.append(f'source = "{source}"')
+            lines.append(f"source = {toml_value(str(source))}")
         for key, value in build.items():
-            lines.append(f"{key} = {value!r}" if not isinstance(value, bool)
-                         else f"{key} = {str(value).lower()}")
-        lines += ["", "[paths]", f'store = "{self.store}"', f'results = "{self.results}"',
-                  f'build_root = "{self.build_root}"', ""]
+            lines.append(f"{key} = {toml_value(value)}")
+        lines += ["", "[paths]", f"store = {toml_value(str(self.store))}",
+                  f"results = {toml_value(str(self.results))}",
+                  f"build_root = {toml_value(str(self.build_root))}", ""]
         path = self.root / name
-        path.write_text("\n".join(lines).replace("'", '"') + "\n" + text, encoding="utf-8")
+        path.write_text("\n".join(lines) + "\n" + text, encoding="utf-8")
         return path
 
 
@@ -158,8 +182,28 @@ def make_toy_source(path: Path) -> Path:
     return path
 
 
+def write_plugin_dist(root: Path, dist: str, module: str, source: str, entry_points: str,
+                      version: str = "1.2.3") -> Path:
+    """Lay out an installed distribution (one module and its ``.dist-info``) under ``root``.
+
+    Put ``root`` on ``sys.path`` (``monkeypatch.syspath_prepend``) or
+    ``PYTHONPATH`` and its entry points are discovered like those of any
+    installed plugin. ``entry_points`` is the text of ``entry_points.txt``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+                                   encoding="utf-8")
+    (info / "top_level.txt").write_text(module + "\n", encoding="utf-8")
+    (info / "RECORD").write_text(f"{module}.py,,\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points), encoding="utf-8")
+    return root
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-          timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
+          timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (no terminal), as an operator would."""
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
@@ -201,7 +245,8 @@ def live_processes(pattern: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            cmdline = raw.decode("utf-8", "replace")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
@@ -218,3 +263,41 @@ def wait_gone(pattern: str, seconds: float = 10.0) -> list[int]:
     while time.monotonic() < deadline and live_processes(pattern):
         time.sleep(0.1)
     return live_processes(pattern)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Wait until ``condition()`` holds, at most ``seconds``; whether it held."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return bool(condition())
+        time.sleep(0.05)
+    return True
+
+
+class TeardownRecorder:
+    """A plugin that records the teardowns the core asks for, and can cancel between phases.
+
+    Register it beside the executor (``run_build(..., extra_plugins=(recorder,))``):
+    ``calls`` lists ``(run id, outcome state, failed stage)`` per teardown. With
+    ``cancel_after="buildworld"`` it cancels ``cancel`` as soon as that phase
+    returned, so the core stops the run *between* two phases.
+    """
+
+    def __init__(self, cancel_after: str | None = None, cancel: Any = None) -> None:
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.cancel_after = cancel_after
+        self.cancel = cancel
+
+    @hookimpl(wrapper=True)
+    def fruix_run_phase(self, request: Any, env: Any, phase: Any) -> Any:
+        result = yield
+        if phase.name == self.cancel_after and self.cancel is not None:
+            self.cancel.cancel("interrupted")
+        return result
+
+    @hookimpl
+    def fruix_teardown_env(self, request: Any, env: Any, outcome: Any) -> None:
+        self.calls.append((request.run_id, outcome.state, outcome.stage))

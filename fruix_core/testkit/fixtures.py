@@ -5,8 +5,9 @@ See :mod:`fruix_core.testkit` for what each fixture gives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from fruix_core.testkit.guest import GuestRoot, make_guest_root
 from fruix_core.testkit.sshd import SshdMissingError, SshServer
 
 __all__ = [
+    "fruix_executor_conformance",
     "fruix_guest",
     "fruix_guest_root",
     "fruix_sample_source",
@@ -84,6 +86,26 @@ def fruix_guest_root(tmp_path: Path) -> GuestRoot:
 
 
 @pytest.fixture
-def fruix_guest(fruix_sshd, fruix_guest_root: GuestRoot) -> Guest:
+def fruix_guest(fruix_sshd: SshServer, fruix_guest_root: GuestRoot) -> Guest:
     """A :class:`~fruix_core.model.Guest` whose system root is ``fruix_guest_root``."""
     return fruix_sshd.guest(system_root=fruix_guest_root.path)
+
+
+@pytest.fixture
+def fruix_executor_conformance(tmp_path: Path) -> Callable[..., list[Any]]:
+    """Run the executor conformance suite (:mod:`fruix_core.testkit.conformance`).
+
+    Call it with the executor's entry-point name (and its settings, when it
+    needs some); it returns the list of
+    :class:`~fruix_core.testkit.conformance.CheckResult`::
+
+        def test_conformance(fruix_executor_conformance):
+            results = fruix_executor_conformance("chroot")
+            assert all_passed(results), [r.line() for r in results]
+    """
+    from fruix_core.testkit.conformance import run_checks
+
+    def run(name: str, settings: Mapping[str, Any] | None = None) -> list[Any]:
+        return run_checks(name, tmp_path / f"conformance-{name}", settings)
+
+    return run

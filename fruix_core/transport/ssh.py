@@ -277,7 +277,7 @@ def connect(guest: Guest, *, keepalive: float = KEEPALIVE_INTERVAL) -> SSHSessio
     transport.set_keepalive(int(max(1, keepalive)))
     log.debug("ssh connected", guest=guest.name, host=guest.host, port=guest.port,
               seconds=round(time.monotonic() - started, 3),
-              cipher=transport.remote_cipher)
+              cipher=transport.remote_cipher)  # type: ignore[attr-defined]  # no stub
     return SSHSession(guest, client, keepalive=keepalive)
 
 

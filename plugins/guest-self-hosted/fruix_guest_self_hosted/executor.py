@@ -1,30 +1,27 @@
-"""The host side of ``guest-self-hosted``: invoke the guest's helper once and follow it.
+"""The host side of ``guest-self-hosted``: drive the guest's helper step by step.
 
-How the four executor hooks map onto one helper invocation:
+The core's own phase loop drives the helper, one invocation per step, each
+with the same options (see :mod:`fruix_guest_self_hosted.helper`)::
 
-``fruix_prepare_env``
-    connect to the guest (host key verified); run ``HELPER --version`` and
-    refuse a missing helper or one whose version is not the expected one;
-    run ``HELPER --check`` so that an unfit guest (no development overlay, no
-    ``store-layout.scm``, no make or cc) is refused before any phase, with the
-    helper's own message.
-``fruix_run_phase``
-    the first call starts ``HELPER --markers --run-id <run id> ...`` in the
-    guest, once, on a background thread; every call then follows the helper's
-    output until the helper reports the end of *that* phase, writing each line
-    to the host's ``logs/<phase>.log`` and the live view, and returns the
-    phase's own exit status and duration. So each call still stands for one
-    phase, as the hook contract says, although the guest drives them.
-``fruix_stage_artifacts``
-    wait for the helper to finish (it stages and writes ``promotion.scm``
-    itself) and describe the artifacts from its summary document.
-``fruix_emit_promotion``
-    import the guest's result root to ``request.result_root`` through one tar
-    stream, verified against its digests, its executor and helper version
-    and its run id; the core promotes it.
+    HELPER --version                          prepare-env: refuse a missing or other helper
+    HELPER --prepare --run-id ID [--resume]   prepare-env: check the guest, open the run
+    HELPER --phase NAME --run-id ID           run-phase, once per phase
+    HELPER --finish --run-id ID               stage-artifacts: stage, promotion.scm, status ok
 
-Cancel (Ctrl-C, SIGTERM) and errors on the host stop the helper's whole
-process group in the guest; the helper then records ``failed <phase>``.
+``fruix_run_phase`` hands each output line to the core (the host's
+``logs/<phase>.log`` and the live view) as the helper prints it, and
+returns the phase's own exit status and duration from the helper's phase
+markers. Because every phase is its own invocation, ``--resume`` works as
+for every executor: ``--prepare --resume`` reopens the failed run in the
+guest and keeps its work area.
+
+``fruix_emit_promotion`` says where the guest's result root is; the core
+imports it through one verified tar stream and checks its provenance
+(executor, the helper's version, which must be this distribution's, and
+run id). ``fruix_teardown_env`` records a failure in the guest's status and
+hangs up. Cancel (Ctrl-C, SIGTERM) during a phase stops the helper's whole
+process group in the guest (the helper then records ``failed <phase>``);
+between two phases nothing runs in the guest.
 Configuration: ``[executors.guest-self-hosted]`` (:data:`SCHEMA`).
 """
 
@@ -32,38 +29,36 @@ from __future__ import annotations
 
 import collections
 import posixpath
-import queue
 import shlex
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.config import Key, read_section
-from fruix_core.environment import sanitised_environment
-from fruix_core.errors import (
+from fruix_core.api import (
+    PLUGIN_API_VERSION,
+    BuildRequest,
     Cancelled,
     ConfigError,
-    GuestError,
-    PromotionInputError,
-    UsageError,
-)
-from fruix_core.model import (
-    BuildRequest,
     EmittedResult,
     Guest,
+    GuestError,
+    Key,
     Phase,
     PhaseResult,
+    PhaseTimeout,
     PreparedEnv,
+    RunEnd,
     SourceStore,
     StagedArtifacts,
+    hookimpl,
+    read_section,
+    require_guest,
+    sanitised_environment,
 )
-from fruix_core.resultroot import ResultRoot, build_metadata
-from fruix_guest_self_hosted.__about__ import __version__
-from fruix_guest_self_hosted.follow import HelperRun, helper_failure, output_tail, staged_from
-from fruix_guest_self_hosted.protocol import PROG
+from fruix_guest_self_hosted.follow import helper_failure, output_tail, staged_from
+from fruix_guest_self_hosted.protocol import PROG, parse_marker, unescape_output
 
 __all__ = ["NAME", "SCHEMA", "GuestSelfHostedExecutor"]
 
@@ -75,29 +70,37 @@ NAME = "guest-self-hosted"
 SCHEMA: dict[str, Key] = {
     "helper": Key(str, PROG, "the helper command in the guest (words allowed, e.g. "
                              "'python3 -m fruix_guest_self_hosted.helper')"),
-    "expected_version": Key(str, "", "helper version the host requires ('' = this plugin's)"),
     "keep_work": Key(bool, False, "keep the guest's object/stage work area after success"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
-    "progress": Key(bool, True, "show import progress in bytes on a terminal"),
     "check_timeout": Key((int, float), 120, "seconds the helper's --version/--check may take"),
 }
 
 TAIL_LINES = 20
 
 
-def _settings(request: BuildRequest) -> dict[str, Any]:
-    values = read_section(request.settings, SCHEMA, file=None, prefix=f"executors.{NAME}")
+def check_settings(table: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
+    """Validate ``[executors.guest-self-hosted]``; the values with their defaults.
+
+    :raises ConfigError: naming the file and the key.
+    """
+    prefix = f"executors.{NAME}"
+    values = read_section(table, SCHEMA, file=file, prefix=prefix)
     try:
         words = shlex.split(values["helper"])
     except ValueError as exc:
-        raise ConfigError(f"not a command line: {exc}", key=f"executors.{NAME}.helper") from None
+        raise ConfigError(f"not a command line: {exc}", file=file,
+                          key=f"{prefix}.helper") from None
     if not words:
-        raise ConfigError("must name the helper command", key=f"executors.{NAME}.helper")
+        raise ConfigError("must name the helper command", file=file, key=f"{prefix}.helper")
     values["helper_argv"] = words
     for key in ("keepalive", "check_timeout"):
         if values[key] <= 0:
-            raise ConfigError("must be more than 0 seconds", key=f"executors.{NAME}.{key}")
+            raise ConfigError("must be more than 0 seconds", file=file, key=f"{prefix}.{key}")
     return values
+
+
+def _settings(request: BuildRequest) -> dict[str, Any]:
+    return check_settings(request.settings)
 
 
 class _State:
@@ -109,40 +112,46 @@ class _State:
         self.settings = settings
         self.version = version
         self.guest = guest
-        self.helper: HelperRun | None = None
 
     def close(self) -> None:
-        """Stop the helper if it still runs, then hang up."""
-        try:
-            if self.helper is not None:
-                self.helper.stop()
-        finally:
-            self.session.close()
+        self.session.close()
+
+
+@dataclass
+class _Step:
+    """What one helper invocation printed: its phase markers and its summary."""
+
+    ended: Any = None
+    summary: dict[str, Any] | None = None
+    tail: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
 
 
 class GuestSelfHostedExecutor:
     """Builds the native base inside a Fruix guest through its self-hosted helper."""
 
     name = NAME
-    version = __version__
+    fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse an ``[executors.guest-self-hosted]`` table :func:`check_settings` refuses."""
+        check_settings(table, file=file)
 
     # -- preparation -----------------------------------------------------------------
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
-        from fruix_core.guests import require_guest
-        from fruix_core.transport.ssh import connect
+        from fruix_core.api import connect
 
         guest = require_guest(request, NAME)
         settings = _settings(request)
-        if request.resume_from is not None:
-            raise UsageError(f"executor '{NAME}' cannot resume a run: its helper builds every "
-                             "phase in one go; start a new run")
-        ResultRoot(request.result_root).create()
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:
-            version = self._check_version(session, guest, settings)
-            facts = self._check_guest(session, guest, settings, request)
+            version = self._check_version(session, guest, settings, request)
+            state = _State(session, settings, version, guest)
+            facts = self._prepare_run(state, request)
         except BaseException:
             session.close()
             raise
@@ -157,16 +166,15 @@ class GuestSelfHostedExecutor:
             result_root=posixpath.join(str(facts["results_dir"]), run_id),
             closure_path=facts.get("closure"),
             development_profile_path=facts.get("development_profile"),
-            session=_State(session, settings, version, guest),
+            session=state,
         )
-        ResultRoot(request.result_root).write_metadata(
-            build_metadata(request, env, None, version))
         log.info("guest ready for a self-hosted build", guest=guest.name, helper_version=version,
                  source=env.source.path, result_root=env.result_root)
         return env
 
-    def _check_version(self, session: Any, guest: Guest, settings: Mapping[str, Any]) -> str:
-        from fruix_core.transport.ssh import shell_script
+    def _check_version(self, session: Any, guest: Guest, settings: Mapping[str, Any],
+                       request: BuildRequest) -> str:
+        from fruix_core.api import shell_script
 
         argv = settings["helper_argv"]
         command = " ".join(argv)
@@ -177,7 +185,7 @@ class GuestSelfHostedExecutor:
         if outcome.returncode == 127:
             raise GuestError(f"{where}: the self-hosted helper '{command}' is not installed "
                              f"(not found{': ' + tail if tail else ''}); install "
-                             f"fruix-executor-guest-self-hosted {self._expected(settings)} in "
+                             f"fruix-executor-guest-self-hosted {request.executor_version} in "
                              f"the guest or set executors.{NAME}.helper")
         if outcome.returncode == 126:
             raise GuestError(f"{where}: the self-hosted helper '{command}' is not executable")
@@ -189,7 +197,9 @@ class GuestSelfHostedExecutor:
             raise GuestError(f"{where}: '{command}' is not the Fruix self-hosted helper "
                              f"(its --version printed {tail!r})")
         version = words[1]
-        expected = self._expected(settings)
+        # The helper's version is recorded as executor-version, which must be this
+        # distribution's: the core takes provenance from the distribution.
+        expected = request.executor_version
         if version != expected:
             raise GuestError(
                 f"{where}: the self-hosted helper '{command}' is version {version}, but this "
@@ -198,36 +208,10 @@ class GuestSelfHostedExecutor:
                 "different helper never reuses them)")
         return version
 
-    @staticmethod
-    def _expected(settings: Mapping[str, Any]) -> str:
-        return str(settings["expected_version"] or __version__)
-
-    def _check_guest(self, session: Any, guest: Guest, settings: Mapping[str, Any],
-                     request: BuildRequest) -> dict[str, Any]:
-        from fruix_core.transport.ssh import shell_script
-
-        argv = [*settings["helper_argv"], "--check", "--markers",
-                "--system-root", guest.system_root, "--make", request.make]
-        check = HelperRun(session, shell_script(argv), timeout=float(settings["check_timeout"]))
-        check.run()
-        if check.error is not None:
-            raise check.error
-        summary = check.summary
-        if summary is None or summary.get("status") != "ready":
-            raise helper_failure(summary, check.outcome, guest.name)
-        for key in ("source_dir", "source_store", "source_signature", "results_dir", "work_dir"):
-            if not isinstance(summary.get(key), str) or not summary[key]:
-                raise GuestError(f"guest {guest.name}: the helper's check did not report "
-                                 f"'{key}'")
-        return summary
-
-    # -- building --------------------------------------------------------------------
-
-    def _start(self, request: BuildRequest, state: _State) -> HelperRun:
-        from fruix_core.transport.ssh import shell_script
-
+    def _argv(self, state: _State, request: BuildRequest, *step: str) -> list[str]:
+        """The helper's command line for one step; every step gets the same options."""
         base = request.base
-        argv = [*state.settings["helper_argv"], "--markers",
+        argv = [*state.settings["helper_argv"], *step, "--markers",
                 "--system-root", state.guest.system_root, "--run-id", request.run_id,
                 "--jobs", str(request.jobs), "--make", request.make,
                 "--base-name", base.name, "--base-version", base.version,
@@ -236,129 +220,105 @@ class GuestSelfHostedExecutor:
             argv += ["--phase-timeout", f"{request.phase_timeout:g}"]
         if state.settings["keep_work"]:
             argv.append("--keep-work")
+        return argv
+
+    def _step(self, state: _State, request: BuildRequest, argv: list[str], *,
+              phase: str | None = None, timeout: float | None = None) -> tuple[_Step, Any]:
+        """Run one helper step, handing a phase's lines to the core as they come."""
+        from fruix_core.api import shell_script
+
+        step = _Step()
+
+        def on_line(line: str) -> None:
+            marker = parse_marker(line)
+            if marker is None:
+                text = unescape_output(line)
+                step.tail.append(text)
+                if phase is not None:
+                    request.output(phase, text)
+                elif text.strip():
+                    log.info("helper output", guest=state.guest.name, line=text)
+            elif marker.kind == "summary":
+                step.summary = marker.document
+            elif marker.kind == "phase-end":
+                step.ended = marker
+
         # The helper runs in the guest user's login environment on purpose: it
         # sanitises the build environment itself and must be proven to.
-        helper = HelperRun(state.session, shell_script(argv))
-        state.helper = helper
-        helper.start()
-        log.info("self-hosted helper started", guest=state.guest.name, run_id=request.run_id)
-        return helper
+        outcome = state.session.run_script(shell_script(argv), on_line=on_line,
+                                           timeout=timeout, cancel=request.cancel)
+        if outcome.cancelled:
+            what = phase or argv[len(state.settings["helper_argv"])].lstrip("-")
+            raise Cancelled(f"interrupted during {what}")
+        return step, outcome
+
+    def _prepare_run(self, state: _State, request: BuildRequest) -> dict[str, Any]:
+        step = ["--prepare"] + (["--resume"] if request.resume_from is not None else [])
+        done, outcome = self._step(state, request, self._argv(state, request, *step),
+                                   timeout=float(state.settings["check_timeout"]))
+        summary = done.summary
+        if summary is None or summary.get("status") != "prepared":
+            raise helper_failure(summary, outcome, state.guest.name)
+        for key in ("source_dir", "source_store", "source_signature", "results_dir", "work_dir"):
+            if not isinstance(summary.get(key), str) or not summary[key]:
+                raise GuestError(f"guest {state.guest.name}: the helper's check did not report "
+                                 f"'{key}'")
+        return summary
+
+    # -- building --------------------------------------------------------------------
 
     @hookimpl
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         state: _State = env.session
-        host_root = ResultRoot(request.result_root)
-        log_path = host_root.log_path(phase.name)
-        try:
-            helper = state.helper or self._start(request, state)
-            result = self._follow_phase(request, state, helper, phase, log_path)
-        except BaseException:
-            host_root.set_failed(phase.name)
-            state.close()
-            raise
-        if not result.ok:
-            # The helper records the failure and exits; wait for it so the guest is settled.
-            helper.wait(request.cancel)
-            host_root.set_failed(phase.name)
-            state.close()
-        return result
-
-    def _follow_phase(self, request: BuildRequest, state: _State, helper: HelperRun,
-                      phase: Phase, log_path: Path) -> PhaseResult:
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
-            log_file.write(f"# {phase.name}, run by the self-hosted helper in guest "
-                           f"{state.guest.name}\n")
-            while True:
-                if request.cancel.cancelled and not helper.cancel.cancelled:
-                    helper.cancel.cancel(request.cancel.reason or "interrupted")
-                try:
-                    kind, payload = helper.events.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if kind == "line":
-                    log_file.write(payload + "\n")
-                    tail.append(payload)
-                    if request.on_output is not None:
-                        request.on_output(phase.name, payload)
-                elif kind == "phase-start" and payload.phase != phase.name:
-                    raise GuestError(f"guest {state.guest.name}: the helper started phase "
-                                     f"{payload.phase} while the host expected {phase.name}")
-                elif kind == "phase-end":
-                    if payload.phase != phase.name:
-                        raise GuestError(f"guest {state.guest.name}: the helper ended phase "
-                                         f"{payload.phase} while the host expected {phase.name}")
-                    return PhaseResult(phase=phase.name, returncode=payload.returncode,
-                                       duration=payload.seconds, log_path=str(log_path),
-                                       last_lines=tuple(tail))
-                elif kind == "exit":
-                    if helper.error is not None:
-                        raise helper.error
-                    if request.cancel.cancelled:
-                        raise Cancelled(f"interrupted during {phase.name}")
-                    raise helper_failure(helper.summary, helper.outcome, state.guest.name)
+        request.output(phase.name, f"# {phase.name}, run by the self-hosted helper in guest "
+                                   f"{state.guest.name}")
+        # The helper enforces the phase timeout; the host's is a safety net behind it.
+        limit = request.phase_timeout + 60 if request.phase_timeout else None
+        done, outcome = self._step(state, request,
+                                   self._argv(state, request, "--phase", phase.name),
+                                   phase=phase.name, timeout=limit)
+        summary = done.summary or {}
+        if outcome.timed_out:
+            raise PhaseTimeout(phase.name, request.phase_timeout or 0)
+        if done.ended is not None and done.ended.phase == phase.name and \
+                summary.get("status") in ("phase-ok", "failed") and \
+                summary.get("error_type") in (None, "BuildFailed"):
+            return PhaseResult(phase=phase.name, returncode=done.ended.returncode,
+                               duration=done.ended.seconds, last_lines=tuple(done.tail))
+        raise helper_failure(done.summary, outcome, state.guest.name)
 
     # -- result root -------------------------------------------------------------------
 
     @hookimpl
     def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
         state: _State = env.session
-        helper = state.helper
-        try:
-            if helper is None:
-                raise GuestError("the self-hosted helper was never started")
-            helper.wait(request.cancel)
-            while not helper.events.empty():
-                kind, payload = helper.events.get()
-                if kind == "line" and payload.strip():
-                    log.info("helper output", guest=state.guest.name, line=payload)
-            if helper.error is not None:
-                raise helper.error
-            summary = helper.summary
-            if summary is None or summary.get("status") != "ok" or \
-                    helper.outcome is None or helper.outcome.returncode != 0:
-                raise helper_failure(summary, helper.outcome, state.guest.name)
-            return staged_from(summary, env.result_root)
-        except BaseException:
-            state.close()
-            raise
+        done, outcome = self._step(state, request, self._argv(state, request, "--finish"))
+        summary = done.summary
+        if summary is None or summary.get("status") != "ok" or outcome.returncode != 0:
+            raise helper_failure(summary, outcome, state.guest.name)
+        return staged_from(summary, env.result_root)
 
     @hookimpl
     def fruix_emit_promotion(self, request: BuildRequest, env: PreparedEnv,
                              staged: StagedArtifacts) -> EmittedResult:
-        from fruix_core.promotion.schema import read_promotion
-        from fruix_core.transport.tarstream import fetch_tree
+        # The helper wrote promotion.scm in the guest; the core imports and checks it.
+        return EmittedResult(result_root=env.result_root, in_guest=True)
 
+    # -- teardown ----------------------------------------------------------------------
+
+    @hookimpl
+    def fruix_teardown_env(self, request: BuildRequest, env: PreparedEnv, outcome: RunEnd) -> None:
         state: _State = env.session
         try:
-            fetch_tree(state.session, env.result_root, request.result_root,
-                       verify=_verifier(request, state.version),
-                       progress=None if state.settings["progress"] else False)
+            if not outcome.ok and state.session.active:
+                # Say in the guest what the host records, whatever the helper managed to
+                # write before it stopped (a cancel between two phases included).
+                root = shlex.quote(env.result_root)
+                line = shlex.quote(f"failed {outcome.stage or 'prepare'}")
+                state.session.check_output(
+                    f"if [ -d {root} ]; then printf '%s\\n' {line} > {root}/status; fi",
+                    what="recording the failure in the guest")
         finally:
             state.close()
-        promotion = read_promotion(request.result_root / "promotion.scm")
-        return EmittedResult(result_root=request.result_root, promotion=promotion)
-
-
-def _verifier(request: BuildRequest, version: str) -> Callable[[Path], None]:
-    """Check an imported result root before it is renamed into place."""
-    from fruix_core.promotion.schema import read_promotion
-    from fruix_core.transport.tarstream import verify_result_root
-
-    def verify(tree: Path) -> None:
-        verify_result_root(tree)
-        promotion = read_promotion(tree / "promotion.scm")
-        problems = []
-        if promotion.executor != NAME:
-            problems.append(f"executor is {promotion.executor!r}, not {NAME!r}")
-        if promotion.executor_version != version:
-            problems.append(f"executor-version is {promotion.executor_version!r}, "
-                            f"the helper said {version!r}")
-        if promotion.run_id != request.run_id:
-            problems.append(f"run-id is {promotion.run_id!r}, not {request.run_id!r}")
-        if ResultRoot(tree).status().state != "ok":
-            problems.append("its status is not ok")
-        if problems:
-            raise PromotionInputError(f"imported result root refused: {'; '.join(problems)}")
-
-    return verify
+        log.debug("self-hosted session closed", guest=state.guest.name,
+                  outcome=outcome.state)

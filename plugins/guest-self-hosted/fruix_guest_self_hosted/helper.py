@@ -4,13 +4,28 @@
 
     fruix-self-hosted-native-build [--system-root DIR] [--jobs N] [--run-id ID] [--json]
                                    [--make CMD] [--kernconf NAME] [--phase-timeout S]
-                                   [--keep-work] [--check] [--markers] [--version]
+                                   [--keep-work] [--markers] [--version]
+                                   [--check | --prepare [--resume] | --phase NAME | --finish]
 
 It checks the development overlay, recovers the FreeBSD source store from
 ``/run/current-system/metadata/store-layout.scm``, runs the five phases in the
 sanitised build environment and leaves a complete result root under
 ``/var/lib/fruix/native-builds/<run-id>/`` (see
 :mod:`fruix_guest_self_hosted.guestbuild`).
+
+Without a step option it does the whole build in one go. The host drives it
+step by step instead, one invocation each, with the same options every time:
+
+``--prepare --run-id ID``
+    check the guest, reserve the run id, create the result root (``status``
+    ``running``) and the work area; with ``--resume``, reopen the failed run
+    ``ID`` and keep its work area;
+``--phase NAME --run-id ID``
+    run one phase of that run, writing ``logs/NAME.log`` and ``status``
+    (``failed NAME`` when it fails); exit status 1 when the phase failed;
+``--finish --run-id ID``
+    stage the artifacts, write ``promotion.scm``, ``metadata`` and ``status``
+    ``ok``, swap ``latest``, remove the work area (unless ``--keep-work``).
 
 Output: build lines on stdout (on stderr with ``--json``, whose document is
 then the only thing on stdout); with ``--markers`` everything goes to stdout
@@ -35,16 +50,27 @@ from typing import Any, TextIO
 
 import structlog
 
-from fruix_core.errors import BuildFailed, Cancelled, ExitCode, FruixError, UsageError
-from fruix_core.model import BaseMetadata, CancelToken, PhaseResult
+from fruix_core.api import (
+    BaseMetadata,
+    BuildFailed,
+    Cancelled,
+    CancelToken,
+    ExitCode,
+    FruixError,
+    PhaseResult,
+    UsageError,
+)
 from fruix_guest_self_hosted import protocol
 from fruix_guest_self_hosted.__about__ import __version__
 from fruix_guest_self_hosted.guestbuild import (
     GuestRun,
     PhaseEvents,
+    finish_run,
     inspect_guest,
     mark_interrupted,
+    prepare_run,
     run_in_guest,
+    run_phase,
 )
 
 __all__ = ["PROG", "build_parser", "main", "summary_document"]
@@ -106,8 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds one phase may run (default 0: no limit)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep the object/stage work area after a successful run")
-    parser.add_argument("--check", action="store_true",
-                        help="only check the guest (overlay, store layout, tools) and exit")
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--check", action="store_true",
+                       help="only check the guest (overlay, store layout, tools) and exit")
+    steps.add_argument("--prepare", action="store_true",
+                       help="step 1: check the guest and open run --run-id")
+    steps.add_argument("--phase", metavar="NAME",
+                       help="step 2: run one phase of the prepared run --run-id")
+    steps.add_argument("--finish", action="store_true",
+                       help="step 3: stage the artifacts and complete run --run-id")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --prepare: reopen the failed run --run-id")
     parser.add_argument("--markers", action="store_true",
                         help="machine-readable progress on stdout (for the host-side executor)")
     parser.add_argument("--log-format", choices=("console", "json"), default="console",
@@ -186,6 +221,8 @@ class _Output:
             self._write(sys.stdout, f"result root: {document['result_root']}")
         elif document["status"] == "ready":
             self._write(sys.stdout, f"guest ready: source store {document['source_store']}")
+        elif document["status"] in ("prepared", "phase-ok"):
+            self._write(sys.stdout, f"run {document['run_id']}: {document['status']}")
 
 
 # -- summary ------------------------------------------------------------------------------
@@ -195,7 +232,8 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
                      error: BaseException | None = None) -> dict[str, Any]:
     """The ``--json`` document: what was built where, or what went wrong.
 
-    ``status`` is ``ok``, ``failed``, ``interrupted`` or (``--check``) ``ready``.
+    ``status`` is ``ok``, ``failed``, ``interrupted``, or for the steps ``ready``
+    (``--check``), ``prepared`` (``--prepare``) and ``phase-ok`` (``--phase``).
     """
     doc: dict[str, Any] = {
         "helper": PROG,
@@ -261,7 +299,7 @@ def _error_line(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the helper; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    from fruix_core.logconfig import configure_logging
+    from fruix_core.api import configure_logging
 
     configure_logging(args.log_format, args.log_level)
     output = _Output(markers=args.markers, as_json=args.json)
@@ -275,7 +313,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.facts = inspect_guest(system_root, args.make)
                 output.finish(summary_document(run, status="ready", exit_code=ExitCode.OK))
                 return int(ExitCode.OK)
-            run_in_guest(system_root=system_root, jobs=args.jobs or (os.cpu_count() or 1),
+            jobs = args.jobs or (os.cpu_count() or 1)
+            common = {"system_root": system_root, "jobs": jobs, "make": args.make, "base": base,
+                      "run": run}
+            step = args.prepare or args.phase is not None or args.finish
+            if (step or args.resume) and not args.run_id:
+                raise UsageError("--prepare, --phase and --finish need --run-id")
+            if args.resume and not args.prepare:
+                raise UsageError("--resume goes with --prepare")
+            if args.prepare:
+                prepare_run(run_id=args.run_id, resume=args.resume, **common)
+                output.finish(summary_document(run, status="prepared", exit_code=ExitCode.OK))
+                return int(ExitCode.OK)
+            if args.phase is not None:
+                run_phase(run_id=args.run_id, phase=args.phase,
+                          phase_timeout=args.phase_timeout or None, cancel=cancel,
+                          events=output.events(), **common)
+                output.finish(summary_document(run, status="phase-ok", exit_code=ExitCode.OK))
+                return int(ExitCode.OK)
+            if args.finish:
+                finish_run(run_id=args.run_id, keep_work=args.keep_work, **common)
+                output.finish(summary_document(run, status="ok", exit_code=ExitCode.OK))
+                return int(ExitCode.OK)
+            run_in_guest(system_root=system_root, jobs=jobs,
                          make=args.make, base=base, run_id=args.run_id,
                          phase_timeout=args.phase_timeout or None, keep_work=args.keep_work,
                          cancel=cancel, events=output.events(), run=run)

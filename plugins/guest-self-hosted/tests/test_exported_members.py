@@ -25,6 +25,12 @@ def test_entry_points():
     points = {(ep.group, ep.name): ep for ep in dist.entry_points}
     executor = points[("fruix.executors", "guest-self-hosted")].load()
     assert executor.name == "guest-self-hosted"
-    assert executor.version == dist.version
+    # The version in identity is the distribution's; the helper reports the same one.
+    from fruix_guest_self_hosted import __version__
+
+    assert __version__ == dist.version
+    from fruix_core.plugins import load
+
+    assert load("executor", "guest-self-hosted").version == dist.version
     helper = points[("console_scripts", "fruix-self-hosted-native-build")].load()
     assert callable(helper)

@@ -298,3 +298,55 @@ def test_make_command_is_configurable(kit, toy_guest):
     assert ResultRoot(root).read_metadata()["make"] == "bmake"
     assert read_promotion(root / "promotion.scm").policy.make == "bmake"
     assert (root / "logs" / "buildworld.log").read_text().startswith("# bmake ")
+
+
+# -- step by step (how the host drives the helper) ------------------------------------------
+
+
+def test_step_by_step_with_a_failed_phase_and_a_resume(kit, tmp_path):
+    guest = kit.make_toy_guest(tmp_path, fail_installworld="")
+    root = ["--system-root", str(guest.path), "--run-id", "r1", "--json"]
+    run = ResultRoot(guest.results_dir / "r1")
+
+    prepared = kit.run_helper("--prepare", *root)
+    assert prepared.returncode == 0, prepared.stderr
+    assert kit.summary_of(prepared)["status"] == "prepared"
+    assert run.status().state == "running"
+    for phase in PHASES[:2]:
+        done = kit.run_helper("--phase", phase, *root)
+        assert done.returncode == 0, done.stderr
+        assert kit.summary_of(done)["status"] == "phase-ok"
+        assert run.log_path(phase).read_text().strip()
+    failed = kit.run_helper("--phase", "installworld", *root)
+    assert failed.returncode == ExitCode.BUILD_FAILED
+    assert kit.summary_of(failed)["failed_phase"] == "installworld"
+    assert str(run.status()) == "failed (installworld)"
+    refused = kit.run_helper("--finish", *root)
+    assert refused.returncode == ExitCode.USAGE and "resume it first" in refused.stderr
+
+    (guest.source_dir / "fail-installworld").unlink()
+    again = kit.run_helper("--prepare", "--resume", *root)
+    assert again.returncode == 0, again.stderr
+    assert (guest.work_dir / "fruix-self-hosted-native-builds" / "r1").is_dir()  # kept
+    for phase in PHASES[2:]:
+        assert kit.run_helper("--phase", phase, *root).returncode == 0
+    finished = kit.run_helper("--finish", *root)
+    assert finished.returncode == 0, finished.stderr
+    doc = kit.summary_of(finished)
+    assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(
+        ["world", "kernel", "headers", "bootloader"])
+    assert str(run.status()) == "ok" and (run.path / "promotion.scm").is_file()
+    assert (guest.results_dir / "latest").resolve() == run.path.resolve()
+    assert not (guest.work_dir / "fruix-self-hosted-native-builds" / "r1").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--phase", "buildworld"], "need --run-id"),
+    (["--phase", "lunch", "--run-id", "r9"], "no run 'r9'"),
+    (["--resume", "--run-id", "r9"], "--resume goes with --prepare"),
+    (["--prepare", "--resume", "--run-id", "r9"], "no run 'r9'"),
+])
+def test_bad_step_usage(kit, toy_guest, args, fragment):
+    proc = kit.run_helper("--system-root", str(toy_guest.path), *args)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr

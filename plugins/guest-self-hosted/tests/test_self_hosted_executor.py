@@ -24,7 +24,7 @@ from fruix_core.errors import (
 from fruix_core.model import CancelToken
 from fruix_core.resultroot import ResultRoot
 from fruix_core.runner import run_build
-from fruix_core.testkit import run_cli
+from fruix_core.testkit import TeardownRecorder, live_processes, run_cli, wait_for
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
 
@@ -247,10 +247,15 @@ def test_older_helper_is_refused(fruix_workspace, fruix_sshd_shared, toy_guest, 
     assert not any(toy_guest.results_dir.iterdir())
 
 
-def test_expected_version_is_configurable(fruix_workspace, fruix_sshd_shared, toy_guest):
-    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest,
-                   extra='expected_version = "9.9.9"')
-    with pytest.raises(GuestError, match=rf"version {__version__}, but this host expects 9\.9\.9"):
+def test_a_helper_of_another_version_is_refused(fruix_workspace, fruix_sshd_shared, toy_guest,
+                                               tmp_path):
+    # The helper's version becomes executor-version, which the core takes from this
+    # distribution: any other helper version is refused before anything is built.
+    other = tmp_path / "other-helper"
+    other.write_text("#!/bin/sh\necho fruix-self-hosted-native-build 9.9.9\n")
+    other.chmod(0o755)
+    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest, helper=str(other))
+    with pytest.raises(GuestError, match=rf"version 9\.9\.9, but this host expects {__version__}"):
         run_build(load_config(conf))
 
 
@@ -298,7 +303,7 @@ def test_helper_killed_in_the_guest(fruix_workspace, fruix_sshd_shared, toy_gues
     dying = tmp_path / "dying-helper"
     dying.write_text(
         "#!/bin/sh\n"
-        f'case " $* " in *" --version "*|*" --check "*) exec {real} "$@";; esac\n'
+        f'case " $* " in *" --version "*|*" --prepare "*) exec {real} "$@";; esac\n'
         'echo "@@fruix-self-hosted@@ phase-start buildworld"\n'
         'echo "compiling the world"\n'
         "kill -9 $$\n")
@@ -328,8 +333,12 @@ def test_phase_timeout_is_enforced_in_the_guest(fruix_workspace, fruix_sshd_shar
         kit.kill_processes_in(guest.source_dir)
 
 
-def test_helper_outlives_a_lost_connection(fruix_workspace, fruix_sshd, tmp_path, kit):
-    """The host going away does not stop the build in the guest: it completes."""
+def test_the_phase_outlives_a_lost_connection(fruix_workspace, fruix_sshd, tmp_path, kit):
+    """The host going away does not stop the phase in the guest: it completes there.
+
+    The host drives the helper phase by phase, so the rest of the run waits for
+    the host: ``--resume`` continues it (the conformance suite checks resume).
+    """
     from fruix_core.errors import ConnectionLostError
 
     guest = kit.make_toy_guest(tmp_path, sleep_buildworld="2")
@@ -354,11 +363,53 @@ def test_helper_outlives_a_lost_connection(fruix_workspace, fruix_sshd, tmp_path
         assert result["error"].exit_code == ExitCode.INFRASTRUCTURE
         run_id = Path(result["error"].result_root).name  # type: ignore[attr-defined]
         guest_root = ResultRoot(guest.results_dir / run_id)
-        deadline = time.monotonic() + 30
-        while guest_root.status().state == "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert guest_root.status().state == "ok"
-        assert (guest.results_dir / "latest").resolve() == guest_root.path.resolve()
+        log = guest_root.log_path("buildworld")
+        assert wait_for(lambda: log.is_file() and "built world" in log.read_text(), 30)
+        assert wait_for(lambda: not live_processes(f"--run-id {run_id}"), 30)
+        # Still open for the host (its helper is gone, so it can be resumed).
+        assert guest_root.status().state == "running" and guest_root.status().stale
     finally:
         worker.join(30)
         kit.kill_processes_in(guest.source_dir)
+
+
+# -- teardown -----------------------------------------------------------------------------
+
+
+def test_teardown_once_after_success(fruix_workspace, fruix_sshd_shared, toy_guest):
+    recorder = TeardownRecorder()
+    conf = _config(fruix_workspace, fruix_sshd_shared, toy_guest)
+    outcome = run_build(load_config(conf), extra_plugins=(recorder,))
+    assert recorder.calls == [(outcome.run_id, "ok", None)]
+    assert (toy_guest.results_dir / outcome.run_id / "status").read_text() == "ok\n"
+
+
+def test_cancel_between_phases_stops_the_helper_and_both_statuses_agree(
+        fruix_workspace, fruix_sshd_shared, tmp_path, kit):
+    # buildkernel sleeps, so the helper is busy in the guest when the host cancels.
+    guest = kit.make_toy_guest(tmp_path, sleep_buildkernel="312")
+    conf = _config(fruix_workspace, fruix_sshd_shared, guest)
+    cancel = CancelToken()
+    recorder = TeardownRecorder(cancel_after="buildworld", cancel=cancel)
+    try:
+        with pytest.raises(Cancelled) as info:
+            run_build(load_config(conf), cancel=cancel, extra_plugins=(recorder,))
+        assert [c[1:] for c in recorder.calls] == [("interrupted", "buildkernel")]
+        run_id = info.value.run_id
+        host = ResultRoot(fruix_workspace.results / run_id)
+        guest_root = ResultRoot(guest.results_dir / run_id)
+        assert str(host.status()) == str(guest_root.status()) == "failed (buildkernel)"
+        # Nothing of the run is left in the guest: no helper, no make, no sleep.
+        assert wait_for(lambda: not live_processes("sleep 312"))
+        assert wait_for(lambda: not kit.processes_in(guest.source_dir))
+        assert wait_for(lambda: not live_processes(f"--run-id {run_id}"))
+    finally:
+        kit.kill_processes_in(guest.source_dir)
+
+
+def test_conformance(fruix_executor_conformance):
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("guest-self-hosted",
+                                         {"helper": shlex.join(_helper_words())})
+    assert all_passed(results), "\n".join(r.line() for r in results)

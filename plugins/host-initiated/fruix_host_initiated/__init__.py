@@ -10,16 +10,19 @@ Stages (the four executor hooks):
     guest at ``/var/lib/fruix/native-builds/<run-id>/`` and the heavy work
     area at ``/var/tmp/fruix-native-builds/<run-id>``;
 ``fruix_run_phase``
-    run the phase over SSH in the sanitised environment (``env -i``), stream
-    its output to the host's ``logs/<phase>.log`` and the live view, then
-    store the log in the guest's result root too;
+    run the phase over SSH in the sanitised environment (``env -i``), hand
+    its output to the core (the host's ``logs/<phase>.log`` and the live
+    view), then store the log in the guest's result root too;
 ``fruix_stage_artifacts``
     split the stages into ``artifacts/<kind>`` in the guest, exactly like
     :func:`fruix_core.resultroot.stage_trees`, and record key-file digests;
 ``fruix_emit_promotion``
-    write ``metadata``, ``promotion.scm`` and ``status`` in the guest, then
-    import the result root to the host's ``request.result_root`` through one
-    tar stream, verified against its digests. The core promotes it.
+    write ``metadata``, ``promotion.scm`` and ``status`` in the guest and
+    say where the guest's result root is; the core imports it to the host
+    through one verified tar stream and promotes it;
+``fruix_teardown_env``
+    record a failure in the guest's ``status`` (so the guest and the host
+    agree), remove the guest's work area after a success, and hang up.
 
 Every path in the guest is seen through ``Guest.system_root`` (``/`` in
 production). Configuration: ``[executors.host-initiated]`` (:data:`SCHEMA`).
@@ -29,41 +32,49 @@ from __future__ import annotations
 
 import posixpath
 import socket
+import tempfile
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.__about__ import __version__ as _core_version
-from fruix_core.config import Key, read_section
-from fruix_core.environment import sanitised_environment
-from fruix_core.errors import (
+from fruix_core.api import (
+    CORE_VERSION,
+    LAYOUT_RELATIVE_PATH,
+    PLUGIN_API_VERSION,
+    BuildPaths,
+    BuildRequest,
+    CommandOutcome,
     ConfigError,
     ConnectionLostError,
-    GuestError,
-    MetadataError,
-    SourceTreeError,
-    ToolMissingError,
-    TransportError,
-    UsageError,
-)
-from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, parse_store_layout
-from fruix_core.model import (
-    BuildRequest,
     EmittedResult,
+    GuestError,
+    Key,
+    MetadataError,
     Phase,
     PhaseResult,
     PreparedEnv,
+    RunEnd,
     SourceStore,
+    SourceTreeError,
     StagedArtifacts,
+    ToolMissingError,
+    TransportError,
+    UsageError,
+    build_metadata,
+    build_promotion,
+    dumps_promotion,
+    hookimpl,
+    parse_store_layout,
+    phase_command,
+    read_section,
+    require_guest,
+    sanitised_environment,
 )
-from fruix_core.profile import BuildPaths, phase_command
-from fruix_core.resultroot import ResultRoot, build_metadata, build_promotion
 from fruix_host_initiated import scripts
 
-__all__ = ["SCHEMA", "HostInitiatedExecutor", "__version__"]
+__all__ = ["SCHEMA", "HostInitiatedExecutor", "__version__", "check_settings"]
 
 __version__ = "0.1.0"
 
@@ -80,20 +91,28 @@ SCHEMA: dict[str, Key] = {
     "check_overlay": Key(bool, True, "refuse a guest without /usr/include and /usr/share/mk"),
     "keep_work": Key(bool, False, "keep the guest's work area after a successful run"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
-    "progress": Key(bool, True, "show import progress in bytes on a terminal"),
 }
 
 
-def _settings(request: BuildRequest) -> dict[str, Any]:
-    values = read_section(request.settings, SCHEMA, file=None, prefix=f"executors.{NAME}")
+def check_settings(table: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
+    """Validate ``[executors.host-initiated]``; the values with their defaults.
+
+    :raises ConfigError: naming the file and the key.
+    """
+    prefix = f"executors.{NAME}"
+    values = read_section(table, SCHEMA, file=file, prefix=prefix)
     for key in ("results_dir", "work_dir"):
         path = values[key]
         if not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
             raise ConfigError("must be an absolute, normalised guest path other than /",
-                              key=f"executors.{NAME}.{key}")
+                              file=file, key=f"{prefix}.{key}")
     if values["keepalive"] <= 0:
-        raise ConfigError("must be more than 0 seconds", key=f"executors.{NAME}.keepalive")
+        raise ConfigError("must be more than 0 seconds", file=file, key=f"{prefix}.keepalive")
     return values
+
+
+def _settings(request: BuildRequest) -> dict[str, Any]:
+    return check_settings(request.settings)
 
 
 class _State:
@@ -112,19 +131,22 @@ class HostInitiatedExecutor:
     """Builds the native base inside a Fruix guest, driving each phase over SSH."""
 
     name = NAME
-    version = __version__
+    fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse an ``[executors.host-initiated]`` table :func:`check_settings` refuses."""
+        check_settings(table, file=file)
 
     # -- preparation -----------------------------------------------------------------
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
-        from fruix_core.guests import require_guest
-        from fruix_core.transport.ssh import connect
+        from fruix_core.api import connect
 
         guest = require_guest(request, NAME)
         settings = _settings(request)
-        host_root = ResultRoot(request.result_root)
-        host_root.create()
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:
             return self._prepare(request, session, settings)
@@ -190,9 +212,8 @@ class HostInitiatedExecutor:
             development_profile_path=layout.development_profile_path,
             session=_State(session, settings, results_dir),
         )
-        metadata = build_metadata(request, env, None, self.version)
+        metadata = build_metadata(request, env, None)
         session.write_file(posixpath.join(result_root, "metadata"), _metadata_text(metadata))
-        ResultRoot(request.result_root).write_metadata(metadata)
         log.info("guest prepared", guest=guest.name, host=host_name,
                  source=layout.source_path, result_root=result_root)
         return env
@@ -203,46 +224,36 @@ class HostInitiatedExecutor:
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         state: _State = env.session
         session = state.session
-        host_root = ResultRoot(request.result_root)
         argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
                                     paths=BuildPaths(env.build_root),
                                     kernconf=request.base.kernconf)
-        log_path = host_root.log_path(phase.name)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
-        try:
-            with open(log_path, "w", encoding="utf-8") as log_file:
-                log_file.write(f"# {' '.join(argv)}\n")
-                outcome = session.run(
-                    argv, env={**env.environment, **extra}, cwd=env.source_dir,
-                    on_line=_line_sink(log_file, phase.name, request),
-                    timeout=request.phase_timeout, cancel=request.cancel,
-                )
-            failed = outcome.failed
-            session.write_file(guest_log, log_path.read_bytes())
-            if failed:
-                session.write_file(posixpath.join(env.result_root, "status"),
-                                   f"failed {phase.name}\n".encode())
-        except BaseException:
-            host_root.set_failed(phase.name)
-            state.close()
-            raise
-        if failed:
-            host_root.set_failed(phase.name)
-            state.close()
-        return outcome.phase_result(phase.name, str(log_path), request.phase_timeout)
+        # The guest's result root keeps its own copy of the log, spooled here meanwhile.
+        with tempfile.TemporaryFile("w+b") as spool:
+            def line(text: str) -> None:
+                spool.write(text.encode("utf-8", "replace") + b"\n")
+                request.output(phase.name, text)
+
+            line(f"# {' '.join(argv)}")
+            outcome: CommandOutcome = session.run(
+                argv, env={**env.environment, **extra}, cwd=env.source_dir, on_line=line,
+                timeout=request.phase_timeout, cancel=request.cancel,
+            )
+            spool.seek(0)
+            session.write_file(guest_log, spool.read())
+        if outcome.failed:
+            session.write_file(posixpath.join(env.result_root, "status"),
+                               f"failed {phase.name}\n".encode())
+        return outcome.phase_result(phase.name, guest_log, request.phase_timeout)
 
     # -- result root -------------------------------------------------------------------
 
     @hookimpl
     def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
         state: _State = env.session
-        try:
-            output = state.session.check_output(
-                scripts.staging_script(BuildPaths(env.build_root), env.result_root),
-                what="staging the artifacts")
-        except BaseException:
-            state.close()
-            raise
+        output = state.session.check_output(
+            scripts.staging_script(BuildPaths(env.build_root), env.result_root),
+            what="staging the artifacts")
         key_files, sizes = scripts.parse_staging(output)
         kinds = tuple(key_files)
         return StagedArtifacts(result_root=env.result_root, kinds=kinds, key_files=key_files,
@@ -251,32 +262,37 @@ class HostInitiatedExecutor:
     @hookimpl
     def fruix_emit_promotion(self, request: BuildRequest, env: PreparedEnv,
                              staged: StagedArtifacts) -> EmittedResult:
-        from fruix_core.promotion.schema import dumps_promotion
-        from fruix_core.transport.tarstream import fetch_tree, verify_result_root
-
         state: _State = env.session
         session = state.session
-        promotion = build_promotion(request, env, staged, self.version)
-        metadata = build_metadata(request, env, staged, self.version)
-        metadata["core_version"] = _core_version
+        promotion = build_promotion(request, env, staged)
+        metadata = build_metadata(request, env, staged)
+        metadata["core_version"] = CORE_VERSION
         metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         join = posixpath.join
+        session.write_file(join(env.result_root, "promotion.scm"),
+                           dumps_promotion(promotion).encode("utf-8"))
+        session.write_file(join(env.result_root, "metadata"), _metadata_text(metadata))
+        session.write_file(join(env.result_root, "status"), b"ok\n")
+        session.check_output(scripts.swap_latest_script(state.results_dir, request.run_id),
+                             what="updating latest in the guest")
+        return EmittedResult(result_root=env.result_root, promotion=promotion, in_guest=True)
+
+    # -- teardown ----------------------------------------------------------------------
+
+    @hookimpl
+    def fruix_teardown_env(self, request: BuildRequest, env: PreparedEnv, outcome: RunEnd) -> None:
+        state: _State = env.session
+        session = state.session
         try:
-            session.write_file(join(env.result_root, "promotion.scm"),
-                               dumps_promotion(promotion).encode("utf-8"))
-            session.write_file(join(env.result_root, "metadata"), _metadata_text(metadata))
-            session.write_file(join(env.result_root, "status"), b"ok\n")
-            session.check_output(scripts.swap_latest_script(state.results_dir, request.run_id),
-                                 what="updating latest in the guest")
-            progress = None if state.settings["progress"] else False
-            fetch_tree(session, env.result_root, request.result_root,
-                       verify=verify_result_root, progress=progress)
-            if not state.settings["keep_work"]:
+            if not outcome.ok and session.active:
+                # Say in the guest what the host records, also after a cancel between phases.
+                session.write_file(posixpath.join(env.result_root, "status"),
+                                   f"failed {outcome.stage or 'prepare'}\n".encode())
+            if outcome.ok and not state.settings["keep_work"]:
                 session.check_output(f"rm -rf {scripts._q(env.build_root)}",
                                      what="removing the guest's work area")
         finally:
             state.close()
-        return EmittedResult(result_root=request.result_root, promotion=promotion)
 
 
 def _metadata_text(values: Mapping[str, object]) -> bytes:
@@ -289,11 +305,3 @@ def _metadata_text(values: Mapping[str, object]) -> bytes:
         lines.append(f"{key}={text}\n")
     return "".join(lines).encode("utf-8")
 
-
-def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):
-    def sink(line: str) -> None:
-        log_file.write(line + "\n")
-        if request.on_output is not None:
-            request.on_output(phase, line)
-
-    return sink

@@ -12,9 +12,13 @@ import posixpath
 import shlex
 from collections.abc import Iterable
 
-from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH
-from fruix_core.model import ARTIFACT_KINDS
-from fruix_core.profile import KEY_FILES, BuildPaths, artifact_split
+from fruix_core.api import (
+    ARTIFACT_KINDS,
+    KEY_FILES,
+    LAYOUT_RELATIVE_PATH,
+    BuildPaths,
+    artifact_split,
+)
 
 __all__ = [
     "LAYOUT_BEGIN",

@@ -22,7 +22,14 @@ from fruix_core.errors import Cancelled, ExitCode
 from fruix_core.model import CancelToken
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
-from fruix_core.testkit import Workspace, live_processes, run_cli, wait_gone
+from fruix_core.testkit import (
+    TeardownRecorder,
+    Workspace,
+    live_processes,
+    run_cli,
+    wait_for,
+    wait_gone,
+)
 from fruix_core.testkit.guest import GuestRoot, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
@@ -106,9 +113,14 @@ def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_
     assert (guest_root / "status").read_text() == "ok\n"
     assert (lab.root.results_dir / "latest").resolve() == guest_root.resolve()
     assert not (lab.root.path / "var/tmp/fruix-native-builds" / doc["run_id"]).exists()
-    for name in ("metadata", "promotion.scm"):
-        assert (host_root / name).read_bytes() == (guest_root / name).read_bytes()
+    assert (host_root / "promotion.scm").read_bytes() == \
+        (guest_root / "promotion.scm").read_bytes()
+    # The core keeps the guest's metadata and adds its own stamps (provenance, timings).
     metadata = ResultRoot(host_root).read_metadata()
+    guest_metadata = ResultRoot(guest_root).read_metadata()
+    assert {k: metadata[k] for k in guest_metadata if k != "finished"} == \
+        {k: v for k, v in guest_metadata.items() if k != "finished"}
+    assert metadata["executor_distribution"] == "fruix-executor-host-initiated"
     assert metadata["source_store"] == lab.root.source_store
     assert metadata["source_signature"] == "sha256:" + tree_signature(fruix_sample_source)
     assert sorted(p.name for p in (host_root / "logs").iterdir()) == sorted(
@@ -320,3 +332,43 @@ def test_resume_after_a_failed_phase(toy_lab: Lab) -> None:
     assert (host / "status").read_text() == "ok\n"
     assert (host / "artifacts/world/bin/sh").is_file()
     assert (host / "logs/buildworld.log").is_file()  # from the first attempt, kept in the guest
+
+
+def _sessions_gone(lab: Lab) -> bool:
+    """No command and no per-connection sshd left under the lab's sshd."""
+    from fruix_core.testkit.sshd import _descendants
+
+    assert lab.server.process is not None
+    return _descendants(lab.server.process.pid) == []
+
+
+def test_teardown_once_after_success(toy_lab: Lab) -> None:
+    from fruix_core.runner import run_build
+
+    recorder = TeardownRecorder()
+    outcome = run_build(load_config(toy_lab.config()), extra_plugins=(recorder,))
+    assert recorder.calls == [(outcome.run_id, "ok", None)]
+    assert not (toy_lab.root.path / "var/tmp/fruix-native-builds" / outcome.run_id).exists()
+    assert wait_for(lambda: _sessions_gone(toy_lab))
+
+
+def test_cancel_between_phases_leaves_nothing_and_both_statuses_agree(toy_lab: Lab) -> None:
+    from fruix_core.runner import run_build
+
+    cancel = CancelToken()
+    recorder = TeardownRecorder(cancel_after="buildworld", cancel=cancel)
+    with pytest.raises(Cancelled):
+        run_build(load_config(toy_lab.config()), cancel=cancel, extra_plugins=(recorder,))
+    assert [c[1:] for c in recorder.calls] == [("interrupted", "buildkernel")]
+    run_id = toy_lab.only_run_id()
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildkernel)"
+    assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed buildkernel\n"
+    # The SSH session is closed: no command and no session process left in the guest.
+    assert wait_for(lambda: _sessions_gone(toy_lab))
+
+
+def test_conformance(fruix_executor_conformance) -> None:
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("host-initiated")
+    assert all_passed(results), "\n".join(r.line() for r in results)

@@ -1,53 +1,52 @@
 """The ``local`` executor: builds the base on this machine (the embedded default).
 
 It is also the template for new executors: each hook does one stage, returns
-frozen data, and leaves the store alone. Copy this module, change where the
-commands run (see :mod:`fruix_core.transport`), keep the rest.
+frozen data, and leaves the store alone; the core owns the result root's
+status, logs and metadata. Copy this module, change where the commands run,
+keep the rest. It imports only the public plugin API, :mod:`fruix_core.api`.
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
-import time
 from pathlib import Path
-from typing import IO
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.__about__ import __version__ as _core_version
-from fruix_core.errors import SourceTreeError, ToolMissingError
-from fruix_core.model import (
+from fruix_core.api import (
+    PLUGIN_API_VERSION,
+    BuildPaths,
     BuildRequest,
     EmittedResult,
+    Key,
+    LocalRunner,
     Phase,
     PhaseResult,
     PreparedEnv,
-    SourceStore,
-    StagedArtifacts,
-)
-from fruix_core.profile import BuildPaths, phase_command
-from fruix_core.resultroot import (
     ResultRoot,
-    build_metadata,
+    RunEnd,
+    SourceStore,
+    SourceTreeError,
+    StagedArtifacts,
+    ToolMissingError,
     build_promotion,
+    hookimpl,
+    phase_command,
     stage_trees,
     staged_artifacts,
+    tree_signature,
+    write_promotion,
 )
-from fruix_core.transport.local import LocalRunner
+from fruix_local.__about__ import __version__
 
-__all__ = ["LocalExecutor", "__version__"]
-
-__version__ = "0.1.0"
+__all__ = ["LocalExecutor", "__version__", "check_source", "check_tools", "source_signature"]
 
 log = structlog.get_logger(__name__)
 
 
 def source_signature(source: Path) -> str:
     """Content identity of a source tree: ``sha256:`` + its NAR hash."""
-    from fruix_core.promotion.nar import tree_signature
-
     return "sha256:" + tree_signature(source)
 
 
@@ -76,7 +75,9 @@ class LocalExecutor:
     """Builds the native base on this machine (the embedded default executor)."""
 
     name = "local"
-    version = __version__
+    fruix_plugin_api = PLUGIN_API_VERSION
+    #: ``[executors.local]`` has no keys: every setting of a local build is in ``[build]``.
+    fruix_settings: dict[str, Key] = {}
 
     @hookimpl
     def fruix_prepare_env(self, request: BuildRequest) -> PreparedEnv:
@@ -84,40 +85,31 @@ class LocalExecutor:
         check_source(source)
         environment = dict(request.environment)
         check_tools(request.make, environment["PATH"])
-        root = ResultRoot(request.result_root)
-        root.create()
         build_root = request.build_root
         if request.resume_from is None and build_root.exists():
             shutil.rmtree(build_root)
         build_root.mkdir(parents=True, exist_ok=True)
-        env = PreparedEnv(
+        return PreparedEnv(
             host_name=socket.gethostname(),
             environment=environment,
             source_dir=str(source),
             source=SourceStore(path=str(source), signature=source_signature(source)),
             build_root=str(build_root),
-            result_root=str(root.path),
+            result_root=str(request.result_root),
         )
-        root.write_metadata(build_metadata(request, env, None, self.version))
-        return env
 
     @hookimpl
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
-        root = ResultRoot(env.result_root)
         argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
                                     paths=BuildPaths(env.build_root),
                                     kernconf=request.base.kernconf)
-        log_path = root.log_path(phase.name)
-        with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
-            log_file.write(f"# {' '.join(argv)}\n")
-            outcome = LocalRunner().run(
-                argv, env={**env.environment, **extra}, cwd=env.source_dir,
-                on_line=_line_sink(log_file, phase.name, request),
-                timeout=request.phase_timeout, cancel=request.cancel,
-            )
-        if outcome.failed:
-            root.set_failed(phase.name)
-        return outcome.phase_result(phase.name, str(log_path), request.phase_timeout)
+        request.output(phase.name, f"# {' '.join(argv)}")
+        outcome = LocalRunner().run(
+            argv, env={**env.environment, **extra}, cwd=env.source_dir,
+            on_line=lambda line: request.output(phase.name, line),
+            timeout=request.phase_timeout, cancel=request.cancel,
+        )
+        return outcome.phase_result(phase.name, "", request.phase_timeout)
 
     @hookimpl
     def fruix_stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
@@ -130,23 +122,14 @@ class LocalExecutor:
     @hookimpl
     def fruix_emit_promotion(self, request: BuildRequest, env: PreparedEnv,
                              staged: StagedArtifacts) -> EmittedResult:
-        from fruix_core.promotion.schema import write_promotion
-
         root = ResultRoot(env.result_root)
-        promotion = build_promotion(request, env, staged, self.version)
+        promotion = build_promotion(request, env, staged)
         write_promotion(promotion, root.promotion_file)
-        metadata = build_metadata(request, env, staged, self.version)
-        metadata["core_version"] = _core_version
-        metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        root.write_metadata(metadata)
-        root.set_ok()
         return EmittedResult(result_root=root.path, promotion=promotion)
 
-
-def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):
-    def sink(line: str) -> None:
-        log_file.write(line + "\n")
-        if request.on_output is not None:
-            request.on_output(phase, line)
-
-    return sink
+    @hookimpl
+    def fruix_teardown_env(self, request: BuildRequest, env: PreparedEnv, outcome: RunEnd) -> None:
+        # Every phase ran in its own process group, stopped on cancel and timeout by
+        # LocalRunner before run_phase returned: nothing of the run is left running.
+        log.debug("local build environment released", run_id=request.run_id,
+                  outcome=outcome.state)

@@ -16,7 +16,7 @@ import pytest
 
 from fruix_core.errors import ExitCode
 from fruix_core.resultroot import ResultRoot, new_run_id
-from fruix_core.testkit import processes_in, run_cli
+from fruix_core.testkit import processes_in, run_cli, wait_for
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
 
@@ -129,8 +129,7 @@ def test_cancel_stops_the_process_group(fruix_workspace, fruix_toy_source, signu
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert "Traceback" not in err
-    time.sleep(0.2)
-    assert processes_in(fruix_toy_source) == []
+    assert wait_for(lambda: processes_in(fruix_toy_source) == [])
     assert (log.parent.parent / "status").read_text() == "failed buildworld\n"
 
 
@@ -209,3 +208,10 @@ def test_missing_compiler(tmp_path):
     (bin_dir / "make").symlink_to("/usr/bin/make")
     with pytest.raises(ToolMissingError, match="C compiler 'cc' not found"):
         check_tools("make", str(bin_dir))  # a build PATH with make but no cc
+
+
+def test_conformance(fruix_executor_conformance):
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("local")
+    assert all_passed(results), "\n".join(r.line() for r in results)

@@ -11,13 +11,13 @@ The plugin ships a local XAPI lab (:mod:`fruix_xcpng.lab`, command
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fruix_core import hookimpl
-from fruix_core.errors import GuestError
-from fruix_core.model import Guest, GuestRequest
+from fruix_core.api import PLUGIN_API_VERSION, Guest, GuestError, GuestRequest, hookimpl
+from fruix_xcpng import settings as _settings
 
 if TYPE_CHECKING:
     from fruix_xcpng.lifecycle import Lease
@@ -33,13 +33,23 @@ log = structlog.get_logger(__name__)
 class XcpngGuestProvider:
     """Build VMs on an XCP-ng pool (XenAPI): start, find the address, shut down and revert."""
 
+    fruix_plugin_api = PLUGIN_API_VERSION
+    fruix_settings = _settings.SCHEMA
+
+    @staticmethod
+    def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
+        """Refuse a ``[guests.xcpng]`` table that ``parse_settings`` refuses."""
+        _settings.parse_settings(table, file=file)
+
     def __init__(self) -> None:
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
 
     @hookimpl
-    def fruix_acquire_guest(self, request: GuestRequest) -> Guest:
+    def fruix_acquire_guest(self, request: GuestRequest) -> Guest | None:
         """Start (or take) the configured VM and return it once sshd shows the pinned key."""
+        if request.provider != PROVIDER_NAME:
+            return None
         from fruix_xcpng.lifecycle import acquire
         from fruix_xcpng.settings import load_credentials, parse_settings
 
@@ -89,19 +99,3 @@ class XcpngGuestProvider:
             if lease.released:
                 with self._lock:
                     self._leases.pop(lease_id, None)
-
-    def release_all(self, outcome: str = "interrupted") -> None:
-        """Release every VM still leased (for embedding code without the core's guarantee)."""
-        from fruix_xcpng.lifecycle import release
-
-        with self._lock:
-            leases = list(self._leases.values())
-        for lease in leases:
-            try:
-                release(lease, outcome)
-            except GuestError as exc:
-                log.error("could not release VM", vm=lease.describe(), error=str(exc))
-            finally:
-                if lease.released:
-                    with self._lock:
-                        self._leases.pop(lease.lease_id, None)

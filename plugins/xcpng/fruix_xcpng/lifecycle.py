@@ -25,8 +25,7 @@ from typing import Any
 
 import structlog
 
-from fruix_core.errors import Cancelled, FruixError, GuestError
-from fruix_core.model import CancelToken
+from fruix_core.api import Cancelled, CancelToken, FruixError, GuestError
 from fruix_xcpng.network import candidate_addresses
 from fruix_xcpng.settings import Credentials, XcpngSettings
 from fruix_xcpng.sshprobe import wait_for_ssh

@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fruix_core.errors import ExitCode, FruixError
+from fruix_core.api import ExitCode, FruixError
 
 __all__ = ["main"]
 
@@ -34,8 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fruix-xcpng-release``."""
-    from fruix_core.config import load_config
-    from fruix_core.logconfig import configure_logging
+    from fruix_core.api import configure_logging, load_config
     from fruix_xcpng.lifecycle import release_vm
     from fruix_xcpng.settings import load_credentials, parse_settings
 

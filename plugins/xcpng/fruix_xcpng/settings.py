@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fruix_core.config import Key, read_section
-from fruix_core.errors import ConfigError
+from fruix_core.api import ConfigError, Key, read_section
 
 __all__ = [
     "KEEP_POLICIES",

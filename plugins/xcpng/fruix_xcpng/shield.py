@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from fruix_core.errors import GuestError
+from fruix_core.api import GuestError
 
 __all__ = ["ABANDON_WINDOW", "shielded"]
 

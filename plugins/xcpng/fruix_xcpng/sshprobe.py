@@ -13,8 +13,7 @@ import time
 
 import structlog
 
-from fruix_core.errors import Cancelled, GuestError, HostKeyError
-from fruix_core.model import CancelToken
+from fruix_core.api import Cancelled, CancelToken, GuestError, HostKeyError
 
 __all__ = ["wait_for_ssh"]
 

@@ -34,8 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from fruix_core.errors import Cancelled, GuestError
-from fruix_core.model import CancelToken
+from fruix_core.api import Cancelled, CancelToken, GuestError
 from fruix_xcpng.settings import Credentials, XcpngSettings
 from fruix_xcpng.tlspolicy import CertificateNameError, CertificatePinError, TlsPolicy
 

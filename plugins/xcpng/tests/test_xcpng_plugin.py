@@ -40,3 +40,11 @@ def test_facades_export_what_they_name() -> None:
     for module in (fruix_xcpng, fruix_xcpng.lab):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_answers_only_for_its_own_provider_name() -> None:
+    from fruix_core.api import GuestRequest
+
+    # Nothing is contacted: the provider declines before reading any setting.
+    request = GuestRequest(provider="ssh", run_id="r1", settings={"bogus": 1})
+    assert XcpngGuestProvider().fruix_acquire_guest(request) is None

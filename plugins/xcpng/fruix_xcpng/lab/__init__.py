@@ -22,7 +22,6 @@ per VM, :meth:`XapiLab.expire_sessions` and :meth:`XapiLab.drop_ssh`.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -378,7 +377,3 @@ class XapiLab:
             data["certificate"] = {"file": str(self.certificate.cert_file),
                                    "sha256": self.certificate.sha256}
         return data
-
-    def wipe(self) -> None:
-        """Remove the work directory (after :meth:`stop`)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fruix_core.errors import ConfigError
+from fruix_core.api import ConfigError
 
 __all__ = ["build_lab", "main"]
 
@@ -143,7 +143,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fruix-xapi-lab``."""
-    from fruix_core.logconfig import configure_logging
+    from fruix_core.api import configure_logging
 
     args = _parser().parse_args(argv)
     if args.print_config:

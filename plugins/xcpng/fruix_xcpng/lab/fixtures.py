@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fruix_core.model import CancelToken, GuestRequest
+from fruix_core.api import CancelToken, GuestRequest
 from fruix_xcpng.lab import LabFaults, XapiLab
 
 __all__ = ["LAB_PASSWORD", "LAB_USER", "fast_settings", "guest_request", "lab",

@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 def sample_source_dir() -> Path:
     """The core's bundled sample base (the source store of lab guests)."""
     try:
-        from fruix_core.sample import sample_base_path
+        from fruix_core.api import sample_base_path
 
         return Path(sample_base_path())
     except ImportError:

@@ -45,8 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fruix_core.config import Key, read_section, read_toml
-from fruix_core.errors import ConfigError
+from fruix_core.api import ConfigError, Key, read_section, read_toml
 
 __all__ = ["LAB_SCHEMA", "PROFILES", "VM_SCHEMA", "LabConfig", "load_lab_config"]
 

@@ -1,0 +1,50 @@
+"""``fruix executors check NAME``: the conformance suite from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fruix_core.testkit import run_cli
+from fruix_core.testkit.conformance import CHECKS
+
+
+def _env(extra: list[Path] = ()) -> dict[str, str]:
+    paths = [str(p) for p in extra] + [os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+
+def test_local_passes_every_check_one_line_each(tmp_path):
+    proc = run_cli("executors", "check", "local", cwd=tmp_path, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == list(CHECKS)
+    assert all(line.startswith("ok  ") for line in lines[:-1])
+    assert lines[-1] == f"local: {len(CHECKS)}/{len(CHECKS)} checks passed"
+
+
+@pytest.mark.parametrize(("name", "check", "words"), [
+    ("returns-dict", "build", "fruix_prepare_env returned a dict; it must return a PreparedEnv"),
+    ("impostor", "build", "promotion.scm refused: it names executor 'local'"),
+    ("other-root", "build", "not the result root the core reserved"),
+    ("extra-arg", "load", "has an invalid hook implementation"),
+])
+def test_a_broken_plugin_fails_with_one_line(tmp_path, broken_plugins, name, check, words):
+    proc = run_cli("executors", "check", name, "--json", cwd=tmp_path,
+                   env=_env([broken_plugins / name]))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["executor"] == name and doc["ok"] is False
+    failed = {c["name"]: c["detail"] for c in doc["checks"] if not c["ok"]}
+    assert words in failed[check] and "\n" not in failed[check]
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_executor_fails_the_load_check(tmp_path):
+    proc = run_cli("executors", "check", "no-such-executor", cwd=tmp_path, env=_env())
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[0].startswith("FAIL  load")
+    assert "unknown executor 'no-such-executor'" in proc.stdout
