@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
@@ -144,7 +144,11 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
 # -- garbage collection and roots --------------------------------------------
 
 
-def _layout(store: str):  # noqa: ANN202 - StoreLayout, imported lazily
+if TYPE_CHECKING:
+    from fruix_core.promotion.layout import StoreLayout
+
+
+def _layout(store: str) -> StoreLayout:
     from fruix_core.promotion.layout import StoreLayout
 
     return StoreLayout(Path(store).absolute())

@@ -158,6 +158,17 @@ def test_the_page_of_real_runs_shows_status_artifacts_logs_and_changes(
     assert "2 paths differ: 0 added" in text
     for changed in CHANGED_SOURCES.values():
         assert f"<code>{changed}</code>" in text
+    # The runner's own timing keys give the bars; each segment as wide as its phase took.
+    doc = json.loads(sample_runs.cli("native-build", "report", "-o", str(out), "--json").stdout)
+    validate_document(doc)
+    timed = {r["run_id"]: r for r in doc["runs"]}[second]
+    assert [p["timing"] for p in timed["phases"]] == ["metadata"] * 5
+    longest = max(max(r["seconds"] or 0, sum(p["seconds"] or 0 for p in r["phases"]))
+                  for r in doc["runs"])
+    bar = next(float(a["data-px"]) for t, a in elements if a.get("class") == "bar")
+    for _tag, seg in (e for e in elements if "seg" in e[1].get("class", "").split()):
+        assert float(seg["data-px"]) == pytest.approx(
+            float(seg["data-seconds"]) / longest * bar, abs=1.0)
     links = [a["href"] for t, a in elements if t == "a" and a.get("class") == "log"]
     assert len(links) >= 10
     for href in links:
