@@ -47,6 +47,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
+        "keep_build_area": Key(bool, False,
+                               "keep a successful run's build area (default: removed)"),
         "observers": Key(list, [], "observer plugins to tell about runs (e.g. ['command'])"),
     },
     "base": {
@@ -77,6 +79,7 @@ class Config:
     make: str = "make"
     phase_timeout: float | None = None
     promote: bool = True
+    keep_build_area: bool = False
     base: BaseMetadata = field(default_factory=BaseMetadata)
     store: Path = Path(".fruix/store")
     results: Path = Path(".fruix/results")
@@ -105,19 +108,28 @@ class Config:
                 "observers": self.observer_tables}[table]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a place we may not look into is a clear error."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot look for the config file: {exc.strerror}",
+                          file=path) from None
+
+
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file to read, or ``None`` when there is none."""
     if explicit is not None:
         path = Path(explicit)
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError("config file not found", file=path)
         return path
     local = Path("fruix.toml")
-    if local.is_file():
+    if _is_file(local):
         return local
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(base) / "fruix" / "config.toml"
-    return user if user.is_file() else None
+    return user if _is_file(user) else None
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
@@ -239,6 +251,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         make=build["make"],
         phase_timeout=float(build["phase_timeout"]) or None,
         promote=build["promote"],
+        keep_build_area=build["keep_build_area"],
         base=BaseMetadata(name=base["name"], version=base["version"], arch=base["arch"],
                           kernconf=base["kernconf"]),
         store=path_of("store"),

@@ -97,7 +97,8 @@ def new_run_id(results_dir: Path, now: _dt.datetime | None = None) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    # Paths from a non-UTF-8 file system name are kept byte for byte.
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -208,7 +209,7 @@ class ResultRoot:
 
     def read_metadata(self) -> dict[str, str]:
         try:
-            text = self.metadata_file.read_text(encoding="utf-8")
+            text = self.metadata_file.read_text(encoding="utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return {}
         out: dict[str, str] = {}

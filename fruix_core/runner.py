@@ -153,6 +153,7 @@ class _PhaseLogs:
             if old is not None:
                 old.close()
             self._files[phase] = open(self.root.log_path(phase), "w", encoding="utf-8",
+                                      errors="surrogateescape",
                                       buffering=1)
 
     def end(self, phase: str) -> None:
@@ -172,20 +173,42 @@ class _PhaseLogs:
             handle = self._files.get(phase)
             if handle is None:  # a line outside a running phase: keep it, never drop it
                 self.root.logs.mkdir(parents=True, exist_ok=True)
-                handle = open(self.root.log_path(phase), "a", encoding="utf-8", buffering=1)
+                handle = open(self.root.log_path(phase), "a", encoding="utf-8",
+                              errors="surrogateescape", buffering=1)
                 self._files[phase] = handle
             handle.write(line.rstrip("\n") + "\n")
         if self.forward is not None:
             self.forward(phase, line)
 
 
+#: Seconds within which a second interrupt abandons a shielded teardown or release.
+ABANDON_WINDOW = 3.0
+
+
 @contextmanager
-def _shielded() -> Iterator[None]:
-    """Keep a second Ctrl-C from cutting a teardown or a guest release short."""
+def _shielded(doing: str) -> Iterator[None]:
+    """Keep a second Ctrl-C from cutting a teardown or a guest release short.
+
+    The interrupt is not lost silently: the operator is told what is still
+    going on and that it will finish (``doing``, e.g. "releasing guest xcpng").
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    last: list[float] = []
+
+    def still(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if last and now - last[-1] <= ABANDON_WINDOW:
+            log.warning(f"abandoning: {doing} was interrupted twice within "
+                        f"{ABANDON_WINDOW:g} s")
+            raise KeyboardInterrupt
+        last.append(now)
+        log.warning(f"still {doing}; it goes on until it is done (Ctrl-C again within "
+                    f"{ABANDON_WINDOW:g} s abandons it)")
+
+    previous = signal.signal(signal.SIGINT, still)
     try:
         yield
     finally:
@@ -280,7 +303,7 @@ class _Run:
         return staged, emitted
 
     def teardown(self, env: PreparedEnv, end: RunEnd) -> None:
-        with _shielded():
+        with _shielded("tearing down the build environment"):
             try:
                 self.pm.teardown_env(self.request, env, end)
                 self.bound.info("environment torn down", outcome=end.state)
@@ -291,7 +314,7 @@ class _Run:
                     raise
 
     def release(self, guest: Guest, end: RunEnd) -> None:
-        with _shielded():
+        with _shielded(f"releasing guest {guest.name}"):
             try:
                 self.pm.release_guest(guest, end.state)
                 self.bound.info("guest released", guest=guest.name, outcome=end.state)
@@ -506,6 +529,10 @@ def run_build(
         release(RunEnd("ok"))
         root.set_ok()
         swap_latest(config.results, run_id)
+        if not config.keep_build_area:
+            from fruix_core.prune import remove_build_area
+
+            remove_build_area(config, run_id)
         run.bound.info("run finished", result_root=str(root.path))
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")

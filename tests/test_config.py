@@ -104,3 +104,30 @@ def test_every_core_key_is_documented():
         assert f"[{table}]" in doc
         for name in keys:
             assert f"``{name}``" in doc, f"{table}.{name} is not documented"
+
+
+def test_an_unreadable_user_config_directory_is_one_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    from fruix_core.testkit import require_tool
+
+    require_tool("setpriv", "util-linux")
+    home = tmp_path / "home"
+    (home / "fruix").mkdir(parents=True)
+    (home / "fruix" / "config.toml").write_text("[build]\n")
+    home.chmod(0o700)  # root's: "nobody" may not look inside
+    work = tmp_path / "work"
+    work.mkdir(mode=0o777)
+    work.chmod(0o777)
+    tmp_path.chmod(0o755)
+    code = ("import sys; from fruix_core.cli.main import main; "
+            "sys.exit(main(['config', 'check']))")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", code], cwd=work, capture_output=True,
+                          text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": str(home)})
+    assert proc.returncode == 2, proc.stderr
+    assert "internal error" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert str(home / "fruix" / "config.toml") in proc.stderr
+    assert "Permission denied" in proc.stderr

@@ -121,3 +121,47 @@ def test_an_abrupt_interrupt_keeps_the_run_id(fruix_workspace, toy_source):
 def test_the_outcome_status_is_the_result_roots(fruix_workspace, toy_source):
     outcome = run_build(_config(fruix_workspace, toy_source))
     assert outcome.status == str(ResultRoot(outcome.result_root).status()) == "ok"
+
+
+class InterruptedRelease(RecordingProvider):
+    """A provider whose release is interrupted ``count`` times (deterministic: the
+    signal is raised from inside the hook, where the core's shield is in force)."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
+        self.finished = False
+
+    @hookimpl
+    def fruix_release_guest(self, guest, outcome):
+        import os
+        import signal
+
+        self.released.append((guest.name, outcome))
+        for _ in range(self.count):
+            os.kill(os.getpid(), signal.SIGINT)  # handled before the next bytecode
+        self.finished = True
+
+
+def test_one_interrupt_during_release_is_answered_and_release_finishes(fruix_workspace,
+                                                                      toy_source):
+    from structlog.testing import capture_logs
+
+    provider = InterruptedRelease(count=1)
+    with capture_logs() as logs:
+        outcome = run_build(_config(fruix_workspace, toy_source), guest="recording",
+                            provider_plugin=provider)
+    assert outcome.status == "ok" and provider.finished
+    assert any(e["event"].startswith("still releasing guest g1") for e in logs)
+
+
+def test_two_quick_interrupts_abandon_the_release(fruix_workspace, toy_source):
+    from structlog.testing import capture_logs
+
+    provider = InterruptedRelease(count=2)
+    with capture_logs() as logs, pytest.raises(Cancelled) as info:
+        run_build(_config(fruix_workspace, toy_source), guest="recording",
+                  provider_plugin=provider)
+    assert not provider.finished and info.value.stage == "release-guest"
+    assert ResultRoot(fruix_workspace.results / info.value.run_id).status().state == "failed"
+    assert any(e["event"].startswith("abandoning: releasing guest g1") for e in logs)

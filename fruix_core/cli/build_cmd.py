@@ -156,9 +156,22 @@ def promote_command(args: argparse.Namespace) -> int:
     return promote(str(root), str(config.store), dry_run=args.dry_run, as_json=args.json)
 
 
+def prune_command(args: argparse.Namespace) -> int:
+    from fruix_core.prune import describe, prune_runs
+
+    config = _config(args)
+    report = prune_runs(config, keep_last=args.keep_last, failed=args.failed,
+                        dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print("\n".join(describe(report)))
+    return int(ExitCode.OK)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {"run": run_command, "promote": promote_command, "list": list_command,
-                "show": show_command}
+                "show": show_command, "prune": prune_command}
     return handlers[args.action](args)
 
 

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = nb_sub.add_parser("show", help="show one run")
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)
+    prune = nb_sub.add_parser("prune", help="remove old result roots and build areas")
+    prune.add_argument("--keep-last", type=int, default=3, metavar="N",
+                       help="successful runs to keep, newest first (default 3)")
+    prune.add_argument("--failed", action="store_true",
+                       help="also remove failed and stale runs")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    _common(prune)
     logs = nb_sub.add_parser("logs", help="print or follow a run's phase logs")
     logs.add_argument("run_id", metavar="RUN", help="run id (or latest)")
     logs.add_argument("phase", nargs="?", metavar="PHASE", help="one phase (default: all)")
@@ -186,4 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # ``python -m`` puts the working directory first on sys.path: never import plugins
+    # from wherever an operator happens to stand (and its name need not be UTF-8).
+    import os
+
+    _cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", _cwd)]
     sys.exit(main())
