@@ -75,8 +75,14 @@ def _iso(when: _dt.datetime | None) -> str | None:
 
 
 def _href(page_dir: Path, target: Path) -> str:
-    rel = os.path.relpath(target, page_dir)
-    return urllib.parse.quote(rel.replace(os.sep, "/"), safe="/._-~")
+    """A relative URL to ``target``: its bytes percent-encoded (a non-UTF-8 name too)."""
+    rel = os.fsencode(os.path.relpath(target, page_dir))
+    return urllib.parse.quote(rel.replace(os.fsencode(os.sep), b"/"), safe="/._-~")
+
+
+def _text(value: str | os.PathLike[str] | None) -> str | None:
+    """A value from a result root or the store as printable text (see ``shown``)."""
+    return shown(value) if value is not None else None
 
 
 def _int(value: str | None) -> int | None:
@@ -91,25 +97,25 @@ def _run_entry(record: RunRecord, page_dir: Path, bundle: Path | None,
     meta = record.metadata
     phases = [{"name": p.name, "seconds": p.seconds, "duration": _duration(p.seconds),
                "started": _iso(p.started), "finished": _iso(p.finished), "timing": p.timing,
-               "log": str(p.log) if p.log else None,
-               "href": _href(page_dir, p.log) if p.log else None}
+               "log": _text(p.log), "href": _href(page_dir, p.log) if p.log else None}
               for p in record.phases]
     sizes = {k: _int(meta.get(f"size_{k}")) for k in ARTIFACT_KINDS}
     return {
-        "run_id": record.run_id,
+        "run_id": shown(record.run_id),
         "status": record.state,
-        "failed_phase": record.status.phase,
-        "executor": meta.get("executor"),
-        "executor_version": meta.get("executor_version"),
-        "guest": meta.get("guest") or meta.get("guest_host_name") or meta.get("host_name"),
+        "failed_phase": _text(record.status.phase),
+        "executor": _text(meta.get("executor")),
+        "executor_version": _text(meta.get("executor_version")),
+        "guest": _text(meta.get("guest") or meta.get("guest_host_name")
+                       or meta.get("host_name")),
         "started": _iso(record.started),
         "seconds": record.seconds,
         "duration": _duration(record.seconds),
-        "result_root": str(record.root.path),
+        "result_root": shown(record.root.path),
         "phases": phases,
-        "bundle": str(bundle) if bundle else None,
+        "bundle": _text(bundle),
         "artifacts": [{"kind": k, "size": sizes.get(k), "size_text": _size(sizes.get(k)),
-                       "path": str(artifacts[k]) if k in artifacts else None}
+                       "path": _text(artifacts.get(k))}
                       for k in ARTIFACT_KINDS if k in artifacts or sizes.get(k) is not None],
         "diff": None,
     }
@@ -193,7 +199,7 @@ def render_report(entries: list[dict[str, Any]], *, results: Path, store: Path,
     counts = {state: sum(1 for e in entries if e["status"] == state)
               for state in ("ok", "failed", "running", "stale")}
     return env.get_template("report.html.j2").render(
-        runs=entries, results=str(results), store=str(store), counts=counts,
+        runs=entries, results=shown(results), store=shown(store), counts=counts,
         generated=_iso(when), version=__version__)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from fruix_core.config import Config, load_config
 from fruix_core.errors import ExitCode, FruixError
+from fruix_core.promotion.display import shown
 
 __all__ = ["completion_command", "diff_command", "logs_command", "report_command"]
 
@@ -146,10 +147,10 @@ def report_command(args: argparse.Namespace) -> int:
             doc["artifacts"] = [{k: a[k] for k in ("kind", "size", "path")}
                                 for a in run["artifacts"]]
             runs.append(doc)
-        _print_json({"schema": "fruix.report/1", "ok": True, "page": str(outcome.page),
+        _print_json({"schema": "fruix.report/1", "ok": True, "page": shown(outcome.page),
                      "runs": runs})
         return int(ExitCode.OK)
-    print(f"wrote {outcome.page} ({len(outcome.runs)} runs)")
+    print(f"wrote {shown(outcome.page)} ({len(outcome.runs)} runs)")
     return int(ExitCode.OK)
 
 

@@ -72,7 +72,7 @@ class DiffSide:
 
     def as_dict(self) -> dict[str, object]:
         return {"argument": shown(self.label), "kind": self.kind, "path": shown(self.path),
-                "run_id": self.run_id,
+                "run_id": shown(self.run_id) if self.run_id is not None else None,
                 "objects": {k: shown(p) for k, p in self.objects.items()}}
 
 
@@ -382,7 +382,7 @@ def diff_sides(a: DiffSide, b: DiffSide,
     else:
         kinds = [k for k in ARTIFACT_KINDS if k in a.objects or k in b.objects]
         kinds += sorted((set(a.objects) | set(b.objects)) - set(kinds))
-        pairs = [(k, a.objects.get(k), b.objects.get(k)) for k in kinds]
+        pairs = [(shown(k), a.objects.get(k), b.objects.get(k)) for k in kinds]
     changes: list[Change] = []
     identical: list[str] = []
     for label, pa, pb in pairs:

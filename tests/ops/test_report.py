@@ -201,3 +201,30 @@ def test_report_errors_are_one_document(fruix_workspace: Workspace, tmp_path: Pa
     assert "cannot write the report" in doc["error"] and "Traceback" not in proc.stderr
     empty = _fruix("native-build", "report", "-o", str(tmp_path / "e"), "--config", str(config))
     assert empty.returncode == 0 and "No runs yet." in (tmp_path / "e/index.html").read_text()
+
+
+def test_non_utf8_and_hostile_names_stay_text(tmp_path: Path):
+    # A results directory whose name is not UTF-8 (Linux and FreeBSD allow any byte but
+    # "/" and NUL), and a stray run directory named to break a page or a terminal.
+    base = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9"))
+    results = base / "results"
+    meta = _timed("20260101T100000Z", {"buildworld": 3.0}, executor="local")
+    _write_run(results, "20260101T100000Z", "ok", meta, {"buildworld": 0})
+    (results / "x\x1b]0;pwned\x07<i>").mkdir()
+    config = base / "fruix.toml"  # relative paths: from the config file's directory
+    config.write_text('[paths]\nresults = "results"\nstore = "store"\n')
+    out = tmp_path / "page"
+    proc = subprocess.run([sys.executable, "-m", "fruix_core.cli.main", "native-build", "report",
+                           "-o", str(out), "--json", "--config", str(config)],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    validate_document(doc)
+    assert {r["run_id"] for r in doc["runs"]} == {"20260101T100000Z", "x\\x1b]0;pwned\\x07<i>"}
+    page = (out / "index.html").read_bytes()
+    assert b"\x1b" not in page and b"<i>" not in page and b"&lt;i&gt;" in page
+    elements, _text = _render(out / "index.html", tmp_path)
+    href = next(a["href"] for t, a in elements if t == "a" and a.get("class") == "log")
+    assert "%E9" in href
+    target = os.path.join(os.fsencode(str(out)), urllib.parse.unquote_to_bytes(href))
+    assert open(target, "rb").read() == b"buildworld output\n"
