@@ -28,6 +28,7 @@ PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml
 
 #: tool on PATH -> Debian package that provides it
 SYSTEM_TOOLS = {
+    "chromium": "chromium", "zsh": "zsh",
     "sshd": "openssh-server", "ssh": "openssh-client", "nix-hash": "nix-bin",
     "nix-store": "nix-bin", "guile": "guile-3.0", "bmake": "bmake", "cc": "gcc",
     "make": "make", "tar": "tar", "bsdtar": "libarchive-tools", "tcsh": "tcsh", "zstd": "zstd",

@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also remove failed and stale runs")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     _common(prune)
+    logs = nb_sub.add_parser("logs", help="print or follow a run's phase logs")
+    logs.add_argument("run_id", metavar="RUN", help="run id (or latest)")
+    logs.add_argument("phase", nargs="?", metavar="PHASE", help="one phase (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="wait for new lines until the run is no longer running")
+    logs.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
+    _common(logs, json=False)
+    report = nb_sub.add_parser("report", help="write an HTML build status page")
+    report.add_argument("-o", "--output", metavar="DIR",
+                        help="directory of index.html (default: 'report' next to the results)")
+    report.add_argument("--limit", type=int, default=20, metavar="N",
+                        help="newest runs shown (default: 20)")
+    report.add_argument("--store", metavar="DIR", help="store directory")
+    _common(report)
 
     guests = top.add_parser("guests", help="guests of in-guest executors")
     gu_sub = guests.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -99,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--keep-last", type=int, metavar="N",
                     help="successful runs kept per results directory (default: 3)")
     _common(gc)
+    diff = st_sub.add_parser("diff", help="files that differ between two bundles, objects or runs")
+    diff.add_argument("a", metavar="A", help="bundle, artifact object, or run id")
+    diff.add_argument("b", metavar="B", help="bundle, artifact object, or run id")
+    diff.add_argument("--store", metavar="DIR", help="store directory")
+    _common(diff)
+    completion = top.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     pin = st_sub.add_parser("pin", help="make a bundle or object a GC root")
     pin.add_argument("target", metavar="BUNDLE|OBJECT",
                      help="store path or object name (with --remove: the pin's name)")
@@ -114,7 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: (command, action) -> handler in fruix_core.cli.ops_cmd
+_OPS = {("store", "diff"): "diff_command", ("native-build", "logs"): "logs_command",
+        ("native-build", "report"): "report_command"}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "completion":
+        from fruix_core.cli import ops_cmd
+
+        return ops_cmd.completion_command(args, build_parser())
+    if (args.command, args.action) in _OPS:
+        from fruix_core.cli import ops_cmd
+
+        return int(getattr(ops_cmd, _OPS[args.command, args.action])(args))
     if args.command == "executors":
         from fruix_core.cli import plugins_cmd
 

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
@@ -100,11 +100,28 @@ def promote_command(result_root: str, store: str, *, dry_run: bool, as_json: boo
     return int(ExitCode.OK)
 
 
+def _check_exists(paths: list[str], store: str) -> None:
+    import os
+
+    from fruix_core.errors import UsageError
+
+    for given in paths:
+        path = given if os.path.isabs(given) or os.sep in given else os.path.join(store, given)
+        if not os.path.lexists(path):
+            raise UsageError(f"{shown(given)}: no such store object"
+                             + ("" if os.sep in given else f" in {shown(store)}"))
+    if not paths and not os.path.isdir(store):
+        raise UsageError(f"{shown(store)}: no such store directory")
+
+
 def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
     """Verify the given store objects (all of ``store`` when ``paths`` is empty).
 
     :returns: :attr:`ExitCode.OK` when clean, :attr:`ExitCode.VERIFICATION` otherwise.
+    :raises UsageError: (exit 2) when a named store path or the store does not exist: a
+        mistyped name is the operator's, not a corrupt store.
     """
+    _check_exists(paths, store)
     report = verify(Path(store), [Path(p) for p in paths] if paths else None)
     if as_json:
         document = {
@@ -127,7 +144,11 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
 # -- garbage collection and roots --------------------------------------------
 
 
-def _layout(store: str):  # noqa: ANN202 - StoreLayout, imported lazily
+if TYPE_CHECKING:
+    from fruix_core.promotion.layout import StoreLayout
+
+
+def _layout(store: str) -> StoreLayout:
     from fruix_core.promotion.layout import StoreLayout
 
     return StoreLayout(Path(store).absolute())

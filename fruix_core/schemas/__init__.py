@@ -1,0 +1,40 @@
+"""JSON Schema files of the ``--json`` documents (draft 2020-12).
+
+Every document names its shape in ``"schema"`` (``"fruix.store-diff/1"``);
+the file ``<name>-<version>.schema.json`` here describes it. A version
+changes only when a key is removed or changes meaning; keys may be added.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+__all__ = ["SCHEMAS", "load_schema", "validate_document"]
+
+#: ``"schema"`` value -> file name.
+SCHEMAS = {
+    "fruix.error/1": "error-1.schema.json",
+    "fruix.store-diff/1": "store-diff-1.schema.json",
+    "fruix.report/1": "report-1.schema.json",
+}
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of the document kind ``name`` (``"fruix.store-diff/1"``)."""
+    text = resources.files(__name__).joinpath(SCHEMAS[name]).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_document(document: dict[str, Any]) -> None:
+    """Check ``document`` against the schema its ``"schema"`` key names.
+
+    :raises jsonschema.ValidationError: when it does not fit.
+    :raises KeyError: when it names no known schema.
+    """
+    import jsonschema
+
+    jsonschema.validate(document, load_schema(document["schema"]),
+                        cls=jsonschema.Draft202012Validator)
