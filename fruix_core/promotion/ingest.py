@@ -50,6 +50,7 @@ from fruix_core.promotion.nar import (
     walk,
 )
 from fruix_core.promotion.safeio import open_dir_at, open_regular_at
+from fruix_core.promotion.statcache import TreeFingerprint
 from fruix_core.promotion.storeio import store_errors, write_all
 from fruix_core.promotion.validate import (
     DigestMismatchError,
@@ -99,6 +100,8 @@ class IngestedArtifact:
     bytes_written: int
     #: (sha256, executable) -> path (below ``temp_dir``) of each content written new.
     new_content: dict[tuple[str, bool], bytes] = field(default_factory=dict)
+    #: Stat fingerprint of the tree as read; ``None`` when racily clean (not to be cached).
+    fingerprint: str | None = None
 
 
 class _NullNar(NarHasher):
@@ -234,6 +237,11 @@ class Ingester:
         check_stable(fd, rel, st, total)
         return digest.hexdigest()
 
+    def skipped(self, staged: StagedArtifact) -> None:
+        """Count an artifact answered without reading it (the stat cache) as done."""
+        self.state.kind = staged.kind
+        self._tick(staged.files, staged.bytes)
+
     def _tick(self, files: int, size: int) -> None:
         self.state.files_done += files
         self.state.bytes_done += size
@@ -263,6 +271,7 @@ class Ingester:
         manifest = ManifestWriter(stream)
         groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
         check = TreeCheck(staged.kind, staged.path, self.store_id)
+        fingerprint = TreeFingerprint(staged.kind)
         keys = required_key_files(staged.entry)
         found: dict[str, str] = {}
         new_content: dict[tuple[str, bool], bytes] = {}
@@ -270,6 +279,7 @@ class Ingester:
 
         def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             check.entry(rel, st)
+            fingerprint.add(rel, st, target)
             if stat.S_ISDIR(st.st_mode):
                 manifest.add(ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode)))
             elif target is not None:
@@ -328,7 +338,8 @@ class Ingester:
         return IngestedArtifact(kind=staged.kind, tree_signature=nar.hexdigest(),
                                 nar_size=nar.size, manifest_sha256=manifest.hexdigest(),
                                 temp_dir=temp, files=manifest.entries, bytes_written=written,
-                                new_content=new_content)
+                                new_content=new_content,
+                                fingerprint=None if fingerprint.racy else fingerprint.hexdigest())
 
     @staticmethod
     def _show(staged: StagedArtifact, rel: bytes) -> str:

@@ -70,6 +70,7 @@ from fruix_core.promotion.publish import (
     write_metadata_file,
 )
 from fruix_core.promotion.records import bundle_text, object_text
+from fruix_core.promotion.statcache import CachedTree, StatCache
 from fruix_core.promotion.storeio import remove_tree, store_errors
 from fruix_core.promotion.validate import (
     StagedArtifact,
@@ -235,7 +236,9 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)
-            ingested = [ingester.ingest(staged) for staged in validated.artifacts]
+            cache = StatCache(layout.root)
+            ingested = [_cached(cache, staged, layout, owner.token, promotion, ingester)
+                        or ingester.ingest(staged) for staged in validated.artifacts]
             named = [(item, *_artifact_name(promotion, item)) for item in ingested]
             artifacts = {item.kind: layout.object(name) for item, name, _doc in named}
             for (item, name, document), staged in zip(named, validated.artifacts, strict=True):
@@ -257,6 +260,12 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
             log.info("store.object.published" if done[-1] else "store.object.reused",
                      path=shown(bundle), kind="bundle", run_id=promotion.run_id)
             _enter_new_content(layout, named, done, ingester, linker, owner.token)
+            for item in ingested:
+                if item.fingerprint is not None:
+                    cache.record(item.fingerprint, CachedTree(
+                        kind=item.kind, tree_signature=item.tree_signature,
+                        nar_size=item.nar_size, manifest_sha256=item.manifest_sha256,
+                        files=item.files))
             register_results_dir(layout, validated.root.parent)
         return PromotionOutcome(
             bundle=bundle, artifacts=artifacts, published=tuple(published),
@@ -272,6 +281,28 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
             except OSError:
                 log.warning("store.temporary.unremovable", path=shown(temp))
         owner.release()
+
+
+def _cached(cache: StatCache, staged: StagedArtifact, layout: StoreLayout, token: str,
+            promotion: Promotion, ingester: Ingester) -> IngestedArtifact | None:
+    """The artifact as a previous promotion read it, when its tree is unchanged since.
+
+    Only an object already in the store is answered this way (nothing is
+    written from a record); its temporary stays absent, meaning "reused".
+    """
+    tree = cache.lookup(staged.fingerprint, staged.kind)
+    if tree is None:
+        return None
+    item = IngestedArtifact(kind=staged.kind, tree_signature=tree.tree_signature,
+                            nar_size=tree.nar_size, manifest_sha256=tree.manifest_sha256,
+                            temp_dir=layout.temp(token, staged.kind), files=tree.files,
+                            bytes_written=0)
+    name, _document = _artifact_name(promotion, item)
+    if not os.path.isdir(layout.object(name)) or os.path.islink(layout.object(name)):
+        return None
+    ingester.skipped(staged)
+    log.debug("store.statcache.hit", kind=staged.kind, object=shown(layout.object(name)))
+    return item
 
 
 def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
