@@ -34,6 +34,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,9 @@ class IngestedArtifact:
     new_content: dict[tuple[str, bool], bytes] = field(default_factory=dict)
     #: Stat fingerprint of the tree as read; ``None`` when racily clean (not to be cached).
     fingerprint: str | None = None
+    #: Manifest entries not written during ingestion (directories, symlinks, other
+    #: names of hard-link groups, content known already), in walk order.
+    pending: list[ManifestEntry] = field(default_factory=list)
 
 
 class _NullNar(NarHasher):
@@ -112,6 +116,22 @@ class _NullNar(NarHasher):
 
 
 _ZEROS = bytes(CHUNK_SIZE)
+#: Buffers at least this large get their two digests computed on two cores.
+PARALLEL_MIN = 256 << 10
+
+_worker: ThreadPoolExecutor | None = None
+
+
+def hash_worker() -> ThreadPoolExecutor:
+    """The one thread that hashes next to the walk (created on first use)."""
+    global _worker
+    if _worker is None:
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruix-hash")
+    return _worker
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Ingester:
@@ -139,6 +159,8 @@ class Ingester:
         self._expect_new = True
         self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
         self._made: set[bytes] = set()  # directories created in temporary objects
+        self._created = False  # whether the file just ingested was written
+        self._tail_hole = False  # whether the file being written ends in a hole
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
 
@@ -179,8 +201,9 @@ class Ingester:
                 size: int) -> None:
         with store_errors(f"cannot write {shown(dest)}"):
             try:
-                if os.fstat(fd).st_size != size:
+                if self._tail_hole:
                     os.ftruncate(fd, size)  # a trailing hole
+                    self._tail_hole = False
                 os.fchmod(fd, canonical_mode(mode))
                 os.utime(fd, (FIXED_MTIME, FIXED_MTIME))
                 if self.fsync_each:
@@ -188,6 +211,7 @@ class Ingester:
             finally:
                 os.close(fd)
         self.session.setdefault((digest, executable), dest)
+        self._created = True
 
     def _discard(self, fd: int, dest: bytes) -> None:
         os.close(fd)
@@ -210,12 +234,19 @@ class Ingester:
             total += len(chunk)
         check_stable(fd, rel, st, total)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if total < PARALLEL_MIN:
+            nar.update(data)
+            return hashlib.sha256(data).hexdigest(), data
+        # Both digests of the same buffer at once: hashlib releases the GIL.
+        pending = hash_worker().submit(_sha256_hex, data)
         nar.update(data)
-        return hashlib.sha256(data).hexdigest(), data
+        return pending.result(), data
 
     def _stream(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
                 out: int | None, *, count: bool = True) -> str:
         digest = hashlib.sha256()
+        worker = hash_worker()
+        pending: Future[None] | None = None
         total = 0
         while total < st.st_size:
             # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
@@ -223,17 +254,24 @@ class Ingester:
             if not chunk:
                 break
             n = len(chunk)
+            if pending is not None:
+                pending.result()
+            # The file's digest on the worker, the NAR (in order) here, in parallel.
+            pending = worker.submit(digest.update, chunk)
             nar.update(chunk)
-            digest.update(chunk)
             if out is not None:
                 with store_errors("cannot write to the store"):
                     if n == CHUNK_SIZE and chunk == _ZEROS:
                         os.lseek(out, n, os.SEEK_CUR)  # leave a hole: sparse stays sparse
+                        self._tail_hole = True
                     else:
                         write_all(out, chunk)
+                        self._tail_hole = False
             total += n
             if count:
                 self._tick(0, n)
+        if pending is not None:
+            pending.result()
         check_stable(fd, rel, st, total)
         return digest.hexdigest()
 
@@ -275,15 +313,23 @@ class Ingester:
         keys = required_key_files(staged.entry)
         found: dict[str, str] = {}
         new_content: dict[tuple[str, bool], bytes] = {}
+        # Nodes the object still needs once named (directories, symlinks, files not
+        # written): materialised from memory, without replaying the manifest.
+        pending: list[ManifestEntry] = []
         written = 0
 
         def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             check.entry(rel, st)
             fingerprint.add(rel, st, target)
             if stat.S_ISDIR(st.st_mode):
-                manifest.add(ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode)))
+                line = ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode))
+                manifest.add(line)
+                if rel:
+                    pending.append(line)
             elif target is not None:
-                manifest.add(ManifestEntry(rel, "link", link=target))
+                line = ManifestEntry(rel, "link", link=target)
+                manifest.add(line)
+                pending.append(line)
                 self._tick(1, 0)
 
         def on_regular(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
@@ -299,19 +345,24 @@ class Ingester:
                     raise TreeChangedError(f"{self._show(staged, rel)}: changed while being read")
                 read_regular(fd, rel, st, nar)
                 digest = first[1]
-                manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=digest, nlink=st.st_nlink,
-                                           hardlink=first[0]))
+                line = ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
+                                     nlink=st.st_nlink, hardlink=first[0])
+                manifest.add(line)
+                pending.append(line)
                 self._tick(1, st.st_size)
             else:
+                self._created = False
                 digest, size = self._file(fd, rel, st, nar, temp, executable, mode)
                 if size:
                     new_content.setdefault((digest, executable), rel)
                 written += size
                 if st.st_nlink > 1:
                     groups[key] = (rel, digest, st.st_size, st.st_mtime_ns)
-                manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=digest, nlink=st.st_nlink))
+                line = ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
+                                     nlink=st.st_nlink)
+                manifest.add(line)
+                if not self._created:
+                    pending.append(line)
             text = os.fsdecode(rel)
             if text in keys:
                 found[text] = digest
@@ -338,7 +389,7 @@ class Ingester:
         return IngestedArtifact(kind=staged.kind, tree_signature=nar.hexdigest(),
                                 nar_size=nar.size, manifest_sha256=manifest.hexdigest(),
                                 temp_dir=temp, files=manifest.entries, bytes_written=written,
-                                new_content=new_content,
+                                new_content=new_content, pending=pending,
                                 fingerprint=None if fingerprint.racy else fingerprint.hexdigest())
 
     @staticmethod

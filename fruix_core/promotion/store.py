@@ -313,10 +313,10 @@ def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
     def again(rel: bytes, dest: bytes, digest: str, executable: bool) -> None:
         restage(staged, rel, dest, digest, executable)
 
-    materialise(temp, linker, again)
+    dirs = materialise(temp, linker, again, item.pending)
     write_metadata_file(temp, OBJECT_FILE, object_text(name, item.nar_size, document))
     write_metadata_file(temp, REFERENCES_FILE, "")
-    canonicalise(temp)
+    canonicalise(temp, dirs)
 
 
 def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,
