@@ -34,7 +34,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +44,13 @@ from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.manifest import ManifestEntry, ManifestWriter
 from fruix_core.promotion.nar import (
     CHUNK_SIZE,
+    PARALLEL_MIN,
     NarHasher,
     TreeChangedError,
     check_stable,
+    hash_worker,
+    read_buffer,
+    read_chunk,
     read_regular,
     walk,
 )
@@ -116,21 +120,9 @@ class _NullNar(NarHasher):
 
 
 _ZEROS = bytes(CHUNK_SIZE)
-#: Buffers at least this large get their two digests computed on two cores.
-PARALLEL_MIN = 256 << 10
-
-_worker: ThreadPoolExecutor | None = None
 
 
-def hash_worker() -> ThreadPoolExecutor:
-    """The one thread that hashes next to the walk (created on first use)."""
-    global _worker
-    if _worker is None:
-        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruix-hash")
-    return _worker
-
-
-def _sha256_hex(data: bytes) -> str:
+def _sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -161,12 +153,14 @@ class Ingester:
         self._made: set[bytes] = set()  # directories created in temporary objects
         self._created = False  # whether the file just ingested was written
         self._tail_hole = False  # whether the file being written ends in a hole
+        self._buffer: memoryview | None = None  # for files up to BUFFER_LIMIT
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
 
     def close(self) -> None:
         """Forget per-promotion caches."""
         self._made.clear()
+        self._buffer = None
 
     # -- content pool ----------------------------------------------------
 
@@ -223,17 +217,29 @@ class Ingester:
     # -- reading ---------------------------------------------------------
 
     def _small(self, fd: int, rel: bytes, st: os.stat_result,
-               nar: NarHasher) -> tuple[str, bytes]:
-        parts = []
-        total = 0
-        while total < st.st_size:
-            chunk = os.read(fd, st.st_size - total)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
+               nar: NarHasher) -> tuple[str, bytes | memoryview]:
+        data: bytes | memoryview
+        if st.st_size < PARALLEL_MIN:
+            parts = []
+            total = 0
+            while total < st.st_size:
+                chunk = os.read(fd, st.st_size - total)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            # Large: into this thread's reusable buffer (valid until the next file).
+            buffer = self._large_buffer(st.st_size)
+            total = 0
+            while total < st.st_size:
+                n = os.readv(fd, [buffer[total:st.st_size]])
+                if not n:
+                    break
+                total += n
+            data = buffer[:total]
         check_stable(fd, rel, st, total)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
         if total < PARALLEL_MIN:
             nar.update(data)
             return hashlib.sha256(data).hexdigest(), data
@@ -242,15 +248,22 @@ class Ingester:
         nar.update(data)
         return pending.result(), data
 
+    def _large_buffer(self, size: int) -> memoryview:
+        if self._buffer is None or len(self._buffer) < size:
+            self._buffer = memoryview(bytearray(max(size, PARALLEL_MIN)))
+        return self._buffer
+
     def _stream(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
                 out: int | None, *, count: bool = True) -> str:
         digest = hashlib.sha256()
         worker = hash_worker()
         pending: Future[None] | None = None
         total = 0
+        turn = 0
         while total < st.st_size:
-            # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
-            chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+            # Two buffers in turn: the worker may still be hashing the previous chunk.
+            chunk = read_chunk(fd, read_buffer(turn), min(CHUNK_SIZE, st.st_size - total))
+            turn ^= 1
             if not chunk:
                 break
             n = len(chunk)
