@@ -6,7 +6,11 @@ the store does not hold that content yet, the copy written into the object
 being built. Nothing is ever hard-linked from the staging tree.
 
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
-content the store already holds is never written. A large file is either
+content the store already holds is never written. From
+:data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
+reusable buffers (``readv``) and the file's SHA-256 runs on a second core
+(:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
+stay in order, is hashed here from the same buffer. A large file is either
 streamed into the store while hashed (when the previous lookups found new
 content) or hashed first and copied only when new, re-hashing the copy and
 failing if the two reads differ. Promoting a tree the store already holds

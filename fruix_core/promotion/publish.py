@@ -2,17 +2,20 @@
 
 The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
 
-1. *materialise*: replay the manifest, creating directories and symlinks and
-   hard-linking every file not written during ingestion from content this
-   promotion wrote, else from the content pool (members of a hard-link group
-   link to the group's first member). A pool entry is checked before it is
-   linked (a regular file, canonical mode and time, the right size and
-   SHA-256); a wrong one is never linked: the file is read again from the
-   staged tree instead, and the entry replaced after publishing;
+1. *materialise*: create what ingestion did not write (the entries it kept
+   for this, in walk order; the manifest is replayed only without them):
+   directories, symlinks (with their fixed time), and a hard link for every
+   other file, from content this promotion wrote, else from the content pool
+   (members of a hard-link group link to the group's first member). A pool
+   entry is checked before it is linked (a regular file, canonical mode and
+   time, the right size and SHA-256); a wrong one is never linked: the file
+   is read again from the staged tree instead, and the entry replaced after
+   publishing;
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
-   canonical already);
+   canonical already, symlinks made so; the directories are known, so the
+   tree is not walked again);
 4. make it durable (``syncfs``, else fsync of every file and directory);
 5. under the locks of *all* the promotion's objects at once
    (:func:`publish_all`): each final name that exists is reused, every other

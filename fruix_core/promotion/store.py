@@ -10,14 +10,17 @@ of its own (temporaries are removed; a crash's are removed by the next run):
    take this process's owner lock and the collector's lock (shared), remove
    temporaries left by dead promoters;
 3. ingest all four artifacts (one descriptor-based walk each, re-checking
-   everything validation checked on what is actually read) into temporaries;
+   everything validation checked on what is actually read) into temporaries
+   -- except an artifact whose tree is unchanged since a previous promotion
+   read it and whose object is in the store
+   (:mod:`~fruix_core.promotion.statcache`): it is not read again;
 4. name them, build the bundle's temporary, and complete every temporary
    whose name is not in the store yet (materialise from checked content,
    metadata, canonicalise);
 5. publish all five as one unit under their locks
    (:func:`~fruix_core.promotion.publish.publish_all`);
-6. enter the new content into the pool and record the results directory as
-   a source of GC roots.
+6. enter the new content into the pool, record the results directory as
+   a source of GC roots, and record the trees read in the stat cache.
 
 Promoting the same result root again copies nothing and returns the same
 paths; two runs differing only in provenance share artifact objects and get
