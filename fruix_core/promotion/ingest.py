@@ -253,8 +253,10 @@ class Ingester:
         return pending.result(), data
 
     def _large_buffer(self, size: int) -> memoryview:
-        if self._buffer is None or len(self._buffer) < size:
-            self._buffer = memoryview(bytearray(max(size, PARALLEL_MIN)))
+        # One buffer for the whole promotion, never regrown: RSS stays flat.
+        assert size <= BUFFER_LIMIT
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(BUFFER_LIMIT))
         return self._buffer
 
     def _stream(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
