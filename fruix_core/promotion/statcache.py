@@ -51,7 +51,8 @@ import structlog
 
 from fruix_core.promotion.safeio import DIR_FLAGS, FILE_FLAGS
 
-__all__ = ["CACHE_VERSION", "RACY_MARGIN_NS", "CachedTree", "StatCache", "TreeFingerprint"]
+__all__ = ["CACHE_VERSION", "DISABLE_ENV", "RACY_MARGIN_NS", "CachedTree", "StatCache",
+           "TreeFingerprint"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,8 @@ CACHE_VERSION = 1
 RACY_MARGIN_NS = 2_000_000_000
 #: Name of the cache directory inside the store.
 CACHE_DIR = ".cache"
+#: ``FRUIX_STORE_STAT_CACHE=off``: neither trust nor write records (every tree is read).
+DISABLE_ENV = "FRUIX_STORE_STAT_CACHE"
 
 _NODE = struct.Struct("<QQIIIQqqqI")
 _MAX_RECORD = 4096
@@ -123,6 +126,7 @@ class StatCache:
         st = os.stat(self.store)
         self._store_id = [st.st_dev, st.st_ino]
         self._owner = st.st_uid
+        self.enabled = os.environ.get(DISABLE_ENV, "on") != "off"
 
     def _open_dir(self, create: bool) -> int | None:
         """The cache directory, only if it is a real directory of the store's owner."""
@@ -143,7 +147,7 @@ class StatCache:
 
     def lookup(self, fingerprint: str, kind: str) -> CachedTree | None:
         """The record for ``fingerprint``, or ``None`` (absent, foreign or damaged)."""
-        if not fingerprint:
+        if not fingerprint or not self.enabled:
             return None
         dir_fd = self._open_dir(create=False)
         if dir_fd is None:
@@ -190,6 +194,8 @@ class StatCache:
 
     def record(self, fingerprint: str, tree: CachedTree) -> None:
         """Write the record for ``fingerprint`` (atomically; failures only cost speed)."""
+        if not self.enabled:
+            return
         fields: dict[str, object] = {
             "version": CACHE_VERSION, "store": self._store_id, "fingerprint": fingerprint,
             "kind": tree.kind, "tree_signature": tree.tree_signature,

@@ -195,3 +195,13 @@ def test_gc_that_deletes_objects_drops_the_records(tmp_path: Path, no_margin: No
     report = collect_garbage(StoreLayout(store), keep_last=0)
     assert report.deleted
     assert _records(store) == []
+
+
+def test_stat_cache_can_be_switched_off(tmp_path: Path, store: Path, no_margin: None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = build_result_root(tmp_path / "r")
+    promote(root, store)
+    monkeypatch.setenv(statcache.DISABLE_ENV, "off")
+    with seams.installed("walk.reading", seen := Reads()):
+        promote(root, store)
+    assert b"bin/sh" in seen.files
