@@ -1,34 +1,46 @@
-"""Promotion benchmarks, side by side with the tools a user would otherwise use.
+"""Promotion benchmarks: paired, side by side with the tools a user would otherwise use.
 
-One run generates two FreeBSD-shaped result roots (``generate.py``): A, and
-B = A with 5 % of the world's files rebuilt. Then, interleaved, ``--runs``
-times each:
+The machine this runs on may be shared, so absolute times drift by large
+factors between minutes. Each comparison is therefore a *pair*: our command
+and the other tool's, run back to back (their order alternating from one
+round to the next), and the figure reported is the median of the per-pair
+ratios, with their spread (min–max). Absolute medians are reported too, with
+the CPU time (user + system) of each command, which drifts less.
 
-- fresh promote of A into an empty store (``fruix native-build promote``,
-  once with ``FRUIX_STORE_FSYNC=none`` and once with the default ``syncfs``)
-  vs ``cp -a`` of the four trees vs ``nix-store --store DIR --add`` of them;
-- re-promote of A into the store that holds it vs ``nix-hash --type sha256``
-  of the four trees;
-- promote of B into the store that holds A vs ``nix-store --add`` of B's
-  trees into the Nix store that holds A's;
-- peak RSS (``/usr/bin/time -f %M`` of the promoting process), at this
-  scale and at a tenth of it, to show it does not grow with the tree.
+Trees (``generate.py``): A, B = A with 5 % of the world's files rebuilt
+(unchanged files keep their modification time, so ``rsync``'s quick check can
+link them), A without the ``/rescue`` hard-link farm, and A at a tenth of the
+scale (to show peak RSS does not grow). Pairs, each round:
 
-Medians are reported with ratios. Page caches are warm for every tool alike
-(the machine is shared; caches are not dropped); ``sync`` runs (untimed)
-before each measurement so no tool pays for another's writeback.
+- fresh promote of A into an empty store (``FRUIX_STORE_FSYNC=none``) vs
+  ``cp -a`` of the four trees, and vs ``nix-store --store DIR --add``;
+- the same for the tree without hard-link groups vs ``cp -a``;
+- re-promote of A into the store holding it (stat cache warm) vs
+  ``nix-hash --type sha256`` of the four trees; and with the stat cache
+  removed first (every byte hashed again);
+- promote of B into the store holding A vs ``nix-store --add`` of B into the
+  Nix store holding A, and vs ``rsync -a --link-dest=<copy of A>`` of B;
+- ``fruix store verify`` of A's four objects vs ``nix-hash`` of them.
+
+Floors, measured in the same rounds on A: ``cat`` of every byte (every name,
+as the NAR archives each), ``sha256sum`` of every byte (one hash of
+everything), ``tar c | tar x``, ``cp -a``, and ``cp -a --attributes-only``
+(the same tree of empty files: the cost of creating it). ``--profile`` adds a
+``cProfile`` of one fresh promote and one rebuild promote, in process.
 
 Usage::
 
-    python benchmarks/promotion/bench.py --work DIR [--scale 1.0] [--runs 5] [--json OUT]
+    python benchmarks/promotion/bench.py --work DIR [--scale 1.0] [--rounds 5] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -46,90 +58,117 @@ from generate import generate  # noqa: E402
 
 KINDS = ("world", "kernel", "headers", "bootloader")
 FRUIX = Path(sys.executable).with_name("fruix")
-
-
 TIME = shutil.which("time") or "/usr/bin/time"
+NONE = {"FRUIX_STORE_FSYNC": "none"}
 
 
-CPU: dict[str, list[float]] = {}
+class Sample:
+    """One timed command: wall seconds, CPU seconds (user + system), peak RSS (KiB)."""
+
+    __slots__ = ("wall", "cpu", "rss")
+
+    def __init__(self, wall: float, cpu: float, rss: int) -> None:
+        self.wall, self.cpu, self.rss = wall, cpu, rss
 
 
-def run(argv: list[str], env: dict[str, str] | None = None,
-        label: str | None = None) -> tuple[float, int]:
-    """Run ``argv``; returns (wall seconds, peak RSS in KiB of the command).
-
-    With ``label``, the command's CPU time (user + system) is recorded in :data:`CPU`.
-
-    The peak RSS comes from ``/usr/bin/time -f %M``: measured on a small
-    parent, since Linux carries a process's high-water mark across ``exec``
-    and this script is not small.
-    """
+def run(argv: list[str], env: dict[str, str] | None = None, shell: bool = False) -> Sample:
+    """Run ``argv`` under ``/usr/bin/time`` (peak RSS measured on a small parent)."""
     fd, report = tempfile.mkstemp(prefix="bench-rss-")
     os.close(fd)
+    command = ["sh", "-c", argv[0]] if shell else argv
     try:
         started = time.perf_counter()
-        done = subprocess.run([TIME, "-o", report, "-f", "%M %U %S", *argv],
+        done = subprocess.run([TIME, "-o", report, "-f", "%M %U %S", *command],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, **(env or {})})
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"{argv[0]} failed ({done.returncode}): {done.stderr[-2000:]!r}")
-        peak_text, user, system = Path(report).read_text().split()[-3:]
-        peak = int(peak_text)
-        if label:
-            CPU.setdefault(label, []).append(float(user) + float(system))
+        peak, user, system = Path(report).read_text().split()[-3:]
     finally:
         os.unlink(report)
-    return elapsed, peak
-
-
-def settle() -> None:
-    """Flush dirty pages first, so no tool pays for the previous one's writeback."""
-    subprocess.run(["sync"], check=False)
+    return Sample(elapsed, float(user) + float(system), int(peak))
 
 
 def remove(path: Path) -> None:
-    if path.exists():
-        subprocess.run(["chmod", "-R", "u+w", str(path)], check=False)
+    """Delete a tree; only directories are made writable (store files share inodes)."""
+    if os.path.lexists(path):
+        subprocess.run(["find", str(path), "-type", "d", "-exec", "chmod", "u+w", "{}", "+"],
+                       check=False)
         shutil.rmtree(path)
-
-
-def promote_argv(root: Path, store: Path) -> list[str]:
-    return [str(FRUIX), "native-build", "promote", str(root), "--store", str(store), "--json"]
 
 
 def trees(root: Path) -> list[str]:
     return [str(root / "artifacts" / kind) for kind in KINDS]
 
 
-def collect_garbage(store: Path, keep: set[str]) -> None:
-    """Delete objects not in ``keep`` and pool entries no object links to (bench only)."""
-    for name in os.listdir(store):
-        if not name.startswith(".") and name not in keep:
-            remove(store / name)
-    links = store / ".links"
-    for name in os.listdir(links):
-        if os.lstat(links / name).st_nlink == 1:
-            os.unlink(links / name)
+def promote_argv(root: Path, store: Path) -> list[str]:
+    return [str(FRUIX), "native-build", "promote", str(root), "--store", str(store), "--json"]
 
 
-def nix_paths(store: Path, root: Path) -> list[str]:
-    out = subprocess.run(["nix-store", "--store", str(store), "--add", *trees(root)],
-                         check=True, capture_output=True, text=True).stdout
-    return out.split()
+def promote_json(root: Path, store: Path) -> dict:
+    out = subprocess.run(promote_argv(root, store), check=True, capture_output=True,
+                         env={**os.environ, **NONE}).stdout
+    return json.loads(out)
 
 
-def measure(runs: int, label: str, results: dict[str, list[float]],
-            before: Callable[[], None], argv: list[str], after: Callable[[], None],
-            env: dict[str, str] | None = None, rss: dict[str, list[int]] | None = None) -> None:
-    before()
-    settle()
-    seconds, peak = run(argv, env, label)
-    after()
-    results.setdefault(label, []).append(seconds)
-    if rss is not None:
-        rss.setdefault(label, []).append(peak)
-    print(f"  {label:<34} {seconds:8.3f} s  rss {peak / 1024:7.1f} MiB", flush=True)
+class Step:
+    """One side of a pair: prepare (untimed), the command, clean up (untimed)."""
+
+    def __init__(self, label: str, argv: list[str], *, env: dict[str, str] | None = None,
+                 before: Callable[[], None] = lambda: None,
+                 after: Callable[[], None] = lambda: None, shell: bool = False) -> None:
+        self.label, self.argv, self.env = label, argv, env
+        self.before, self.after, self.shell = before, after, shell
+
+    def measure(self) -> Sample:
+        self.before()
+        subprocess.run(["sync"], check=False)  # nobody pays for another's writeback
+        sample = run(self.argv, self.env, self.shell)
+        self.after()
+        return sample
+
+
+class Results:
+    def __init__(self) -> None:
+        self.samples: dict[str, list[Sample]] = {}
+        self.ratios: dict[str, list[float]] = {}
+
+    def add(self, label: str, sample: Sample) -> None:
+        self.samples.setdefault(label, []).append(sample)
+        print(f"    {label:<44} {sample.wall:8.3f} s  cpu {sample.cpu:7.2f} s  "
+              f"rss {sample.rss / 1024:6.1f} MiB", flush=True)
+
+    def pair(self, name: str, ours: Step, theirs: Step, flip: bool) -> None:
+        first, second = (theirs, ours) if flip else (ours, theirs)
+        a = first.measure()
+        b = second.measure()
+        mine, other = (b, a) if flip else (a, b)
+        self.add(ours.label, mine)
+        self.add(theirs.label, other)
+        self.ratios.setdefault(name, []).append(mine.wall / other.wall)
+        print(f"  {name:<46} ratio {mine.wall / other.wall:6.2f}", flush=True)
+
+    def summary(self) -> dict:
+        return {
+            "ratios": {name: {"median": statistics.median(values), "min": min(values),
+                              "max": max(values), "pairs": values}
+                       for name, values in self.ratios.items()},
+            "median_seconds": {label: statistics.median(s.wall for s in samples)
+                               for label, samples in self.samples.items()},
+            "median_cpu_seconds": {label: statistics.median(s.cpu for s in samples)
+                                   for label, samples in self.samples.items()},
+            "peak_rss_mib": {label: max(s.rss for s in samples) / 1024
+                             for label, samples in self.samples.items()},
+        }
+
+
+def records(store: Path) -> list[str]:
+    """The stat-cache records of ``store``."""
+    try:
+        return os.listdir(store / ".cache")
+    except FileNotFoundError:
+        return []
 
 
 def tree_stats(root: Path) -> dict[str, dict[str, int]]:
@@ -148,97 +187,205 @@ def tree_stats(root: Path) -> dict[str, dict[str, int]]:
     return stats
 
 
+def _first_line(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def machine(work: Path) -> dict[str, object]:
+    model = "?"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True,
+                        text=True).stdout.strip()
+    return {"cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "file_system": fs, "python": platform.python_version(),
+            "nix": _first_line(["nix-store", "--version"]),
+            "rsync": _first_line(["rsync", "--version"]),
+            "cp": _first_line(["cp", "--version"]),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                / 2**30, 1)}
+
+
+def profile(root: Path, store: Path, previous: Path | None) -> dict[str, object]:
+    """cProfile of one promote in process: time by category and the top functions."""
+    from fruix_core.promotion.store import promote
+    if previous is not None:
+        promote(previous, store, fsync="none")
+        remove(store / ".cache")
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    promote(root, store, fsync="none")
+    profiler.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profiler)
+    categories = {"system calls": 0.0, "hashing": 0.0, "python": 0.0}
+    top = []
+    for (filename, _line, name), (_cc, calls, own, _cum, _callers) in \
+            stats.stats.items():  # type: ignore[attr-defined]
+        if filename == "~" and "hashlib" in name:
+            categories["hashing"] += own
+        elif filename == "~" and "posix." in name:
+            categories["system calls"] += own
+        else:
+            categories["python"] += own
+        top.append((own, calls, f"{os.path.basename(filename)}:{name}"))
+    top.sort(reverse=True)
+    return {"wall_seconds": wall, "categories_seconds": categories,
+            "top": [{"own_seconds": own, "calls": calls, "function": where}
+                    for own, calls, where in top[:15]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work: Path = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
-    a, b, small = work / "root-a", work / "root-b", work / "root-small"
-    for path, variant, scale in ((a, 0, args.scale), (b, 1, args.scale),
-                                 (small, 0, args.scale / 10)):
+    a, b = work / "root-a", work / "root-b"
+    flat, small = work / "root-flat", work / "root-small"
+    for path, variant, scale, links in ((a, 0, args.scale, True), (b, 1, args.scale, True),
+                                        (flat, 0, args.scale, False),
+                                        (small, 0, args.scale / 10, True)):
         if not path.exists():
             print(f"generating {path.name} (scale {scale:g})", flush=True)
-            generate(path, scale=scale, variant=variant, run_id=f"bench-{variant}")
-    results: dict[str, list[float]] = {}
-    rss: dict[str, list[int]] = {}
-    none = {"FRUIX_STORE_FSYNC": "none"}
-    held = work / "store-held"
-    nix_held = work / "nix-held"
-    remove(held)
-    remove(nix_held)
-    run(promote_argv(a, held), none)
-    keep = set(os.listdir(held)) - {".links", ".locks"}
-    nix_a = set(nix_paths(nix_held, a))
-    scratch = work / "scratch"
+            generate(path, scale=scale, variant=variant, run_id=f"bench-{path.name}",
+                     hard_links=links)
+    # Trees written less than the stat cache's racy margin ago are not cached yet.
+    time.sleep(2.5)
+    load_before = os.getloadavg()
+    held, nix_held, scratch = work / "store-held", work / "nix-held", work / "scratch"
+    previous = work / "previous-a"
+    for path in (held, nix_held, scratch, previous):
+        remove(path)
+    outcome = promote_json(a, held)
+    objects = [outcome["artifacts"][kind] for kind in KINDS]
+    keep = set(os.listdir(held))
+    promote_json(a, held)  # the stat cache is recorded once the trees are settled
+    cached_a = set(records(held))
+    if not cached_a:
+        raise SystemExit("the stat cache recorded nothing for A: are its trees still changing?")
+    subprocess.run(["nix-store", "--store", str(nix_held), "--add", *trees(a)], check=True,
+                   capture_output=True)
+    nix_a = set(os.listdir(nix_held / "nix/store"))
+    previous.mkdir()
+    subprocess.run(["cp", "-a", *trees(a), str(previous)], check=True)
 
     def clear() -> None:
         remove(scratch)
 
-    for index in range(args.runs):
-        print(f"run {index + 1}/{args.runs}", flush=True)
-        measure(index, "fresh promote (fsync none)", results, clear, promote_argv(a, scratch),
-                clear, none, rss)
-        measure(index, "fresh promote (syncfs, default)", results, clear,
-                promote_argv(a, scratch), clear, {"FRUIX_STORE_FSYNC": "syncfs"}, rss)
+    def scratch_dir() -> None:
+        remove(scratch)
         scratch.mkdir()
-        settle()
-        seconds, peak = run(["cp", "-a", *trees(a), str(scratch)], label="cp -a")
-        results.setdefault("cp -a", []).append(seconds)
-        print(f"  {'cp -a':<34} {seconds:8.3f} s", flush=True)
-        clear()
-        measure(index, "nix-store --add", results, clear,
-                ["nix-store", "--store", str(scratch), "--add", *trees(a)], clear, None, rss)
-        measure(index, "re-promote", results, lambda: None, promote_argv(a, held),
-                lambda: None, none, rss)
-        measure(index, "nix-hash --type sha256", results, lambda: None,
-                ["nix-hash", "--type", "sha256", *trees(a)], lambda: None, None, rss)
-        measure(index, "rebuild promote (5% changed)", results, lambda: None,
-                promote_argv(b, held), lambda: collect_garbage(held, keep), none, rss)
 
-        def forget_b() -> None:
-            # ``--add`` of a path that exists only hashes it and prints its store path.
-            new = [p for p in nix_paths(nix_held, b) if p not in nix_a]
-            if new:
-                subprocess.run(["nix-store", "--store", str(nix_held), "--delete", *new],
-                               check=True, capture_output=True)
+    def forget_b() -> None:
+        # Back to "the store holds A only" (bench bookkeeping, not timed).
+        for name in os.listdir(held):
+            if name not in keep:
+                remove(held / name)
+        # B's stat-cache records would let later rounds skip B's unchanged artifacts.
+        for name in records(held):
+            if name not in cached_a:
+                os.unlink(held / ".cache" / name)
+        links = held / ".links"
+        for name in os.listdir(links):
+            if os.lstat(links / name).st_nlink == 1:
+                os.unlink(links / name)
+        new = [f"/nix/store/{n}" for n in os.listdir(nix_held / "nix/store")
+               if n not in nix_a and not n.startswith(".")]
+        if new:
+            subprocess.run(["nix-store", "--store", str(nix_held), "--delete", *new],
+                           check=True, capture_output=True)
 
-        measure(index, "nix-store --add (rebuild)", results, lambda: None,
-                ["nix-store", "--store", str(nix_held), "--add", *trees(b)], forget_b, None,
-                rss)
-        measure(index, "fresh promote, 1/10 scale", results, clear,
-                promote_argv(small, scratch), clear, none, rss)
-    report(args, a, results, rss)
+    def drop_cache() -> None:
+        for name in records(held):
+            os.unlink(held / ".cache" / name)
 
+    def rebuild_tail() -> None:
+        forget_b()
+        remove(scratch)
 
-def report(args: argparse.Namespace, root: Path, results: dict[str, list[float]],
-           rss: dict[str, list[int]]) -> None:
-    med = {label: statistics.median(values) for label, values in results.items()}
-    peak = {label: max(values) / 1024 for label, values in rss.items()}
-    ratios = {
-        "fresh promote / cp -a": med["fresh promote (fsync none)"] / med["cp -a"],
-        "fresh promote (syncfs) / cp -a": med["fresh promote (syncfs, default)"] / med["cp -a"],
-        "fresh promote / nix-store --add":
-            med["fresh promote (fsync none)"] / med["nix-store --add"],
-        "fresh promote (syncfs) / nix-store --add":
-            med["fresh promote (syncfs, default)"] / med["nix-store --add"],
-        "re-promote / nix-hash": med["re-promote"] / med["nix-hash --type sha256"],
-        "rebuild promote / nix-store --add (rebuild)":
-            med["rebuild promote (5% changed)"] / med["nix-store --add (rebuild)"],
+    results = Results()
+    cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,
+                after=clear)
+    for index in range(args.rounds):
+        flip = index % 2 == 1
+        print(f"round {index + 1}/{args.rounds} ({'theirs first' if flip else 'ours first'})",
+              flush=True)
+        fresh = Step("fresh promote", promote_argv(a, scratch), env=NONE, before=clear,
+                     after=clear)
+        results.pair("fresh promote / cp -a", fresh, cp_a, flip)
+        results.pair("fresh promote / nix-store --add", fresh,
+                     Step("nix-store --add", ["nix-store", "--store", str(scratch), "--add",
+                                              *trees(a)], before=clear, after=clear), flip)
+        results.pair("fresh promote, no hard links / cp -a",
+                     Step("fresh promote, no hard links", promote_argv(flat, scratch),
+                          env=NONE, before=clear, after=clear),
+                     Step("cp -a, no hard links", ["cp", "-a", *trees(flat), str(scratch)],
+                          before=scratch_dir, after=clear), flip)
+        nix_hash = Step("nix-hash --type sha256", ["nix-hash", "--type", "sha256", *trees(a)])
+        results.pair("re-promote (stat cache) / nix-hash",
+                     Step("re-promote (stat cache)", promote_argv(a, held), env=NONE),
+                     nix_hash, flip)
+        results.pair("re-promote (no stat cache) / nix-hash",
+                     Step("re-promote (no stat cache)", promote_argv(a, held), env=NONE,
+                          before=drop_cache), nix_hash, flip)
+        rebuild = Step("rebuild promote (5% changed)", promote_argv(b, held), env=NONE,
+                       after=forget_b)
+        results.pair("rebuild promote / nix-store --add (rebuild)", rebuild,
+                     Step("nix-store --add (rebuild)", ["nix-store", "--store", str(nix_held),
+                                                        "--add", *trees(b)], after=forget_b),
+                     flip)
+        results.pair("rebuild promote / rsync --link-dest", rebuild,
+                     Step("rsync -a --link-dest (rebuild)",
+                          ["rsync", "-a", f"--link-dest={previous}", *trees(b),
+                           str(scratch)], before=scratch_dir, after=rebuild_tail), flip)
+        results.pair("store verify / nix-hash",
+                     Step("store verify (full)", [str(FRUIX), "store", "verify", "--store",
+                                                  str(held), *objects]),
+                     Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
+                                                      *objects]), flip)
+        print("  floors", flush=True)
+        every = f"find {' '.join(trees(a))} -type f -print0 | xargs -0 "
+        results.add("floor: cat every byte", Step("", [every + "cat > /dev/null"],
+                                                  shell=True).measure())
+        results.add("floor: sha256 every byte once", Step("", [
+            every + "cat | sha256sum > /dev/null"], shell=True).measure())
+        results.add("floor: tar c | tar x", Step("", [
+            f"tar -C {a / 'artifacts'} -cf - {' '.join(KINDS)} | tar -C {scratch} -xf -"],
+            shell=True, before=scratch_dir, after=clear).measure())
+        results.add("floor: cp -a", cp_a.measure())
+        results.add("floor: cp -a --attributes-only (empty files)", Step(
+            "", ["cp", "-a", "--attributes-only", *trees(a), str(scratch)],
+            before=scratch_dir, after=clear).measure())
+        results.add("fresh promote, 1/10 scale", Step(
+            "", promote_argv(small, scratch), env=NONE, before=clear, after=clear).measure())
+    load_after = os.getloadavg()
+    document: dict[str, object] = {
+        "scale": args.scale, "rounds": args.rounds, "trees": tree_stats(a),
+        "machine": {**machine(work), "load_average_before": load_before,
+                    "load_average_after": load_after},
+        **results.summary(),
     }
-    document = {
-        "scale": args.scale, "runs": args.runs, "trees": tree_stats(root),
-        "median_seconds": med, "all_seconds": results, "peak_rss_mib": peak, "ratios": ratios,
-        "median_cpu_seconds": {label: statistics.median(v) for label, v in CPU.items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-    }
+    if args.profile:
+        remove(scratch)
+        document["profile_fresh"] = profile(a, scratch, None)
+        remove(scratch)
+        document["profile_rebuild"] = profile(b, scratch, a)
+        remove(scratch)
     print(json.dumps(document, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(document, indent=2))
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class Content:
         self.pool = random.Random(seed).randbytes(POOL_SIZE)
         self.variant = 0
         self.changed: set[str] = set()
+        #: Other names of ``/rescue/rescue`` (hard links); 0 for a tree without groups.
+        self.rescue_links = 150
 
     def bytes_for(self, rel: str, size: int) -> bytes:
         tag = rel
@@ -75,11 +77,18 @@ class Content:
         return b"".join(parts)
 
 
+#: Modification time of every generated file (a rebuilt file's is later): files a
+#: rebuild did not change keep their time, as ``rsync``'s quick check needs.
+MTIME = 1_600_000_000
+
+
 def _write(root: Path, rel: str, content: Content, size: int, mode: int = 0o644) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content.bytes_for(rel, size))
     os.chmod(path, mode)
+    when = MTIME + (1000 * content.variant if rel in content.changed else 0)
+    os.utime(path, (when, when))
 
 
 def _n(count: int, scale: float) -> int:
@@ -116,7 +125,7 @@ def make_world(root: Path, content: Content, scale: float) -> None:
     for rel, size, mode in world_files(scale):
         _write(root, rel, content, size, mode)
     _write(root, "rescue/rescue", content, _s(12 * MB, scale), 0o555)
-    for i in range(150):
+    for i in range(content.rescue_links):
         os.link(root / "rescue/rescue", root / f"rescue/r{i:03d}")
     for i in range(_n(600, scale)):
         link = root / f"usr/share/links/l{i:04d}"
@@ -159,9 +168,14 @@ MAKERS = {"world": make_world, "kernel": make_kernel, "headers": make_headers,
 KEY = {"world": "bin/sh", "kernel": "boot/kernel/kernel", "bootloader": "boot/loader"}
 
 
-def generate(out: Path, *, scale: float = 1.0, variant: int = 0, run_id: str = "bench") -> Path:
-    """Write a complete result root at ``out``; returns ``out``."""
+def generate(out: Path, *, scale: float = 1.0, variant: int = 0, run_id: str = "bench",
+             hard_links: bool = True) -> Path:
+    """Write a complete result root at ``out``; returns ``out``.
+
+    :param hard_links: ``False`` for a world without the ``/rescue`` hard-link farm.
+    """
     content = Content()
+    content.rescue_links = 150 if hard_links else 0
     if variant:
         rng = random.Random(1000 + variant)
         files = [rel for rel, _size, _mode in world_files(scale)]
@@ -198,11 +212,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--variant", type=int, default=0)
+    parser.add_argument("--no-hard-links", action="store_true",
+                        help="no /rescue hard-link farm")
     args = parser.parse_args()
     if args.out.exists():
         parser.error(f"{args.out} exists")
     generate(args.out, scale=args.scale, variant=args.variant,
-             run_id=f"bench-{args.variant}")
+             run_id=f"bench-{args.variant}", hard_links=not args.no_hard_links)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from fruix_core.promotion.layout import (
 )
 from fruix_core.promotion.locking import gc_lock, remove_stale_temporaries
 from fruix_core.promotion.safeio import read_regular
+from fruix_core.promotion.statcache import CACHE_DIR
 from fruix_core.promotion.storeio import remove_tree, store_errors
 
 __all__ = [
@@ -342,6 +343,8 @@ def _collect(layout: StoreLayout, keep_last: int, report: GcReport) -> GcReport:
             remove_tree(trash)
         log.info("store.gc.deleted", path=shown(layout.object(name)))
     _sweep_pool(layout)
+    if dead:
+        _sweep_cache(layout)
     _sweep_locks(layout)
     _sweep_registrations(layout)
     return report
@@ -355,6 +358,16 @@ def _sweep_pool(layout: StoreLayout) -> None:
         if name.startswith(".new-") or not stat.S_ISREG(st.st_mode) or st.st_nlink == 1:
             with store_errors(f"cannot delete {shown(path)}"):
                 os.unlink(path)
+
+
+def _sweep_cache(layout: StoreLayout) -> None:
+    """Stat-cache records (they only speed up; the next promotion of each tree rewrites its own)."""
+    cache = layout.root / CACHE_DIR
+    if not os.path.isdir(cache) or os.path.islink(cache):
+        return
+    for name in os.listdir(cache):
+        with contextlib.suppress(OSError):
+            os.unlink(cache / name)
 
 
 def _sweep_locks(layout: StoreLayout) -> None:

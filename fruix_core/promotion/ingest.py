@@ -6,7 +6,11 @@ the store does not hold that content yet, the copy written into the object
 being built. Nothing is ever hard-linked from the staging tree.
 
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
-content the store already holds is never written. A large file is either
+content the store already holds is never written. From
+:data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
+reusable buffers (``readv``) and the file's SHA-256 runs on a second core
+(:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
+stay in order, is hashed here from the same buffer. A large file is either
 streamed into the store while hashed (when the previous lookups found new
 content) or hashed first and copied only when new, re-hashing the copy and
 failing if the two reads differ. Promoting a tree the store already holds
@@ -34,6 +38,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +48,18 @@ from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.manifest import ManifestEntry, ManifestWriter
 from fruix_core.promotion.nar import (
     CHUNK_SIZE,
+    PARALLEL_MIN,
     NarHasher,
     TreeChangedError,
     check_stable,
+    hash_worker,
+    read_buffer,
+    read_chunk,
     read_regular,
     walk,
 )
 from fruix_core.promotion.safeio import open_dir_at, open_regular_at
+from fruix_core.promotion.statcache import TreeFingerprint
 from fruix_core.promotion.storeio import store_errors, write_all
 from fruix_core.promotion.validate import (
     DigestMismatchError,
@@ -99,6 +109,11 @@ class IngestedArtifact:
     bytes_written: int
     #: (sha256, executable) -> path (below ``temp_dir``) of each content written new.
     new_content: dict[tuple[str, bool], bytes] = field(default_factory=dict)
+    #: Stat fingerprint of the tree as read; ``None`` when racily clean (not to be cached).
+    fingerprint: str | None = None
+    #: Manifest entries not written during ingestion (directories, symlinks, other
+    #: names of hard-link groups, content known already), in walk order.
+    pending: list[ManifestEntry] = field(default_factory=list)
 
 
 class _NullNar(NarHasher):
@@ -109,6 +124,10 @@ class _NullNar(NarHasher):
 
 
 _ZEROS = bytes(CHUNK_SIZE)
+
+
+def _sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Ingester:
@@ -136,12 +155,16 @@ class Ingester:
         self._expect_new = True
         self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
         self._made: set[bytes] = set()  # directories created in temporary objects
+        self._created = False  # whether the file just ingested was written
+        self._tail_hole = False  # whether the file being written ends in a hole
+        self._buffer: memoryview | None = None  # for files up to BUFFER_LIMIT
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
 
     def close(self) -> None:
         """Forget per-promotion caches."""
         self._made.clear()
+        self._buffer = None
 
     # -- content pool ----------------------------------------------------
 
@@ -176,8 +199,9 @@ class Ingester:
                 size: int) -> None:
         with store_errors(f"cannot write {shown(dest)}"):
             try:
-                if os.fstat(fd).st_size != size:
+                if self._tail_hole:
                     os.ftruncate(fd, size)  # a trailing hole
+                    self._tail_hole = False
                 os.fchmod(fd, canonical_mode(mode))
                 os.utime(fd, (FIXED_MTIME, FIXED_MTIME))
                 if self.fsync_each:
@@ -185,6 +209,7 @@ class Ingester:
             finally:
                 os.close(fd)
         self.session.setdefault((digest, executable), dest)
+        self._created = True
 
     def _discard(self, fd: int, dest: bytes) -> None:
         os.close(fd)
@@ -196,43 +221,83 @@ class Ingester:
     # -- reading ---------------------------------------------------------
 
     def _small(self, fd: int, rel: bytes, st: os.stat_result,
-               nar: NarHasher) -> tuple[str, bytes]:
-        parts = []
-        total = 0
-        while total < st.st_size:
-            chunk = os.read(fd, st.st_size - total)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
+               nar: NarHasher) -> tuple[str, bytes | memoryview]:
+        data: bytes | memoryview
+        if st.st_size < PARALLEL_MIN:
+            parts = []
+            total = 0
+            while total < st.st_size:
+                chunk = os.read(fd, st.st_size - total)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            # Large: into this thread's reusable buffer (valid until the next file).
+            buffer = self._large_buffer(st.st_size)
+            total = 0
+            while total < st.st_size:
+                n = os.readv(fd, [buffer[total:st.st_size]])
+                if not n:
+                    break
+                total += n
+            data = buffer[:total]
         check_stable(fd, rel, st, total)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if total < PARALLEL_MIN:
+            nar.update(data)
+            return hashlib.sha256(data).hexdigest(), data
+        # Both digests of the same buffer at once: hashlib releases the GIL.
+        pending = hash_worker().submit(_sha256_hex, data)
         nar.update(data)
-        return hashlib.sha256(data).hexdigest(), data
+        return pending.result(), data
+
+    def _large_buffer(self, size: int) -> memoryview:
+        # One buffer for the whole promotion, never regrown: RSS stays flat.
+        assert size <= BUFFER_LIMIT
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(BUFFER_LIMIT))
+        return self._buffer
 
     def _stream(self, fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
                 out: int | None, *, count: bool = True) -> str:
         digest = hashlib.sha256()
+        worker = hash_worker()
+        pending: Future[None] | None = None
         total = 0
+        turn = 0
         while total < st.st_size:
-            # Fresh bytes per chunk: the NAR hasher may still hold the previous one.
-            chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+            # Two buffers in turn: the worker may still be hashing the previous chunk.
+            chunk = read_chunk(fd, read_buffer(turn), min(CHUNK_SIZE, st.st_size - total))
+            turn ^= 1
             if not chunk:
                 break
             n = len(chunk)
+            if pending is not None:
+                pending.result()
+            # The file's digest on the worker, the NAR (in order) here, in parallel.
+            pending = worker.submit(digest.update, chunk)
             nar.update(chunk)
-            digest.update(chunk)
             if out is not None:
                 with store_errors("cannot write to the store"):
                     if n == CHUNK_SIZE and chunk == _ZEROS:
                         os.lseek(out, n, os.SEEK_CUR)  # leave a hole: sparse stays sparse
+                        self._tail_hole = True
                     else:
                         write_all(out, chunk)
+                        self._tail_hole = False
             total += n
             if count:
                 self._tick(0, n)
+        if pending is not None:
+            pending.result()
         check_stable(fd, rel, st, total)
         return digest.hexdigest()
+
+    def skipped(self, staged: StagedArtifact) -> None:
+        """Count an artifact answered without reading it (the stat cache) as done."""
+        self.state.kind = staged.kind
+        self._tick(staged.files, staged.bytes)
 
     def _tick(self, files: int, size: int) -> None:
         self.state.files_done += files
@@ -263,17 +328,27 @@ class Ingester:
         manifest = ManifestWriter(stream)
         groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
         check = TreeCheck(staged.kind, staged.path, self.store_id)
+        fingerprint = TreeFingerprint(staged.kind)
         keys = required_key_files(staged.entry)
         found: dict[str, str] = {}
         new_content: dict[tuple[str, bool], bytes] = {}
+        # Nodes the object still needs once named (directories, symlinks, files not
+        # written): materialised from memory, without replaying the manifest.
+        pending: list[ManifestEntry] = []
         written = 0
 
         def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             check.entry(rel, st)
+            fingerprint.add(rel, st, target)
             if stat.S_ISDIR(st.st_mode):
-                manifest.add(ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode)))
+                line = ManifestEntry(rel, "dir", mode=stat.S_IMODE(st.st_mode))
+                manifest.add(line)
+                if rel:
+                    pending.append(line)
             elif target is not None:
-                manifest.add(ManifestEntry(rel, "link", link=target))
+                line = ManifestEntry(rel, "link", link=target)
+                manifest.add(line)
+                pending.append(line)
                 self._tick(1, 0)
 
         def on_regular(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
@@ -289,19 +364,24 @@ class Ingester:
                     raise TreeChangedError(f"{self._show(staged, rel)}: changed while being read")
                 read_regular(fd, rel, st, nar)
                 digest = first[1]
-                manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=digest, nlink=st.st_nlink,
-                                           hardlink=first[0]))
+                line = ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
+                                     nlink=st.st_nlink, hardlink=first[0])
+                manifest.add(line)
+                pending.append(line)
                 self._tick(1, st.st_size)
             else:
+                self._created = False
                 digest, size = self._file(fd, rel, st, nar, temp, executable, mode)
                 if size:
                     new_content.setdefault((digest, executable), rel)
                 written += size
                 if st.st_nlink > 1:
                     groups[key] = (rel, digest, st.st_size, st.st_mtime_ns)
-                manifest.add(ManifestEntry(rel, "file", mode=mode, size=st.st_size,
-                                           sha256=digest, nlink=st.st_nlink))
+                line = ManifestEntry(rel, "file", mode=mode, size=st.st_size, sha256=digest,
+                                     nlink=st.st_nlink)
+                manifest.add(line)
+                if not self._created:
+                    pending.append(line)
             text = os.fsdecode(rel)
             if text in keys:
                 found[text] = digest
@@ -328,7 +408,8 @@ class Ingester:
         return IngestedArtifact(kind=staged.kind, tree_signature=nar.hexdigest(),
                                 nar_size=nar.size, manifest_sha256=manifest.hexdigest(),
                                 temp_dir=temp, files=manifest.entries, bytes_written=written,
-                                new_content=new_content)
+                                new_content=new_content, pending=pending,
+                                fingerprint=None if fingerprint.racy else fingerprint.hexdigest())
 
     @staticmethod
     def _show(staged: StagedArtifact, rel: bytes) -> str:

@@ -12,6 +12,7 @@
     STORE/.trash-<name>             an object being deleted by the collector
     STORE/.roots/<name>             explicit GC roots (symlinks to store objects)
     STORE/.roots/.results/<h>       results directories that promoted into this store
+    STORE/.cache/<fingerprint>      stat-cache records (see statcache)
 
 Dot-prefixed entries are the store's own bookkeeping, never objects.
 """

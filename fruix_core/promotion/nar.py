@@ -31,7 +31,9 @@ import os
 import stat
 import struct
 import sys
+import threading
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from fruix_core.errors import PromotionInputError
@@ -47,6 +49,11 @@ __all__ = [
     "TreeChangedError",
     "check_stable",
     "nar_string",
+    "PARALLEL_MIN",
+    "hash_worker",
+    "read_buffer",
+    "read_digest",
+    "read_chunk",
     "read_regular",
     "tree_signature",
     "walk",
@@ -191,16 +198,90 @@ def check_stable(fd: int, path: bytes, st: os.stat_result, total: int) -> None:
         raise TreeChangedError(f"{shown(path)}: changed while being read")
 
 
+#: Buffers at least this large get their two digests computed on two cores.
+PARALLEL_MIN = 256 << 10
+
+_worker: ThreadPoolExecutor | None = None
+_buffers = threading.local()
+
+
+def hash_worker() -> ThreadPoolExecutor:
+    """The one thread that hashes next to the walk (created on first use).
+
+    ``hashlib`` releases the GIL while it hashes a buffer of more than 2 KiB, so
+    a file's own SHA-256 on this thread and the NAR (in order) on the walking
+    thread run on two cores.
+    """
+    global _worker
+    if _worker is None:
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruix-hash")
+    return _worker
+
+
+def read_buffer(index: int = 0) -> memoryview:
+    """A reusable :data:`CHUNK_SIZE` buffer of this thread (``index`` 0 or 1).
+
+    Reading into it (``readv``) instead of allocating a fresh ``bytes`` per
+    chunk is 2-3 times faster for large files.
+    """
+    views = getattr(_buffers, "views", None)
+    if views is None:
+        views = _buffers.views = (memoryview(bytearray(CHUNK_SIZE)),
+                                  memoryview(bytearray(CHUNK_SIZE)))
+    return views[index]
+
+
+def read_chunk(fd: int, buffer: memoryview, want: int) -> memoryview:
+    """Read up to ``want`` bytes into ``buffer``; the part filled (empty at end of file)."""
+    view = buffer[:want]
+    n = os.readv(fd, [view])
+    return view[:n]
+
+
+def read_digest(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> str:
+    """Stream ``fd`` into ``nar`` like :func:`read_regular`; return the file's SHA-256.
+
+    The file's digest is computed on :func:`hash_worker` while the NAR is fed
+    here, chunk by chunk in two alternating buffers.
+    """
+    if st.st_size < PARALLEL_MIN:
+        digest = hashlib.sha256()
+        read_regular(fd, rel, st, nar, digest.update)
+        return digest.hexdigest()
+    digest = hashlib.sha256()
+    worker = hash_worker()
+    pending: Future[None] | None = None
+    total = 0
+    turn = 0
+    try:
+        while total < st.st_size:
+            chunk = read_chunk(fd, read_buffer(turn), min(CHUNK_SIZE, st.st_size - total))
+            turn ^= 1
+            if not chunk:
+                break
+            if pending is not None:
+                pending.result()
+            pending = worker.submit(digest.update, chunk)
+            nar.update(chunk)
+            total += len(chunk)
+    finally:
+        if pending is not None:
+            pending.result()
+    check_stable(fd, rel, st, total)
+    return digest.hexdigest()
+
+
 def read_regular(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher,
-                 extra: Callable[[bytes], None] | None = None) -> None:
+                 extra: Callable[[memoryview], None] | None = None) -> None:
     """Stream the open regular file ``fd`` into ``nar`` (and ``extra``), checking it is stable.
 
     After reading, the file must still have the size and modification time it
     had when walked; otherwise :class:`TreeChangedError`.
     """
     total = 0
+    buffer = read_buffer()
     while total < st.st_size:
-        chunk = os.read(fd, min(CHUNK_SIZE, st.st_size - total))
+        chunk = read_chunk(fd, buffer, min(CHUNK_SIZE, st.st_size - total))
         if not chunk:
             break
         nar.update(chunk)

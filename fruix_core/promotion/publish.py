@@ -2,17 +2,20 @@
 
 The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
 
-1. *materialise*: replay the manifest, creating directories and symlinks and
-   hard-linking every file not written during ingestion from content this
-   promotion wrote, else from the content pool (members of a hard-link group
-   link to the group's first member). A pool entry is checked before it is
-   linked (a regular file, canonical mode and time, the right size and
-   SHA-256); a wrong one is never linked: the file is read again from the
-   staged tree instead, and the entry replaced after publishing;
+1. *materialise*: create what ingestion did not write (the entries it kept
+   for this, in walk order; the manifest is replayed only without them):
+   directories, symlinks (with their fixed time), and a hard link for every
+   other file, from content this promotion wrote, else from the content pool
+   (members of a hard-link group link to the group's first member). A pool
+   entry is checked before it is linked (a regular file, canonical mode and
+   time, the right size and SHA-256); a wrong one is never linked: the file
+   is read again from the staged tree instead, and the entry replaced after
+   publishing;
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
-   canonical already);
+   canonical already, symlinks made so; the directories are known, so the
+   tree is not walked again);
 4. make it durable (``syncfs``, else fsync of every file and directory);
 5. under the locks of *all* the promotion's objects at once
    (:func:`publish_all`): each final name that exists is reused, every other
@@ -29,7 +32,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import structlog
@@ -40,7 +43,7 @@ from fruix_core.promotion.display import shown
 from fruix_core.promotion.ingest import FIXED_MTIME, canonical_mode
 from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.locking import object_lock
-from fruix_core.promotion.manifest import parse_manifest
+from fruix_core.promotion.manifest import ManifestEntry, parse_manifest
 from fruix_core.promotion.safeio import DIR_FLAGS, open_regular_at
 from fruix_core.promotion.storeio import (
     fsync_dir,
@@ -63,6 +66,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+_FIXED_NS = FIXED_MTIME * 1_000_000_000
 
 #: ``syncfs`` (one flush of the store's file system), ``each`` (fsync every
 #: file and directory) or ``none`` (no flush; benchmarks and throwaway stores).
@@ -187,23 +192,38 @@ def _link_or_copy(source: bytes, dest: bytes, executable: bool) -> None:
         os.close(fd)
 
 
-def materialise(temp: Path, linker: ContentLinker, restage: Restage) -> None:
-    """Complete the tree in ``temp`` from its manifest and known content."""
+def materialise(temp: Path, linker: ContentLinker, restage: Restage,
+                pending: Iterable[ManifestEntry] | None = None) -> list[bytes]:
+    """Complete the tree in ``temp`` from its manifest and known content.
+
+    :param pending: the entries ingestion did not write (in walk order); without
+        it, the whole manifest is replayed and files present are skipped.
+    :returns: the directories below ``temp`` (relative), parents first.
+    """
     base = os.fsencode(temp)
-    with store_errors(f"cannot build {shown(temp)}"), open(temp / MANIFEST_FILE, "rb") as stream:
-        for entry in parse_manifest(stream, str(temp / MANIFEST_FILE)):
+    dirs: list[bytes] = []
+    with store_errors(f"cannot build {shown(temp)}"), contextlib.ExitStack() as stack:
+        if pending is None:
+            stream = stack.enter_context(open(temp / MANIFEST_FILE, "rb"))
+            entries: Iterable[ManifestEntry] = parse_manifest(stream, str(temp / MANIFEST_FILE))
+        else:
+            entries = pending
+        for entry in entries:
             if not entry.rel:
                 continue
             dest = base + b"/" + entry.rel
             if entry.type == "dir":
                 os.makedirs(dest, exist_ok=True)
+                dirs.append(entry.rel)
             elif entry.type == "link":
                 os.symlink(entry.link or b"", dest)
+                os.utime(dest, ns=(_FIXED_NS, _FIXED_NS), follow_symlinks=False)
             elif entry.hardlink is not None:
                 os.link(base + b"/" + entry.hardlink, dest, follow_symlinks=False)
-            elif not os.path.lexists(dest):
+            elif pending is not None or not os.path.lexists(dest):
                 linker.link(entry.sha256 or "", bool((entry.mode or 0) & 0o100),
                             entry.size or 0, dest, entry.rel, restage)
+    return dirs
 
 
 def write_metadata_file(temp: Path, name: str, text: str | bytes) -> None:
@@ -220,30 +240,48 @@ def write_metadata_file(temp: Path, name: str, text: str | bytes) -> None:
             os.close(fd)
 
 
-def canonicalise(temp: Path) -> None:
-    """Directories ``0555``; every node's mtime fixed; files already read-only."""
+def canonicalise(temp: Path, dirs: Sequence[bytes] | None = None) -> None:
+    """Directories ``0555``; every node's mtime fixed; files already read-only.
+
+    :param dirs: every directory below ``temp`` (relative, parents first), when
+        :func:`materialise` built the tree and fixed its symlinks' times already;
+        otherwise the tree is walked.
+    """
+    if dirs is not None:
+        base = os.fsencode(temp) + b"/"
+        with store_errors(f"cannot canonicalise {shown(temp)}"):
+            for rel in reversed(dirs):  # children before their parents
+                os.chmod(base + rel, 0o555, follow_symlinks=False)
+                os.utime(base + rel, ns=(_FIXED_NS, _FIXED_NS), follow_symlinks=False)
+            _canonical_top(temp)
+        return
     with store_errors(f"cannot canonicalise {shown(temp)}"):
-        for top, dirs, files in os.walk(temp, topdown=False):
+        for top, dirs_, files in os.walk(temp, topdown=False):
             for name in files:
                 path = os.path.join(top, name)
                 if os.path.islink(path):
                     os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
-            for name in dirs:
+            for name in dirs_:
                 path = os.path.join(top, name)
                 if os.path.islink(path):
                     os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
                 else:
                     os.chmod(path, canonical_mode(0, is_dir=True))
                     os.utime(path, (FIXED_MTIME, FIXED_MTIME))
-        manifest = os.path.join(temp, MANIFEST_FILE)
-        if os.path.isfile(manifest):
-            os.chmod(manifest, 0o444)
-        for name in os.listdir(temp):
-            path = os.path.join(temp, name)
-            if not os.path.islink(path) and os.path.isfile(path):
-                os.utime(path, (FIXED_MTIME, FIXED_MTIME))
-        os.chmod(temp, 0o555)
-        os.utime(temp, (FIXED_MTIME, FIXED_MTIME))
+        _canonical_top(temp)
+
+
+def _canonical_top(temp: Path) -> None:
+    """The object's own files and its top directory."""
+    manifest = os.path.join(temp, MANIFEST_FILE)
+    if os.path.isfile(manifest):
+        os.chmod(manifest, 0o444)
+    for name in os.listdir(temp):
+        path = os.path.join(temp, name)
+        if not os.path.islink(path) and os.path.isfile(path):
+            os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+    os.chmod(temp, 0o555)
+    os.utime(temp, (FIXED_MTIME, FIXED_MTIME))
 
 
 def _make_durable(layout: StoreLayout, temps: Sequence[Path], policy: str) -> None:

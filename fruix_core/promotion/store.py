@@ -10,14 +10,17 @@ of its own (temporaries are removed; a crash's are removed by the next run):
    take this process's owner lock and the collector's lock (shared), remove
    temporaries left by dead promoters;
 3. ingest all four artifacts (one descriptor-based walk each, re-checking
-   everything validation checked on what is actually read) into temporaries;
+   everything validation checked on what is actually read) into temporaries
+   -- except an artifact whose tree is unchanged since a previous promotion
+   read it and whose object is in the store
+   (:mod:`~fruix_core.promotion.statcache`): it is not read again;
 4. name them, build the bundle's temporary, and complete every temporary
    whose name is not in the store yet (materialise from checked content,
    metadata, canonicalise);
 5. publish all five as one unit under their locks
    (:func:`~fruix_core.promotion.publish.publish_all`);
-6. enter the new content into the pool and record the results directory as
-   a source of GC roots.
+6. enter the new content into the pool, record the results directory as
+   a source of GC roots, and record the trees read in the stat cache.
 
 Promoting the same result root again copies nothing and returns the same
 paths; two runs differing only in provenance share artifact objects and get
@@ -70,6 +73,7 @@ from fruix_core.promotion.publish import (
     write_metadata_file,
 )
 from fruix_core.promotion.records import bundle_text, object_text
+from fruix_core.promotion.statcache import CachedTree, StatCache
 from fruix_core.promotion.storeio import remove_tree, store_errors
 from fruix_core.promotion.validate import (
     StagedArtifact,
@@ -235,7 +239,9 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)
-            ingested = [ingester.ingest(staged) for staged in validated.artifacts]
+            cache = StatCache(layout.root)
+            ingested = [_cached(cache, staged, layout, owner.token, promotion, ingester)
+                        or ingester.ingest(staged) for staged in validated.artifacts]
             named = [(item, *_artifact_name(promotion, item)) for item in ingested]
             artifacts = {item.kind: layout.object(name) for item, name, _doc in named}
             for (item, name, document), staged in zip(named, validated.artifacts, strict=True):
@@ -257,6 +263,12 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
             log.info("store.object.published" if done[-1] else "store.object.reused",
                      path=shown(bundle), kind="bundle", run_id=promotion.run_id)
             _enter_new_content(layout, named, done, ingester, linker, owner.token)
+            for item in ingested:
+                if item.fingerprint is not None:
+                    cache.record(item.fingerprint, CachedTree(
+                        kind=item.kind, tree_signature=item.tree_signature,
+                        nar_size=item.nar_size, manifest_sha256=item.manifest_sha256,
+                        files=item.files))
             register_results_dir(layout, validated.root.parent)
         return PromotionOutcome(
             bundle=bundle, artifacts=artifacts, published=tuple(published),
@@ -274,6 +286,28 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
         owner.release()
 
 
+def _cached(cache: StatCache, staged: StagedArtifact, layout: StoreLayout, token: str,
+            promotion: Promotion, ingester: Ingester) -> IngestedArtifact | None:
+    """The artifact as a previous promotion read it, when its tree is unchanged since.
+
+    Only an object already in the store is answered this way (nothing is
+    written from a record); its temporary stays absent, meaning "reused".
+    """
+    tree = cache.lookup(staged.fingerprint, staged.kind)
+    if tree is None:
+        return None
+    item = IngestedArtifact(kind=staged.kind, tree_signature=tree.tree_signature,
+                            nar_size=tree.nar_size, manifest_sha256=tree.manifest_sha256,
+                            temp_dir=layout.temp(token, staged.kind), files=tree.files,
+                            bytes_written=0)
+    name, _document = _artifact_name(promotion, item)
+    if not os.path.isdir(layout.object(name)) or os.path.islink(layout.object(name)):
+        return None
+    ingester.skipped(staged)
+    log.debug("store.statcache.hit", kind=staged.kind, object=shown(layout.object(name)))
+    return item
+
+
 def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
                       staged: StagedArtifact, linker: ContentLinker) -> None:
     temp = item.temp_dir
@@ -282,10 +316,10 @@ def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
     def again(rel: bytes, dest: bytes, digest: str, executable: bool) -> None:
         restage(staged, rel, dest, digest, executable)
 
-    materialise(temp, linker, again)
+    dirs = materialise(temp, linker, again, item.pending)
     write_metadata_file(temp, OBJECT_FILE, object_text(name, item.nar_size, document))
     write_metadata_file(temp, REFERENCES_FILE, "")
-    canonicalise(temp)
+    canonicalise(temp, dirs)
 
 
 def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,

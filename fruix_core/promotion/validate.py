@@ -40,6 +40,7 @@ from fruix_core.promotion.safeio import (
     read_regular,
 )
 from fruix_core.promotion.schema import check_relative_path, loads_promotion
+from fruix_core.promotion.statcache import TreeFingerprint
 
 __all__ = [
     "EscapingPathError",
@@ -87,6 +88,8 @@ class StagedArtifact:
     bytes: int
     entry: ArtifactEntry
     fd: int = -1
+    #: Stat fingerprint of the tree as validated (:mod:`~fruix_core.promotion.statcache`).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,13 +274,19 @@ class TreeCheck:
 
 
 def _check_tree(kind: str, tree_fd: int, tree: Path,
-                store_id: tuple[int, int] | None) -> tuple[int, int]:
+                store_id: tuple[int, int] | None) -> tuple[int, int, str]:
     check = TreeCheck(kind, tree, store_id)
+    fingerprint = TreeFingerprint(kind)
+
+    def on_entry(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
+        check.entry(rel, st)
+        fingerprint.add(rel, st, target)
+
     try:
         if not os.listdir(tree_fd) and kind == "headers":
             raise MissingArtifactError(f"headers artifact {shown(tree)} is empty")
         walk(root_fd=tree_fd, display=os.fsencode(tree), with_contents=False,
-             on_entry=lambda rel, st, _target: check.entry(rel, st))
+             on_entry=on_entry)
     except PromotionInputError:
         raise
     except OSError as err:
@@ -285,7 +294,7 @@ def _check_tree(kind: str, tree_fd: int, tree: Path,
             f"{kind} artifact: cannot read {shown(err.filename or tree)}: "
             f"{err.strerror}") from None
     check.finish()
-    return check.files, check.bytes
+    return check.files, check.bytes, fingerprint.hexdigest()
 
 
 def store_identity(store: Path | None) -> tuple[int, int] | None:
@@ -341,8 +350,8 @@ def validate_result_root(root: str | Path, store: Path | None = None) -> Validat
             staged.append(StagedArtifact(kind=kind, path=tree, files=0, bytes=0, entry=entry,
                                          fd=fd))
             _check_key_files(root, fd, tree, entry)
-            files, size = _check_tree(kind, fd, tree, store_id)
-            staged[-1] = replace(staged[-1], files=files, bytes=size)
+            files, size, fingerprint = _check_tree(kind, fd, tree, store_id)
+            staged[-1] = replace(staged[-1], files=files, bytes=size, fingerprint=fingerprint)
         _check_disjoint(staged)
         _check_store_outside(staged, store)
     except BaseException:

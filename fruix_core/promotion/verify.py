@@ -45,7 +45,7 @@ from fruix_core.promotion.layout import (
     StoreLayout,
 )
 from fruix_core.promotion.manifest import ManifestEntry, parse_manifest
-from fruix_core.promotion.nar import NarHasher, read_regular, walk
+from fruix_core.promotion.nar import NarHasher, read_digest, read_regular, walk
 from fruix_core.promotion.records import read_bundle_record, read_object_record
 from fruix_core.promotion.safeio import open_regular_at
 from fruix_core.promotion.safeio import read_regular as read_file
@@ -174,10 +174,20 @@ def _verify_artifact(path: Path) -> Iterator[Problem]:
             if not stat.S_ISREG(st.st_mode):
                 merge.node(rel, st, target, None)
 
+        # Digest of each multiply-linked inode read: its other names feed the NAR only.
+        inodes: dict[tuple[int, int], str] = {}
+
         def read(fd: int, rel: bytes, st: os.stat_result, nar: NarHasher) -> None:
-            file_hash = hashlib.sha256()
-            read_regular(fd, rel, st, nar, file_hash.update)
-            merge.node(rel, st, None, file_hash.hexdigest())
+            key = (st.st_dev, st.st_ino)
+            known = inodes.get(key) if st.st_nlink > 1 else None
+            if known is not None:
+                read_regular(fd, rel, st, nar)
+                merge.node(rel, st, None, known)
+                return
+            digest = read_digest(fd, rel, st, nar)
+            if st.st_nlink > 1:
+                inodes[key] = digest
+            merge.node(rel, st, None, digest)
 
         nar = walk(os.fsencode(path), on_entry=observe, on_regular=read,
                    exclude_top=tuple(os.fsencode(n) for n in _OWN_FILES))

@@ -115,3 +115,29 @@ def test_unprivileged_owner_swaps_a_directory_while_root_promotes(
     if outcome is not None:
         assert (outcome.artifacts["world"] / "etc/master.passwd").read_bytes() == original
     assert verify(store).ok
+
+
+def test_unprivileged_owner_cannot_hide_a_change_from_the_stat_cache(
+        shared_tmp: Path, nobody: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The owner of the result root rewrites a file after it was promoted and cached,
+    # keeping its size and restoring its mtime: only the ctime tells, and no
+    # unprivileged process can set that back. The re-promotion reads the file again.
+    from fruix_core.promotion import statcache
+    monkeypatch.setattr(statcache, "RACY_MARGIN_NS", 0)
+    root = build_result_root(shared_tmp / "r")
+    _give(root, nobody)
+    store = shared_tmp / "store"
+    first = promote(root, store)
+    target = root / "artifacts/world/etc/rc.conf"
+    code = ("import os, sys; p = sys.argv[1]; st = os.stat(p); d = open(p, 'rb').read(); "
+            "open(p, 'r+b').write(d.upper()); "
+            "os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))")
+    done = _as_nobody(nobody, sys.executable, "-c", code, str(target))
+    assert done.returncode == 0, done.stderr
+    seen: list[bytes] = []
+    with seams.installed("walk.reading", seen.append):
+        again = promote(root, store)
+    assert b"etc/rc.conf" in seen
+    assert again.artifacts["world"] != first.artifacts["world"]
+    assert (again.artifacts["world"] / "etc/rc.conf").read_bytes() == target.read_bytes()
+    assert verify(store).ok
