@@ -42,7 +42,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "guest": Key(str, "", "guest provider for in-guest executors ('' = none)"),
         "jobs": Key(int, 0, "make -j value; 0 = number of CPUs"),
         "source": Key(str, "", "source tree; '' = the bundled sample base"),
-        "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
+        "make": Key(str, "bmake", "BSD make command (FreeBSD installs make as bmake too)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
     },
@@ -71,7 +71,7 @@ class Config:
     guest: str = ""
     jobs: int = 0
     source: Path | None = None
-    make: str = "make"
+    make: str = "bmake"
     phase_timeout: float | None = None
     promote: bool = True
     base: BaseMetadata = field(default_factory=BaseMetadata)

@@ -101,6 +101,7 @@ class Phase:
     :ivar environment: variables FreeBSD only accepts from the environment
         (``MAKEOBJDIRPREFIX``), same placeholders.
     :ivar parallel: whether ``-j JOBS`` is passed.
+    :ivar flags: make options passed as they are (``-DNO_ROOT``).
     """
 
     name: str
@@ -108,6 +109,7 @@ class Phase:
     variables: tuple[tuple[str, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     parallel: bool = False
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

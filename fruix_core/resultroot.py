@@ -292,6 +292,9 @@ def stage_trees(paths: BuildPaths, artifacts_dir: Path) -> None:
     """
     stages = {"world": Path(paths.stage_world), "kernel": Path(paths.stage_kernel)}
     artifacts_dir.mkdir(parents=True, exist_ok=True)
+    from fruix_core.promotion.metalog import stage_metalogs
+
+    stage_metalogs(paths, artifacts_dir.parent)  # METALOGs go to <result root>/metalog
     rules = artifact_split()
     # Cut the sub-artifacts (headers, bootloader) out first, then move what is left.
     for rule in sorted(rules, key=lambda r: r.subtree == ""):

@@ -25,6 +25,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fruix_core.errors import PromotionInputError
 from fruix_core.promotion.layout import MANIFEST_FILE, RESERVED_NAMES, StoreLayout
@@ -40,6 +41,9 @@ from fruix_core.promotion.nar import (
 )
 from fruix_core.promotion.storeio import store_errors, write_all
 from fruix_core.promotion.validate import StagedArtifact
+
+if TYPE_CHECKING:
+    from fruix_core.promotion.metalog import ArtifactMetalog
 
 __all__ = ["BUFFER_LIMIT", "FIXED_MTIME", "IngestedArtifact", "Ingester", "Progress",
            "canonical_mode"]
@@ -219,8 +223,12 @@ class Ingester:
 
     # -- one artifact ----------------------------------------------------
 
-    def ingest(self, staged: StagedArtifact) -> IngestedArtifact:
+    def ingest(self, staged: StagedArtifact,
+               metalog: ArtifactMetalog | None = None) -> IngestedArtifact:
         """Walk ``staged`` once; returns its signature and the temporary object.
+
+        ``metalog`` (the build's METALOG lines for this artifact) puts owners,
+        groups, intended modes and file flags into the manifest.
 
         :raises PromotionInputError: when the tree changes or holds special files.
         :raises StoreError: when the store cannot be written.
@@ -234,7 +242,7 @@ class Ingester:
             with store_errors(f"cannot create {temp}"):
                 os.mkdir(temp, 0o755)
                 stream = open(temp / MANIFEST_FILE, "wb")
-        manifest = ManifestWriter(stream)
+        manifest = ManifestWriter(stream, overlay=metalog.apply if metalog else None)
         groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
         written = 0
 
@@ -279,6 +287,8 @@ class Ingester:
                 raise PromotionInputError(
                     f"{staged.kind} artifact: cannot read {err.filename or staged.path}: "
                     f"{err.strerror}") from None
+            if metalog is not None:
+                metalog.check_complete()
             if stream is not None:
                 with store_errors(f"cannot write {temp}/{MANIFEST_FILE}"):
                     stream.flush()

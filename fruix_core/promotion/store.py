@@ -42,6 +42,7 @@ from fruix_core.promotion.layout import (
     StoreLayout,
 )
 from fruix_core.promotion.locking import OwnerLock, ensure_store, remove_stale_temporaries
+from fruix_core.promotion.metalog import artifact_metalog
 from fruix_core.promotion.publish import (
     FSYNC_POLICIES,
     canonicalise,
@@ -135,7 +136,7 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
     signatures: dict[str, str] = {}
     try:
         for staged in validated.artifacts:
-            ingested = ingester.ingest(staged)
+            ingested = ingester.ingest(staged, artifact_metalog(validated.root, staged.kind))
             name, _ = _artifact_name(promotion, ingested)
             artifacts[staged.kind] = layout.object(name)
             signatures[staged.kind] = ingested.tree_signature
@@ -170,7 +171,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
         reused: list[Path] = []
         for staged in validated.artifacts:
             temps.append(layout.temp(owner.token, staged.kind))
-            ingested = ingester.ingest(staged)
+            ingested = ingester.ingest(staged, artifact_metalog(validated.root, staged.kind))
             assert ingested.temp_dir is not None
             temp = ingested.temp_dir
             name, document = _artifact_name(promotion, ingested)

@@ -103,6 +103,13 @@ def staging_script(paths: BuildPaths, result_root: str,
     artifacts = posixpath.join(result_root, "artifacts")
     stages = {"world": paths.stage_world, "kernel": paths.stage_kernel}
     parts = ["set -e", _SHA256, f"rm -rf {_q(artifacts)}", f"mkdir -p {_q(artifacts)}"]
+    # The stages' METALOGs (-DNO_ROOT installs) go to <result root>/metalog, like
+    # fruix_core.promotion.metalog.stage_metalogs.
+    metalog_dir = posixpath.join(result_root, "metalog")
+    for stage, metalog in (("world", paths.metalog_world), ("kernel", paths.metalog_kernel)):
+        target = posixpath.join(metalog_dir, f"{stage}.METALOG")
+        parts.append(f"if [ -f {_q(metalog)} ] && [ ! -L {_q(metalog)} ]; then "
+                     f"mkdir -p {_q(metalog_dir)}; mv -f {_q(metalog)} {_q(target)}; fi")
     for rule in sorted(artifact_split(), key=lambda r: r.subtree == ""):
         stage = stages[rule.stage]
         dest = posixpath.join(artifacts, rule.kind)
