@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run id to use (default: a fresh UTC timestamp)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON summary document on stdout")
-    parser.add_argument("--make", metavar="CMD", default="make",
-                        help="make command, words allowed (default: make)")
+    parser.add_argument("--make", metavar="CMD", default="bmake",
+                        help="BSD make command, words allowed (default: bmake; FreeBSD "
+                             "installs make as bmake too)")
     parser.add_argument("--base-name", metavar="NAME", default=defaults.name,
                         help=f"declared base name (default: {defaults.name})")
     parser.add_argument("--base-version", metavar="VERSION", default=defaults.version,

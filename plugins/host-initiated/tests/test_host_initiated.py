@@ -7,6 +7,7 @@ an operator would; the cancel test uses the runner API to hold the token.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import pytest
 from fruix_core.config import load_config
 from fruix_core.errors import Cancelled, ExitCode
 from fruix_core.model import CancelToken
+from fruix_core.promotion import promote
+from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
 from fruix_core.testkit import Workspace, live_processes, run_cli, wait_gone
@@ -128,6 +131,18 @@ def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_
     for key, value in local_meta.items():
         if key.startswith(("sha256_", "size_")):
             assert metadata[key] == value, key
+    # Installed unprivileged in the guest too: the same METALOGs, so the same manifests
+    # (owners, groups, set-user-ID modes and file flags included).
+    for stage in ("world", "kernel"):
+        assert (host_root / "metalog" / f"{stage}.METALOG").read_bytes() == \
+            (local_root / "metalog" / f"{stage}.METALOG").read_bytes(), stage
+    local_objects = promote(local_root, tmp_path / "local-store").artifacts
+    for kind in KINDS:
+        assert (Path(doc["artifacts"][kind]) / MANIFEST_FILE).read_bytes() == \
+            (local_objects[kind] / MANIFEST_FILE).read_bytes(), kind
+    world_manifest = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+    assert re.search(r"^\./usr/bin/passwd type=file uname=root gname=wheel mode=4555 .*"
+                     r" flags=schg$", world_manifest, re.MULTILINE)
 
 
 # -- bad input and faults ------------------------------------------------------------------------
