@@ -154,9 +154,11 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def dispatch_store(args: argparse.Namespace) -> int:
-    from fruix_core.cli.store import verify_command
+    from fruix_core.cli.store import export_tar_command, verify_command
 
     config = _config(args)
+    if args.action == "export-tar":
+        return export_tar_command(args.object, str(config.store), args.output)
     return verify_command(list(args.paths), str(config.store), as_json=args.json)
 
 

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="*", metavar="STORE_PATH")
     verify.add_argument("--store", metavar="DIR", help="store directory")
     _common(verify)
+    export = st_sub.add_parser(
+        "export-tar", help="write an artifact object as a pax tar with owners, modes and flags")
+    export.add_argument("object", metavar="OBJECT", help="store path, or object name in --store")
+    export.add_argument("-o", "--output", metavar="FILE", help="tar file (default: stdout)")
+    export.add_argument("--store", metavar="DIR", help="store directory")
+    _common(export)
     return parser
 
 

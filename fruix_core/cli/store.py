@@ -17,7 +17,7 @@ from typing import TextIO
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
 
-__all__ = ["ProgressLine", "promote_command", "verify_command"]
+__all__ = ["ProgressLine", "export_tar_command", "promote_command", "verify_command"]
 
 
 def _size(n: int) -> str:
@@ -109,3 +109,26 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
         print(f"checked {len(report.checked)} store objects: "
               + ("all clean" if report.ok else f"{bad} with problems"))
     return int(ExitCode.OK if report.ok else ExitCode.VERIFICATION)
+
+
+def export_tar_command(obj: str, store: str, output: str | None) -> int:
+    """Export one artifact object as a pax tar to ``output`` (stdout when ``None``)."""
+    from fruix_core.errors import UsageError
+    from fruix_core.promotion.export import export_tar, export_tar_file
+
+    path = Path(obj)
+    if not path.exists() and "/" not in obj:
+        path = Path(store) / obj
+    if not path.is_dir():
+        raise UsageError(f"no store object {obj!r} (neither a directory nor a name in {store})")
+    if output is not None:
+        report = export_tar_file(path, Path(output))
+        print(f"{output}: {report.entries} entries, {_size(report.bytes)} of files",
+              file=sys.stderr)
+        return int(ExitCode.OK)
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write a tar archive to a terminal; use -o FILE or a pipe")
+    sys.stdout.flush()
+    export_tar(path, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return int(ExitCode.OK)
