@@ -88,6 +88,8 @@ class BuildPolicy:
     jobs: int
     environment_policy: str
     make: str = "make"
+    #: (variable, "/dev/null" or "sha256:<hex>") for SRCCONF, __MAKE_CONF, SRC_ENV_CONF.
+    make_configuration: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,8 @@ class BuildRequest:
     guest: Guest | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     resume_from: str | None = None
+    #: Declared make configuration files: (variable, content), e.g. ("SRCCONF", b"...").
+    make_configuration: tuple[tuple[str, bytes], ...] = ()
     cancel: CancelToken = field(default_factory=CancelToken)
     on_output: Callable[[str, str], None] | None = None
 

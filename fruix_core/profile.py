@@ -19,9 +19,13 @@ are written to one METALOG per stage (``stage/world.METALOG``,
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+from fruix_core.errors import ConfigError
 from fruix_core.model import Phase
 
 __all__ = [
@@ -31,6 +35,9 @@ __all__ = [
     "PINNED_VARIABLES",
     "PinnedConfiguration",
     "artifact_split",
+    "make_configuration_policy",
+    "pinned_configuration",
+    "read_make_configuration",
     "phase_by_name",
     "phase_command",
     "phases_from",
@@ -91,6 +98,70 @@ class PinnedConfiguration:
     src_env_conf: str = "/dev/null"
 
 
+#: Config keys of the declared files, and their names in ``<build root>/conf``.
+_CONF_KEYS = {"SRCCONF": ("build.srcconf", "src.conf"),
+              "__MAKE_CONF": ("build.make_conf", "make.conf"),
+              "SRC_ENV_CONF": ("build.src_env_conf", "src-env.conf")}
+#: Largest configuration file accepted (FreeBSD's are a few KiB).
+MAX_CONF_BYTES = 1 << 20
+
+
+def read_make_configuration(declared: Iterable[tuple[str, str]],
+                            config_file: str | None = None) -> tuple[tuple[str, bytes], ...]:
+    """Read the declared files once: ``((variable, content), ...)`` in pinning order.
+
+    The content read here is what every executor installs on the build
+    machine and what the build policy's digests describe.
+
+    :raises ConfigError: naming the config key and file when one cannot be read.
+    """
+    paths = dict(declared)
+    out = []
+    for variable, _default in PINNED_VARIABLES:
+        if variable not in paths:
+            continue
+        key, _name = _CONF_KEYS[variable]
+        path = Path(paths[variable])
+        try:
+            with open(path, "rb") as stream:
+                content = stream.read(MAX_CONF_BYTES + 1)
+        except OSError as err:
+            raise ConfigError(f"cannot read {path}: {err.strerror}", file=config_file,
+                              key=key) from None
+        if len(content) > MAX_CONF_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONF_BYTES} bytes",
+                              file=config_file, key=key)
+        out.append((variable, content))
+    return tuple(out)
+
+
+def make_configuration_policy(contents: Iterable[tuple[str, bytes]]
+                              ) -> tuple[tuple[str, str], ...]:
+    """The build policy's record of the pins: ``/dev/null`` or ``sha256:<hex>`` for each."""
+    given = dict(contents)
+    return tuple((variable, "sha256:" + hashlib.sha256(given[variable]).hexdigest()
+                  if variable in given else "/dev/null") for variable, _ in PINNED_VARIABLES)
+
+
+def pinned_configuration(conf_dir: str, contents: Iterable[tuple[str, bytes]]
+                         ) -> tuple[PinnedConfiguration, dict[str, bytes]]:
+    """Where the pins point on the build machine, and the files to write there.
+
+    :param conf_dir: a directory of the build root on the build machine.
+    :returns: ``(pins, {path: content})``; undeclared variables stay ``/dev/null``.
+    """
+    files: dict[str, bytes] = {}
+    paths: dict[str, str] = {}
+    for variable, content in contents:
+        path = posixpath.join(conf_dir, _CONF_KEYS[variable][1])
+        files[path] = content
+        paths[variable] = path
+    pinned = PinnedConfiguration(srcconf=paths.get("SRCCONF", "/dev/null"),
+                                 make_conf=paths.get("__MAKE_CONF", "/dev/null"),
+                                 src_env_conf=paths.get("SRC_ENV_CONF", "/dev/null"))
+    return pinned, files
+
+
 @dataclass(frozen=True, slots=True)
 class BuildPaths:
     """The heavy work area of one run on the build machine (POSIX paths)."""
@@ -108,6 +179,11 @@ class BuildPaths:
     @property
     def stage_kernel(self) -> str:
         return posixpath.join(self.build_root, "stage", "kernel")
+
+    @property
+    def conf_dir(self) -> str:
+        """Where the declared make configuration files are written for the build."""
+        return posixpath.join(self.build_root, "conf")
 
     @property
     def metalog_world(self) -> str:

@@ -38,7 +38,7 @@ from fruix_core.model import (
     Promotion,
     StagedArtifacts,
 )
-from fruix_core.profile import KEY_FILES, BuildPaths, artifact_split
+from fruix_core.profile import KEY_FILES, BuildPaths, artifact_split, make_configuration_policy
 
 __all__ = [
     "ResultRoot",
@@ -376,7 +376,9 @@ def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtif
         base=request.base,
         source=env.source,
         policy=BuildPolicy(phases=tuple(p.name for p in request.phases), jobs=request.jobs,
-                           environment_policy=request.environment_policy, make=request.make),
+                           environment_policy=request.environment_policy, make=request.make,
+                           make_configuration=make_configuration_policy(
+                               request.make_configuration)),
         artifacts=tuple(ArtifactEntry(kind=k, path=f"artifacts/{k}", files=staged.key_files[k])
                         for k in staged.kinds),
         closure_path=env.closure_path,
@@ -405,6 +407,8 @@ def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifa
         "phases": ",".join(p.name for p in request.phases),
     }
     values.update(policy_description())
+    for variable, pinned in make_configuration_policy(request.make_configuration):
+        values[f"pinned_{variable.strip('_').lower()}"] = pinned
     if staged is not None:
         for kind in staged.kinds:
             if kind in staged.sizes:

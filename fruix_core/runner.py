@@ -28,7 +28,7 @@ from fruix_core.environment import ENVIRONMENT_POLICY, sanitised_environment
 from fruix_core.errors import BuildFailed, Cancelled, FruixError, UsageError
 from fruix_core.model import BuildRequest, CancelToken, GuestRequest
 from fruix_core.plugins import load_plugin, make_plugin_manager
-from fruix_core.profile import phases_from
+from fruix_core.profile import phases_from, read_make_configuration
 from fruix_core.resultroot import ResultRoot, new_run_id, resolve_run, swap_latest
 
 log = structlog.get_logger(__name__)
@@ -138,6 +138,7 @@ def run_build(
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(executor_name), resume_from=resume_from,
+        make_configuration=read_make_configuration(config.make_configuration, config.file),
         cancel=cancel, on_output=on_output,
     )
     pm = make_plugin_manager(plugin, provider, *extra_plugins)

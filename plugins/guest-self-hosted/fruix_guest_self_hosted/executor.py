@@ -138,6 +138,10 @@ class GuestSelfHostedExecutor:
         if request.resume_from is not None:
             raise UsageError(f"executor '{NAME}' cannot resume a run: its helper builds every "
                              "phase in one go; start a new run")
+        if request.make_configuration:
+            raise UsageError(f"executor '{NAME}' builds with the guest helper's pins "
+                             "(/dev/null); declared build.srcconf, build.make_conf and "
+                             "build.src_env_conf need the local or host-initiated executor")
         ResultRoot(request.result_root).create()
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:

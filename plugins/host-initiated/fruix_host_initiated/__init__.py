@@ -28,6 +28,7 @@ production). Configuration: ``[executors.host-initiated]`` (:data:`SCHEMA`).
 from __future__ import annotations
 
 import posixpath
+import shlex
 import socket
 import time
 from collections.abc import Mapping
@@ -59,7 +60,7 @@ from fruix_core.model import (
     SourceStore,
     StagedArtifacts,
 )
-from fruix_core.profile import BuildPaths, phase_command
+from fruix_core.profile import BuildPaths, phase_command, pinned_configuration
 from fruix_core.resultroot import ResultRoot, build_metadata, build_promotion
 from fruix_host_initiated import scripts
 
@@ -204,9 +205,15 @@ class HostInitiatedExecutor:
         state: _State = env.session
         session = state.session
         host_root = ResultRoot(request.result_root)
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
-                                    paths=BuildPaths(env.build_root),
-                                    kernconf=request.base.kernconf)
+        paths = BuildPaths(env.build_root)
+        pinned, files = pinned_configuration(paths.conf_dir, request.make_configuration)
+        if files:
+            session.check_output(f"mkdir -p {shlex.quote(paths.conf_dir)}",
+                                 what="creating the configuration directory")
+        for path, content in files.items():
+            session.write_file(path, content)
+        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs, paths=paths,
+                                    kernconf=request.base.kernconf, pinned=pinned)
         log_path = host_root.log_path(phase.name)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
         try:

@@ -27,7 +27,7 @@ from fruix_core.model import (
     SourceStore,
     StagedArtifacts,
 )
-from fruix_core.profile import BuildPaths, phase_command
+from fruix_core.profile import BuildPaths, phase_command, pinned_configuration
 from fruix_core.resultroot import (
     ResultRoot,
     build_metadata,
@@ -104,9 +104,13 @@ class LocalExecutor:
     @hookimpl
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         root = ResultRoot(env.result_root)
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
-                                    paths=BuildPaths(env.build_root),
-                                    kernconf=request.base.kernconf)
+        paths = BuildPaths(env.build_root)
+        pinned, files = pinned_configuration(paths.conf_dir, request.make_configuration)
+        for path, content in files.items():  # the declared bytes, whatever the host file is now
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(content)
+        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs, paths=paths,
+                                    kernconf=request.base.kernconf, pinned=pinned)
         log_path = root.log_path(phase.name)
         with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
             log_file.write(f"# {' '.join(argv)}\n")
