@@ -21,6 +21,7 @@ import datetime as _dt
 import errno
 import hashlib
 import os
+import posixpath
 import shutil
 import socket
 from collections.abc import Iterable, Mapping
@@ -409,7 +410,15 @@ def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifa
     values.update(policy_description())
     for variable, pinned in make_configuration_policy(request.make_configuration):
         values[f"pinned_{variable.strip('_').lower()}"] = pinned
+    # The seed helper's keys, next to ours.
+    values["helper_version"] = executor_version
+    values["status_value"] = "ok" if staged is not None else "running"
+    values["latest_link"] = posixpath.join(posixpath.dirname(env.result_root), "latest")
+    values["latest_target"] = request.run_id
     if staged is not None:
+        values["result_root_size"] = sum(staged.sizes.values())
+        if os.path.isdir(env.build_root):  # only where the build root is on this machine
+            values["build_root_size"] = tree_size(Path(env.build_root))
         for kind in staged.kinds:
             if kind in staged.sizes:
                 values[f"size_{kind}"] = staged.sizes[kind]

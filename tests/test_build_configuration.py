@@ -74,3 +74,22 @@ def test_an_unreadable_declared_file_names_the_key(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.USAGE
     assert "key 'build.make_conf'" in proc.stderr and "missing.conf" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_metadata_carries_the_seed_helpers_keys(tmp_path: Path) -> None:
+    source = copy_sample_source(tmp_path / "src")
+    doc = _run(tmp_path / "run", source, jobs=2, promote=False)
+    root = Path(doc["result_root"])
+    metadata = dict(line.split("=", 1) for line in (root / "metadata").read_text().splitlines())
+    assert metadata["helper_version"] == metadata["executor_version"]
+    assert metadata["status_value"] == "ok"
+    assert metadata["latest_link"] == str(root.parent / "latest")
+    assert metadata["latest_target"] == doc["run_id"]
+    assert int(metadata["result_root_size"]) == sum(
+        int(v) for k, v in metadata.items() if k.startswith("size_"))
+    assert int(metadata["build_root_size"]) >= 0
+    # The seed's sha_param: the headers key file.
+    param = root / "artifacts/headers/usr/include/sys/param.h"
+    assert metadata["sha256_headers_usr_include_sys_param.h"] == \
+        hashlib.sha256(param.read_bytes()).hexdigest()
+    make_tree_writable(tmp_path)

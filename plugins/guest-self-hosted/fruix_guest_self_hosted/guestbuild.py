@@ -31,7 +31,7 @@ from fruix_local import LocalExecutor, check_source, check_tools
 from fruix_core import hookimpl
 from fruix_core.environment import BASE_PATH, ENVIRONMENT_POLICY, sanitised_environment
 from fruix_core.errors import BuildFailed, Cancelled, GuestError, UsageError
-from fruix_core.guestlayout import StoreLayout, read_store_layout
+from fruix_core.guestlayout import StoreLayout, check_declared_base, read_store_layout
 from fruix_core.model import (
     BaseMetadata,
     BuildRequest,
@@ -302,6 +302,7 @@ def run_in_guest(
     run.run_id = reserve_run_id(facts.results_dir, run_id)
     run.result_root = facts.results_dir / run.run_id
     run.build_root = facts.work_dir / run.run_id
+    check_declared_base(facts.layout, base or BaseMetadata())
     executor = InGuestExecutor(facts)
     request = BuildRequest(
         run_id=run.run_id, executor=EXECUTOR_NAME, base=base or BaseMetadata(), phases=PHASES,

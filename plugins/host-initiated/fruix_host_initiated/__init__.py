@@ -50,7 +50,11 @@ from fruix_core.errors import (
     TransportError,
     UsageError,
 )
-from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, parse_store_layout
+from fruix_core.guestlayout import (
+    LAYOUT_RELATIVE_PATH,
+    check_declared_base,
+    parse_store_layout,
+)
 from fruix_core.model import (
     BuildRequest,
     EmittedResult,
@@ -160,6 +164,7 @@ class HostInitiatedExecutor:
                 f"missing on {where}: the FreeBSD source store metadata "
                 "(store-layout.scm) is not there", file=layout_file)
         layout = parse_store_layout(layout_text, source=f"{where}:{layout_file}")
+        check_declared_base(layout, request.base)
         host_name = (facts.get("host") or [guest.host])[0] or guest.host
         guest_env = {k: v[0] for k, v in (("HOME", facts.get("home")),
                                           ("USER", facts.get("user")),
