@@ -134,7 +134,7 @@ def staging_script(paths: BuildPaths, result_root: str,
                          f"echo \"digest {kind} {rel} $(sha {_q(path)})\"; fi")
         # Regular-file bytes, hard links counted once (like resultroot.tree_size).
         parts.append(f"echo \"size {kind} $(find {_q(dest)} -type f -exec ls -iln {{}} + "
-                     f"| awk '!seen[$1]++ {{t += $6}} END {{print t + 0}}')\"")
+                     f"| awk 'seen[$1]++ == 0 {{t += $6}} END {{print t + 0}}')\"")
     return "; ".join(parts)
 
 

@@ -26,7 +26,7 @@ from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
 from fruix_core.testkit import Workspace, live_processes, run_cli, wait_gone
-from fruix_core.testkit.guest import GuestRoot, make_guest_root
+from fruix_core.testkit.guest import GuestRoot, make_base_system, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
 KINDS = ("world", "kernel", "headers", "bootloader")
@@ -65,16 +65,19 @@ class Lab:
         return runs[0]
 
 
-def _lab(tmp_path: Path, workspace: Workspace, source: Path, **kw) -> Lab:
+def _lab(tmp_path: Path, workspace: Workspace, source: Path, *, base: Path | None = None,
+         **kw) -> Lab:
+    # The guest is FreeBSD-shaped: dash as sh, bsdtar, bmake, a tcsh login shell, no Python.
     root = make_guest_root(tmp_path / "guest", source, **kw)
-    server = SshServer(tmp_path / "sshd", system_root=root.path)
+    server = SshServer(tmp_path / "sshd", system_root=root.path,
+                       base_system=base or make_base_system(tmp_path / "base"))
     server.start()
     return Lab(server=server, root=root, ws=workspace)
 
 
 @pytest.fixture
-def toy_lab(tmp_path, fruix_workspace, fruix_toy_source):
-    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source)
+def toy_lab(tmp_path, fruix_workspace, fruix_toy_source, fruix_base_system):
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source, base=fruix_base_system)
     yield lab
     lab.server.stop()
 

@@ -96,3 +96,40 @@ def test_swap_latest(tmp_path: Path) -> None:
         assert os.readlink(tmp_path / "latest") == run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "r1", "r2"]
     shutil.rmtree(tmp_path / "r1")
+
+
+def _all_scripts(tmp_path: Path) -> dict[str, str]:
+    paths = BuildPaths(str(tmp_path / "build"))
+    return {
+        "probe": scripts.probe_script(str(tmp_path), "bmake", "/sbin:/bin:/usr/sbin:/usr/bin"),
+        "prepare": scripts.prepare_script(str(tmp_path / "src"), str(tmp_path / "result"),
+                                          str(tmp_path / "build"), "running", fresh=True),
+        "staging": scripts.staging_script(paths, str(tmp_path / "result")),
+        "latest": scripts.swap_latest_script(str(tmp_path / "results"), "run-1"),
+    }
+
+
+def test_scripts_survive_any_login_shell(tmp_path: Path) -> None:
+    # The guest's login shell reads every command first. csh and tcsh expand history
+    # on '!' unless a blank, '=' or '(' follows (tcsh(1), "History substitution") and
+    # refuse newlines inside quotes; the staging script's awk '!seen[$1]++' once failed
+    # with "Event not found". FreeBSD's root shell is csh (etc/master.passwd).
+    import re
+
+    for name, script in _all_scripts(tmp_path).items():
+        assert "\n" not in script, name
+        assert not re.search(r"![^\s=(]", script), (name, script)
+
+
+def test_scripts_run_under_tcsh(tmp_path: Path) -> None:
+    from fruix_core.testkit import require_tool
+    from fruix_core.transport.ssh import remote_command
+
+    require_tool("tcsh", "tcsh")
+    paths = _stages(tmp_path / "build")
+    script = remote_command(scripts.staging_script(paths, str(tmp_path / "result")),
+                            report_pgid=False)
+    result = subprocess.run(["tcsh", "-f", "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "size world" in result.stdout and "digest kernel boot/kernel/kernel" in result.stdout
