@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(promote)
     nb_list = nb_sub.add_parser("list", help="list runs in the results directory")
     _common(nb_list)
+    helper = nb_sub.add_parser("helper", help="the in-guest helper script (POSIX sh)")
+    helper.add_argument("--print", action="store_true", dest="print_script", required=True,
+                        help="write fruix-self-hosted-native-build to stdout")
+    _common(helper, config=False, json=False)
     show = nb_sub.add_parser("show", help="show one run")
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)

@@ -96,7 +96,7 @@ metadata_log() {	# path type [link-target]
 # change the owner; -U keeps the permission bits only).
 settle() {	# path
 	if [ -n "$unpriv" ]; then
-		chmod "$(printf '%o' $(($mode & 0777)))" "$1" || exit 1
+		chmod "$(printf '%o' $((mode & 0777)))" "$1" || exit 1
 		return 0
 	fi
 	if [ "$(id -u)" = 0 ] && { [ -n "$owner" ] || [ -n "$group" ]; }; then
@@ -110,9 +110,9 @@ settle() {	# path
 
 # The permission bits of an existing file, from ls -l (POSIX has no stat).
 file_mode() {
-	set -- $(ls -ld "$1")
-	printf '%s\n' "$1" | awk '{
-		m = 0; s = substr($0, 2, 9)
+	# shellcheck disable=SC2012  # POSIX has no stat(1); the mode column of ls -l is portable
+	ls -ld "$1" | awk '{
+		m = 0; s = substr($1, 2, 9)
 		for (i = 1; i <= 9; i++) { c = substr(s, i, 1); m = m * 2 + (c != "-" && c != "S" && c != "T") }
 		printf "0%o\n", m }'
 }
