@@ -90,6 +90,13 @@ def prepare_script(source_dir: str, result_root: str, build_root: str, status: s
         parts.append(f"rm -rf {_q(build_root)} {_q(result_root)}")
     parts += [
         f"mkdir -p {_q(build_root)} {_q(posixpath.join(result_root, 'logs'))}",
+        # Staging renames stage trees into the result root: a copy across file systems
+        # (bsdinstall gives /var/tmp its own ZFS dataset) could not delete schg files.
+        f"m1=$(df -P {_q(build_root)} | awk 'NR == 2 {{ print $6 }}')",
+        f"m2=$(df -P {_q(result_root)} | awk 'NR == 2 {{ print $6 }}')",
+        f'if [ "$m1" != "$m2" ]; then echo "build root {build_root} (on $m1) and result '
+        f'root {result_root} (on $m2) are on different file systems; staging must be a '
+        f'rename"; exit 3; fi',
         f"printf '%s\\n' {_q(status)} > {_q(posixpath.join(result_root, 'status'))}",
     ]
     return "; ".join(parts)

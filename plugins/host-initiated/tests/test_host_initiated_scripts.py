@@ -133,3 +133,28 @@ def test_scripts_run_under_tcsh(tmp_path: Path) -> None:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "size world" in result.stdout and "digest kernel boot/kernel/kernel" in result.stdout
+
+
+def test_prepare_refuses_a_build_root_on_another_file_system(tmp_path: Path) -> None:
+    # bsdinstall's ZFS layout makes /var/tmp its own dataset; staging must stay a rename.
+    import shlex
+
+    build, result = tmp_path / "var/tmp/build", tmp_path / "var/lib/result"
+    (tmp_path / "var/tmp").mkdir(parents=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/Makefile").write_text("all:\n")
+    script = scripts.prepare_script(str(tmp_path / "src"), str(result), str(build), "running",
+                                    fresh=True)
+    flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    mount = shutil.which("mount") or "/bin/mount"
+    proc = subprocess.run(
+        ["unshare", *flags, "--", "/bin/sh", "-c",
+         f"{mount} -t tmpfs fruix-test {shlex.quote(str(tmp_path / 'var/tmp'))} && "
+         f"exec /bin/sh -c {shlex.quote(script)}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert f"(on {tmp_path / 'var/tmp'})" in proc.stdout
+    assert "different file systems" in proc.stdout
+    assert not (result / "status").exists()
+    assert _sh(script) == b""     # on one file system it passes and writes the status
+    assert (result / "status").read_text() == "running\n"
