@@ -197,6 +197,9 @@ class PreparedEnv:
     closure_path: str | None = None
     development_profile_path: str | None = None
     session: Any = None
+    #: ``-j`` on the build machine: the request's, else the machine's CPU count
+    #: (0: use ``BuildRequest.jobs``). Never part of artifact identity.
+    jobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

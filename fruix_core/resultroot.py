@@ -376,7 +376,8 @@ def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtif
         guest_host_name=env.host_name,
         base=request.base,
         source=env.source,
-        policy=BuildPolicy(phases=tuple(p.name for p in request.phases), jobs=request.jobs,
+        policy=BuildPolicy(phases=tuple(p.name for p in request.phases),
+                           jobs=env.jobs or request.jobs,
                            environment_policy=request.environment_policy, make=request.make,
                            make_configuration=make_configuration_policy(
                                request.make_configuration)),
@@ -394,7 +395,7 @@ def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifa
         "run_id": request.run_id,
         "executor": request.executor,
         "executor_version": executor_version,
-        "build_jobs": request.jobs,
+        "build_jobs": env.jobs or request.jobs,
         "make": request.make,
         "base_name": request.base.name,
         "base_version": request.base.version,

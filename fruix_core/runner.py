@@ -133,7 +133,7 @@ def run_build(
     phases = phases_from(None)
     request = BuildRequest(
         run_id=run_id, executor=executor_name, base=config.base, phases=phases,
-        jobs=config.effective_jobs, make=config.make, source_dir=source_dir,
+        jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
         results_dir=config.results, result_root=host_root.path,
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,

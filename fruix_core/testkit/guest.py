@@ -157,7 +157,7 @@ BASE_TOOLS: dict[str, str] = {
     "sh": "dash", "csh": "tcsh", "tcsh": "tcsh", "tar": "bsdtar", "bsdtar": "bsdtar",
     "make": "bmake", "bmake": "bmake", "cc": "cc", "c++": "c++", "cpp": "cpp", "as": "as",
     "ld": "ld", "ar": "ar", "nm": "nm", "ranlib": "ranlib", "strip": "strip",
-    "objcopy": "objcopy", "sysctl": "sysctl", "getconf": "getconf", "nproc": "nproc",
+    "objcopy": "objcopy", "getconf": "getconf", "nproc": "nproc",
     **{tool: tool for tool in (
         "[", "awk", "basename", "cat", "chmod", "chown", "cksum", "cmp", "cp", "cut", "date",
         "dd", "df", "diff", "dirname", "du", "echo", "env", "expr", "false", "find", "grep",
@@ -170,13 +170,27 @@ BASE_TOOLS: dict[str, str] = {
 BASE_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
 
 
-def make_base_system(path: Path, *, extra: dict[str, Path] | None = None) -> Path:
+#: sysctl(8) of the test guest: the one MIB Fruix reads, ``hw.ncpu`` (as FreeBSD prints it).
+SYSCTL = """#!/bin/sh
+# sysctl(8) of the Fruix test guest: only hw.ncpu, as FreeBSD answers it.
+n=''
+if [ "${1-}" = -n ]; then n=1; shift; fi
+case ${1-} in
+hw.ncpu) if [ -n "$n" ]; then echo @NCPU@; else echo "hw.ncpu: @NCPU@"; fi ;;
+*) echo "sysctl: unknown oid '${1-}'" >&2; exit 1 ;;
+esac
+"""
+
+
+def make_base_system(path: Path, *, extra: dict[str, Path] | None = None,
+                     ncpu: int | None = None) -> Path:
     """Lay out a FreeBSD-shaped base system at ``path`` (idempotent).
 
     Every tool of :data:`BASE_TOOLS` is copied (not linked: the originals are
-    hidden in the namespace) into ``bin`` and ``usr/bin``; ``sbin``,
-    ``usr/sbin`` are empty and ``usr/local/bin`` holds ``extra`` (guest name ->
-    file, e.g. the self-hosted helper). Python and bash are not there.
+    hidden in the namespace) into ``bin`` and ``usr/bin``; ``sbin`` and
+    ``usr/sbin`` hold a ``sysctl`` answering ``hw.ncpu`` (``ncpu``, default
+    this machine's CPU count) and ``usr/local/bin`` holds ``extra`` (guest
+    name -> file, e.g. the self-hosted helper). Python and bash are not there.
 
     :raises FileNotFoundError: naming the Debian package of a missing tool.
     """
@@ -200,6 +214,10 @@ def make_base_system(path: Path, *, extra: dict[str, Path] | None = None) -> Pat
                     shutil.copy(os.path.realpath(found), target)
                     os.chmod(target, 0o755)
         marker.write_text("FreeBSD-shaped base of the Fruix test kit\n")
+    for directory in ("sbin", "usr/sbin"):
+        sysctl = path / directory / "sysctl"
+        sysctl.write_text(SYSCTL.replace("@NCPU@", str(ncpu or os.cpu_count() or 1)))
+        os.chmod(sysctl, 0o755)
     for name, source in (extra or {}).items():
         target = path / "usr/local/bin" / name
         shutil.copy(source, target)

@@ -195,6 +195,7 @@ class HostInitiatedExecutor:
             closure_path=layout.closure_path,
             development_profile_path=layout.development_profile_path,
             session=_State(session, settings, results_dir),
+            jobs=request.jobs or _guest_ncpu(facts),
         )
         metadata = build_metadata(request, env, None, self.version)
         session.write_file(posixpath.join(result_root, "metadata"), _metadata_text(metadata))
@@ -217,7 +218,8 @@ class HostInitiatedExecutor:
                                  what="creating the configuration directory")
         for path, content in files.items():
             session.write_file(path, content)
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs, paths=paths,
+        argv, extra = phase_command(phase, make=request.make, jobs=env.jobs or request.jobs,
+                                    paths=paths,
                                     kernconf=request.base.kernconf, pinned=pinned)
         log_path = host_root.log_path(phase.name)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
@@ -309,3 +311,9 @@ def _line_sink(log_file: IO[str], phase: str, request: BuildRequest):
             request.on_output(phase, line)
 
     return sink
+
+
+def _guest_ncpu(facts: dict[str, list[str]]) -> int:
+    """The guest's CPU count from the probe (``sysctl -n hw.ncpu``), at least 1."""
+    value = (facts.get("ncpu") or ["1"])[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1

@@ -49,7 +49,10 @@ def _q(value: str) -> str:
 
 def probe_script(system_root: str, make: str, build_path: str) -> str:
     """Report host name, identity, overlay and tools, then the store layout file."""
-    parts = ['echo "host=$(uname -n)"', 'echo "home=$HOME"', 'echo "user=$(id -un)"']
+    parts = ['echo "host=$(uname -n)"', 'echo "home=$HOME"', 'echo "user=$(id -un)"',
+             # -j belongs to the guest: FreeBSD's sysctl, else POSIX getconf.
+             'echo "ncpu=$(sysctl -n hw.ncpu 2>/dev/null || getconf _NPROCESSORS_ONLN '
+             '2>/dev/null || echo 1)"']
     for rel, marker in OVERLAY:
         directory = guest_path(system_root, "/" + rel)
         test = (f"[ -f {_q(posixpath.join(directory, marker))} ]" if marker

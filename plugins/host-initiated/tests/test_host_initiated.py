@@ -47,8 +47,8 @@ class Lab:
                 f'system_root = "{self.root.path}"\n{guest_extra}\n'
                 f'[executors.host-initiated]\n{executor_extra}\n')
         build.setdefault("promote", False)
-        return self.ws.write_config(text, executor="host-initiated", guest="ssh", jobs=2,
-                                    **build)
+        build.setdefault("jobs", 2)
+        return self.ws.write_config(text, executor="host-initiated", guest="ssh", **build)
 
     def run(self, *extra: str, config: Path | None = None, **build) -> subprocess.CompletedProcess:
         conf = config or self.config(**build)
@@ -338,3 +338,18 @@ def test_resume_after_a_failed_phase(toy_lab: Lab) -> None:
     assert (host / "status").read_text() == "ok\n"
     assert (host / "artifacts/world/bin/sh").is_file()
     assert (host / "logs/buildworld.log").is_file()  # from the first attempt, kept in the guest
+
+
+def test_jobs_come_from_the_guest(tmp_path, fruix_workspace, fruix_toy_source) -> None:
+    # -j is the build machine's (FreeBSD: sysctl -n hw.ncpu), not the host's CPU count.
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source,
+               base=make_base_system(tmp_path / "base-3cpu", ncpu=3))
+    try:
+        proc = lab.run(jobs=0)
+    finally:
+        lab.server.stop()
+    assert proc.returncode == 0, proc.stderr
+    root = Path(json.loads(proc.stdout)["result_root"])
+    assert ResultRoot(root).read_metadata()["build_jobs"] == "3"
+    assert (root / "logs/buildworld.log").read_text().splitlines()[0].startswith(
+        "# bmake -j3 buildworld")

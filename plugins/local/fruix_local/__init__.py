@@ -7,6 +7,7 @@ commands run (see :mod:`fruix_core.transport`), keep the rest.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -97,6 +98,7 @@ class LocalExecutor:
             source=SourceStore(path=str(source), signature=source_signature(source)),
             build_root=str(build_root),
             result_root=str(root.path),
+            jobs=request.jobs or os.cpu_count() or 1,
         )
         root.write_metadata(build_metadata(request, env, None, self.version))
         return env
@@ -109,7 +111,8 @@ class LocalExecutor:
         for path, content in files.items():  # the declared bytes, whatever the host file is now
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(content)
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs, paths=paths,
+        argv, extra = phase_command(phase, make=request.make, jobs=env.jobs or request.jobs,
+                                    paths=paths,
                                     kernconf=request.base.kernconf, pinned=pinned)
         log_path = root.log_path(phase.name)
         with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
