@@ -17,7 +17,8 @@ then the only thing on stdout); with ``--markers`` everything goes to stdout
 in the line protocol of :mod:`fruix_guest_self_hosted.protocol`. Exit codes
 are :class:`fruix_core.errors.ExitCode`: 0 ok, 1 a phase failed, 2 bad usage
 or guest metadata, 3 the guest is unfit or the machinery failed, 130
-interrupted (SIGINT, SIGTERM, SIGHUP).
+interrupted (SIGINT, SIGTERM). A hang-up (SIGHUP: the login session or the
+SSH connection that started the helper ended) is ignored; the build goes on.
 """
 
 from __future__ import annotations
@@ -235,18 +236,23 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
 
 @contextlib.contextmanager
 def _signals_cancel(cancel: CancelToken, run: GuestRun) -> Iterator[None]:
-    """SIGTERM, SIGHUP and the first Ctrl-C stop the build cleanly (status ``failed``)."""
+    """SIGTERM and the first Ctrl-C stop the build cleanly (status ``failed``); SIGHUP is ignored.
+
+    A build started from an interactive login must outlive the session, as
+    FreeBSD's ``nohup``/``daemon(8)`` would make it.
+    """
     def on_signal(signum: int, _frame: Any) -> None:
         first = not cancel.cancelled
-        reasons = {int(signal.SIGTERM): "terminated", int(signal.SIGHUP): "hung up"}
+        reasons = {int(signal.SIGTERM): "terminated"}
         cancel.cancel(reasons.get(signum, "interrupted"))
         if first:
             mark_interrupted(run)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    handled = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         yield
     finally:

@@ -298,3 +298,32 @@ def test_make_command_is_configurable(kit, toy_guest):
     assert ResultRoot(root).read_metadata()["make"] == "bmake"
     assert read_promotion(root / "promotion.scm").policy.make == "bmake"
     assert (root / "logs" / "buildworld.log").read_text().startswith("# bmake ")
+
+
+def test_a_hangup_does_not_stop_the_build(kit, tmp_path):
+    # Started from a login that then ends (SIGHUP), the build goes on, as under nohup.
+    import signal
+    import subprocess
+    import time
+
+    guest = kit.make_toy_guest(tmp_path, sleep_buildworld="1")
+    proc = subprocess.Popen([*kit.helper_command(), "--system-root", str(guest.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or "sleeping" in line:
+                break
+        assert "sleeping" in line, line
+        proc.send_signal(signal.SIGHUP)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert (guest.results_dir / "latest" / "status").read_text() == "ok\n"
