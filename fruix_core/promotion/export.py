@@ -143,6 +143,12 @@ def export_tar(obj: Path, out: BinaryIO) -> ExportReport:
     _check_object(obj)
     with open(obj / MANIFEST_FILE, "rb") as stream:
         entries = list(parse_manifest(stream, str(obj / MANIFEST_FILE)))
+    for entry in entries:
+        # Never read outside the object, whatever its manifest says.
+        parts = entry.rel.split(b"/") if entry.rel else []
+        if any(part in (b"", b".", b"..") for part in parts):
+            raise VerificationError(f"{obj}/{MANIFEST_FILE}: path {_display(entry.rel)!r} "
+                                    "leaves the object")
     uids = _ids(obj, "etc/master.passwd", FREEBSD_UIDS)
     gids = _ids(obj, "etc/group", FREEBSD_GIDS)
     owners = _group_owners(entries)
@@ -179,7 +185,15 @@ def export_tar(obj: Path, out: BinaryIO) -> ExportReport:
             else:
                 info.type = tarfile.REGTYPE
                 info.mode = attrs.mode if attrs.mode is not None else 0o444
-                st = os.lstat(path)
+                try:
+                    st = os.lstat(path)
+                except OSError as err:
+                    raise VerificationError(f"{obj}: {_display(entry.rel)}: {err.strerror}"
+                                            ) from None
+                if os.path.realpath(path) != os.path.join(os.path.realpath(obj),
+                                                          os.fsdecode(entry.rel)):
+                    raise VerificationError(f"{obj}: {_display(entry.rel)} is reached through "
+                                            "a symbolic link")
                 if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
                     raise VerificationError(f"{obj}: {_display(entry.rel)} is not the "
                                             f"{entry.size}-byte file the manifest records")

@@ -134,3 +134,17 @@ def test_sample_world_exports_like_a_freebsd_base(tmp_path: Path, fruix_workspac
     assert "mode=1777" in mtree["./tmp"].split() and "mode=750" in mtree["./var/crash"].split()
     manifest = (world / ".fruix-native-build-manifest").read_text()
     assert "./usr/bin/passwd type=file uname=root gname=wheel mode=4555 " in manifest
+
+
+def test_export_never_reads_through_a_symlink(world: Path, tmp_path: Path) -> None:
+    # A store changed behind the engine's back: bin/ replaced by a link elsewhere.
+    import shutil
+
+    outside = tmp_path / "outside"
+    shutil.copytree(world / "bin", outside)   # the same bytes, outside the object
+    make_tree_writable(world)
+    shutil.rmtree(world / "bin")
+    os.symlink(outside, world / "bin")
+    with pytest.raises(VerificationError, match="reached through a symbolic link"):
+        export_tar_file(world, tmp_path / "x.tar")
+    assert not (tmp_path / "x.tar").exists()
