@@ -225,12 +225,15 @@ def make_base_system(path: Path, *, extra: dict[str, Path] | None = None,
     return path
 
 
-def base_system_command(base: Path, argv: list[str]) -> list[str]:
+def base_system_command(base: Path, argv: list[str], *, user: int | None = None) -> list[str]:
     """``argv`` run with ``base`` mounted over the system's tool directories.
 
     The mounts live in a private mount namespace (``unshare -m``; as a
     non-root user a user namespace too), so nothing outside changes. The
     directory holding ``mount`` is covered last.
+
+    :param user: run ``argv`` as this uid (its gid the same number, no
+        supplementary groups), as a build user of the guest would; needs root.
     """
     mount = shutil.which("mount") or "/bin/mount"
     binds = []
@@ -241,11 +244,22 @@ def base_system_command(base: Path, argv: list[str]) -> list[str]:
         binds.append((str(Path(base) / directory), real))
     mount_dir = os.path.dirname(os.path.realpath(mount))
     binds.sort(key=lambda pair: os.path.realpath(pair[1]) == mount_dir)
+    drop = ""
+    if user is not None:
+        # setpriv is this machine's, kept outside the base's PATH directories.
+        tools = Path(base) / ".fruix-tools"
+        tools.mkdir(exist_ok=True)
+        setpriv = tools / "setpriv"
+        if not setpriv.exists():
+            shutil.copy(os.path.realpath(shutil.which("setpriv") or "/usr/bin/setpriv"),
+                        setpriv)
+        drop = (f"{shlex.quote(str(setpriv))} --reuid={int(user)} --regid={int(user)} "
+                "--clear-groups ")
     # FreeBSD's login PATH (login.conf's default), nothing of this machine's.
     script = "; ".join(f"{shlex.quote(mount)} --bind {shlex.quote(src)} {shlex.quote(dst)}"
                        for src, dst in binds) + (
         "; PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin; export PATH"
-        '; exec "$@"')
+        f'; exec {drop}"$@"')
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
     return [unshare, *flags, "--", "/bin/sh", "-c", script, "fruix-base-system", *argv]

@@ -112,11 +112,14 @@ class SshServer:
     """
 
     def __init__(self, workdir: Path, *, listen: str = "127.0.0.1", port: int | None = None,
-                 system_root: Path | None = None, base_system: Path | None = None) -> None:
+                 system_root: Path | None = None, base_system: Path | None = None,
+                 build_user: int | None = None) -> None:
         self.workdir = Path(workdir)
         #: A FreeBSD-shaped base (:func:`~fruix_core.testkit.guest.make_base_system`):
         #: when set, every command runs on it with tcsh as the login shell.
         self.base_system = base_system
+        #: With ``base_system``: the uid guest commands run as (an unprivileged builder).
+        self.build_user = build_user
         self.login_script = self.workdir / "guest-login"
         self.host = listen
         self._fixed_port = port
@@ -208,7 +211,8 @@ class SshServer:
         from fruix_core.testkit.guest import base_system_command
 
         assert self.base_system is not None
-        words = base_system_command(self.base_system, ["/bin/tcsh", "-c"])
+        words = base_system_command(self.base_system, ["/bin/tcsh", "-c"],
+                                    user=self.build_user)
         line = " ".join(shlex.quote(w) for w in words)
         self.login_script.write_text(
             "#!/bin/sh\n"

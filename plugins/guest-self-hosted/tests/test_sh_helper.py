@@ -232,3 +232,34 @@ def test_a_hangup_does_not_stop_the_build(base: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "run " in out and ": build ok" in out
     assert (guest.results_dir / "latest" / "status").read_text() == "ok\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the guest's build user needs root")
+def test_whole_build_as_an_unprivileged_user(base: Path, local_reference: dict[str, str],
+                                             tmp_path: Path) -> None:
+    import tempfile
+
+    from fruix_core.sample import sample_base_path
+    from fruix_core.testkit.guest import make_guest_root
+
+    nobody = 65534
+    top = Path(tempfile.mkdtemp(prefix="fruix-guest-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        guest = make_guest_root(top / "root", sample_base_path())
+        for writable in (guest.results_dir, guest.work_dir):
+            os.chown(writable, nobody, nobody)
+        argv = base_system_command(base, ["fruix-self-hosted-native-build", "--system-root",
+                                          str(guest.path), "--jobs", "2", "--json"],
+                                   user=nobody)
+        proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=180,
+                              stdin=subprocess.DEVNULL, check=False)
+        assert proc.returncode == 0, proc.stderr
+        root = Path(_summary(proc)["result_root"])
+        assert root.stat().st_uid == nobody
+        assert signatures(root) == local_reference
+        assert " uname=root gname=wheel mode=04555 " in \
+            (root / "metalog/world.METALOG").read_text()
+    finally:
+        make_tree_writable(top)
+        shutil.rmtree(top, ignore_errors=True)

@@ -7,6 +7,7 @@ an operator would; the cancel test uses the runner API to hold the token.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from fruix_core.promotion import promote
 from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
-from fruix_core.testkit import Workspace, live_processes, run_cli, wait_gone
+from fruix_core.testkit import Workspace, live_processes, make_tree_writable, run_cli, wait_gone
 from fruix_core.testkit.guest import GuestRoot, make_base_system, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
@@ -353,3 +354,48 @@ def test_jobs_come_from_the_guest(tmp_path, fruix_workspace, fruix_toy_source) -
     assert ResultRoot(root).read_metadata()["build_jobs"] == "3"
     assert (root / "logs/buildworld.log").read_text().splitlines()[0].startswith(
         "# bmake -j3 buildworld")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the guest's build user needs root")
+def test_full_chain_as_an_unprivileged_guest_user(tmp_path, fruix_workspace,
+                                                  fruix_sample_source, fruix_base_system):
+    # The guest's builder is not root: installs are -DNO_ROOT, owners live in the METALOG.
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    top = Path(tempfile.mkdtemp(prefix="fruix-guest-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        root = make_guest_root(top / "guest", fruix_sample_source)
+        for writable in (root.results_dir, root.work_dir):
+            os.chown(writable, nobody, nobody)
+        server = SshServer(tmp_path / "sshd", system_root=root.path,
+                           base_system=fruix_base_system, build_user=nobody)
+        server.start()
+        lab = Lab(server=server, root=root, ws=fruix_workspace)
+        try:
+            proc = lab.run(promote=True)
+        finally:
+            server.stop()
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        guest_root = lab.guest_run_root(doc["run_id"])
+        assert guest_root.stat().st_uid == nobody
+        assert (guest_root / "metalog/world.METALOG").stat().st_uid == nobody
+        world = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+        assert re.search(r"^\./usr/bin/passwd type=file uname=root gname=wheel mode=4555 .*"
+                         r" flags=schg$", world, re.MULTILINE)
+        local_ws = Workspace(tmp_path / "local")
+        local_ws.root.mkdir()
+        conf = local_ws.write_config(source=fruix_sample_source, jobs=2)
+        local = run_cli("native-build", "run", "--config", str(conf), "--json",
+                        cwd=local_ws.root)
+        assert local.returncode == 0, local.stderr
+        local_artifacts = json.loads(local.stdout)["artifacts"]
+        for kind in KINDS:
+            assert (Path(doc["artifacts"][kind]) / MANIFEST_FILE).read_bytes() == \
+                (Path(local_artifacts[kind]) / MANIFEST_FILE).read_bytes(), kind
+    finally:
+        make_tree_writable(top)
+        shutil.rmtree(top, ignore_errors=True)
