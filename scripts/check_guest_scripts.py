@@ -32,6 +32,9 @@ def generated_scripts(work: Path) -> dict[str, str]:
                                           str(work / "build"), "running", fresh=True),
         "staging": scripts.staging_script(paths, str(work / "result")),
         "latest": scripts.swap_latest_script(str(work / "results"), "run-1"),
+        "detached-start": scripts.detached_start_script("echo x; exit 3", str(work), "p"),
+        "follow": scripts.follow_script(str(work), "p", 10),
+        "detached-stop": scripts.detached_stop_script(str(work), "p"),
     }
 
 

@@ -106,6 +106,9 @@ def _all_scripts(tmp_path: Path) -> dict[str, str]:
                                           str(tmp_path / "build"), "running", fresh=True),
         "staging": scripts.staging_script(paths, str(tmp_path / "result")),
         "latest": scripts.swap_latest_script(str(tmp_path / "results"), "run-1"),
+        "detached-start": scripts.detached_start_script("echo x; exit 3", str(tmp_path), "p"),
+        "follow": scripts.follow_script(str(tmp_path), "p", 10),
+        "detached-stop": scripts.detached_stop_script(str(tmp_path), "p"),
     }
 
 
@@ -158,3 +161,65 @@ def test_prepare_refuses_a_build_root_on_another_file_system(tmp_path: Path) -> 
     assert not (result / "status").exists()
     assert _sh(script) == b""     # on one file system it passes and writes the status
     assert (result / "status").read_text() == "running\n"
+
+
+# -- detached phases, in the FreeBSD-shaped guest (tcsh login, dash, no Python) ---------
+
+def _guest(server, script: str, **kw) -> subprocess.CompletedProcess[str]:
+    from fruix_core.transport.ssh import remote_command
+
+    return subprocess.run([*server.ssh_command(), remote_command(script, report_pgid=False)],
+                          capture_output=True, text=True, timeout=60, check=False, **kw)
+
+
+def _wait_for(predicate, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_detached_phase_outlives_a_dropped_connection(fruix_freebsd_sshd, tmp_path: Path):
+    import signal
+
+    run_dir = str(tmp_path / "run")
+    gate = tmp_path / "gate"
+    command = (f"echo first; while [ ! -f {gate} ]; do sleep 0.1; done; echo second; exit 5")
+    started = _guest(fruix_freebsd_sshd, scripts.detached_start_script(command, run_dir, "p"))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("pid ")
+    from fruix_core.transport.ssh import remote_command
+
+    follower = subprocess.Popen(
+        [*fruix_freebsd_sshd.ssh_command(),
+         remote_command(scripts.follow_script(run_dir, "p", 0), report_pgid=False)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "first\n"
+    # The connection drops (the sshd serving it dies) in the middle of the phase.
+    for pid in fruix_freebsd_sshd.session_pids():
+        os.kill(pid, signal.SIGKILL)
+    follower.wait(timeout=30)
+    assert not (tmp_path / "run/p.rc").exists()      # the phase goes on regardless
+    gate.write_text("")
+    _wait_for(lambda: (tmp_path / "run/p.rc").exists())
+    # Reconnect and go on from the 6 bytes already received.
+    rest = _guest(fruix_freebsd_sshd, scripts.follow_script(run_dir, "p", len("first\n")))
+    assert rest.stdout == "second\n\n@@fruix-rc@@ 5\n"
+
+
+def test_a_detached_phase_can_be_stopped(fruix_freebsd_sshd, tmp_path: Path):
+    from fruix_core.testkit import live_processes, wait_gone
+
+    run_dir = str(tmp_path / "run")
+    marker = f"fruix-detached-{os.getpid()}"
+    command = f"sleep 300 & sleep 301; echo {marker}"
+    assert _guest(fruix_freebsd_sshd,
+                  scripts.detached_start_script(command, run_dir, "q")).returncode == 0
+    _wait_for(lambda: bool(live_processes("sleep 301")))
+    stopped = _guest(fruix_freebsd_sshd, scripts.detached_stop_script(run_dir, "q"))
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_gone("sleep 300") == [] and wait_gone("sleep 301") == []
+    assert (tmp_path / "run/q.rc").read_text().strip() == "143"
