@@ -55,8 +55,8 @@ def helper(base: Path, *args: str, timeout: float = 180) -> subprocess.Completed
 
 def _summary(proc: subprocess.CompletedProcess[str]) -> dict:
     try:
-        return json.loads(proc.stdout[proc.stdout.index("{\n"):])
-    except ValueError:
+        return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    except (ValueError, IndexError):
         raise AssertionError(f"no JSON summary:\n{proc.stdout}\n{proc.stderr}") from None
 
 
