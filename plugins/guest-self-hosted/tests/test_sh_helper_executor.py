@@ -9,6 +9,7 @@ on a Fruix guest whose development overlay installs it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -90,3 +91,44 @@ def test_a_failing_phase_is_a_build_failure(freebsd_sshd, tmp_path: Path) -> Non
     assert doc["phase"] == "buildkernel"
     host_log = Path(doc["result_root"]) / "logs/buildkernel.log"
     assert "failing on purpose" in host_log.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the guest's build user needs root")
+def test_full_chain_as_an_unprivileged_guest_user(tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    import shutil
+    import tempfile
+
+    from fruix_core.sample import sample_base_path
+    from fruix_core.testkit import make_tree_writable
+    from fruix_core.testkit.guest import make_guest_root
+
+    nobody = 65534
+    base = make_base_system(tmp_path_factory.mktemp("base-nobody"),
+                            extra={"fruix-self-hosted-native-build": SCRIPT})
+    top = Path(tempfile.mkdtemp(prefix="fruix-guest-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        guest = make_guest_root(top / "root", sample_base_path())
+        for writable in (guest.results_dir, guest.work_dir):
+            os.chown(writable, nobody, nobody)
+        server = SshServer(tmp_path / "sshd", base_system=base, build_user=nobody)
+        server.start()
+        try:
+            ws = Workspace(tmp_path / "ws")
+            ws.root.mkdir()
+            proc = run_cli("native-build", "run", "--config",
+                           str(_config(ws, server, guest.path, promote=True)), "--json",
+                           cwd=ws.root, timeout=300)
+        finally:
+            server.stop()
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        run_root = guest.results_dir / doc["run_id"]
+        assert run_root.stat().st_uid == nobody
+        world = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+        assert " uname=root gname=wheel mode=4555 " in world
+    finally:
+        make_tree_writable(top)
+        shutil.rmtree(top, ignore_errors=True)
