@@ -215,11 +215,11 @@ def test_a_detached_phase_can_be_stopped(fruix_freebsd_sshd, tmp_path: Path):
 
     run_dir = str(tmp_path / "run")
     marker = f"fruix-detached-{os.getpid()}"
-    command = f"sleep 300 & sleep 301; echo {marker}"
+    command = f"sleep 317 & sleep 318; echo {marker}"   # durations no other test uses
     assert _guest(fruix_freebsd_sshd,
                   scripts.detached_start_script(command, run_dir, "q")).returncode == 0
-    _wait_for(lambda: bool(live_processes("sleep 301")))
+    _wait_for(lambda: bool(live_processes("sleep 318")))
     stopped = _guest(fruix_freebsd_sshd, scripts.detached_stop_script(run_dir, "q"))
     assert stopped.returncode == 0, stopped.stderr
-    assert wait_gone("sleep 300") == [] and wait_gone("sleep 301") == []
+    assert wait_gone("sleep 317") == [] and wait_gone("sleep 318") == []
     assert (tmp_path / "run/q.rc").read_text().strip() == "143"
