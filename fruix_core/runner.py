@@ -63,7 +63,7 @@ from fruix_core.model import (
     StagedArtifacts,
 )
 from fruix_core.plugins import FruixPluginManager, LoadedPlugin, identify, load, validate
-from fruix_core.profile import phases_from
+from fruix_core.profile import phases_from, read_make_configuration
 from fruix_core.resultroot import (
     ResultRoot,
     build_metadata,
@@ -442,11 +442,12 @@ def run_build(
     logs = _PhaseLogs(root, on_output)
     request = BuildRequest(
         run_id=run_id, executor=executor_name, base=config.base, phases=phases_from(None),
-        jobs=config.effective_jobs, make=config.make, source_dir=source_dir,
+        jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
         results_dir=config.results, result_root=root.path,
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(executor_name), resume_from=resume_from,
+        make_configuration=read_make_configuration(config.make_configuration, config.file),
         cancel=cancel, on_output=logs.output, executor_version=loaded.version,
         executor_distribution=loaded.distribution,
     )

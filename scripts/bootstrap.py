@@ -30,7 +30,8 @@ PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml
 SYSTEM_TOOLS = {
     "sshd": "openssh-server", "ssh": "openssh-client", "nix-hash": "nix-bin",
     "nix-store": "nix-bin", "guile": "guile-3.0", "bmake": "bmake", "cc": "gcc",
-    "make": "make", "tar": "tar",
+    "make": "make", "tar": "tar", "bsdtar": "libarchive-tools", "dash": "dash",
+    "tcsh": "tcsh", "shellcheck": "shellcheck",
 }
 SBIN = "/usr/sbin:/sbin"
 

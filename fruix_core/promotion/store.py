@@ -60,6 +60,7 @@ from fruix_core.promotion.locking import (
     gc_lock,
     remove_stale_temporaries,
 )
+from fruix_core.promotion.metalog import artifact_metalog
 from fruix_core.promotion.publish import (
     FSYNC_POLICIES,
     ContentLinker,
@@ -189,7 +190,7 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
     signatures: dict[str, str] = {}
     try:
         for staged in validated.artifacts:
-            ingested = ingester.ingest(staged)
+            ingested = ingester.ingest(staged, artifact_metalog(validated.root, staged.kind))
             name, _ = _artifact_name(promotion, ingested)
             artifacts[staged.kind] = layout.object(name)
             signatures[staged.kind] = ingested.tree_signature
@@ -235,7 +236,8 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)
-            ingested = [ingester.ingest(staged) for staged in validated.artifacts]
+            ingested = [ingester.ingest(staged, artifact_metalog(validated.root, staged.kind))
+                        for staged in validated.artifacts]
             named = [(item, *_artifact_name(promotion, item)) for item in ingested]
             artifacts = {item.kind: layout.object(name) for item, name, _doc in named}
             for (item, name, document), staged in zip(named, validated.artifacts, strict=True):

@@ -52,6 +52,7 @@ from fruix_core.api import (
     RunEnd,
     SourceStore,
     StagedArtifacts,
+    UsageError,
     hookimpl,
     read_section,
     require_guest,
@@ -147,6 +148,10 @@ class GuestSelfHostedExecutor:
 
         guest = require_guest(request, NAME)
         settings = _settings(request)
+        if request.make_configuration:
+            raise UsageError(f"executor '{NAME}' builds with the guest helper's pins "
+                             "(/dev/null); declared build.srcconf, build.make_conf and "
+                             "build.src_env_conf need the local or host-initiated executor")
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:
             version = self._check_version(session, guest, settings, request)

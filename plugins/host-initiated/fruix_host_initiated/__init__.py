@@ -31,6 +31,7 @@ production). Configuration: ``[executors.host-initiated]`` (:data:`SCHEMA`).
 from __future__ import annotations
 
 import posixpath
+import shlex
 import socket
 import tempfile
 import time
@@ -64,10 +65,12 @@ from fruix_core.api import (
     UsageError,
     build_metadata,
     build_promotion,
+    check_declared_base,
     dumps_promotion,
     hookimpl,
     parse_store_layout,
     phase_command,
+    pinned_configuration,
     read_section,
     require_guest,
     sanitised_environment,
@@ -181,6 +184,7 @@ class HostInitiatedExecutor:
                 f"missing on {where}: the FreeBSD source store metadata "
                 "(store-layout.scm) is not there", file=layout_file)
         layout = parse_store_layout(layout_text, source=f"{where}:{layout_file}")
+        check_declared_base(layout, request.base)
         host_name = (facts.get("host") or [guest.host])[0] or guest.host
         guest_env = {k: v[0] for k, v in (("HOME", facts.get("home")),
                                           ("USER", facts.get("user")),
@@ -211,6 +215,7 @@ class HostInitiatedExecutor:
             closure_path=layout.closure_path,
             development_profile_path=layout.development_profile_path,
             session=_State(session, settings, results_dir),
+            jobs=request.jobs or _guest_ncpu(facts),
         )
         metadata = build_metadata(request, env, None)
         session.write_file(posixpath.join(result_root, "metadata"), _metadata_text(metadata))
@@ -224,9 +229,15 @@ class HostInitiatedExecutor:
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         state: _State = env.session
         session = state.session
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
-                                    paths=BuildPaths(env.build_root),
-                                    kernconf=request.base.kernconf)
+        paths = BuildPaths(env.build_root)
+        pinned, files = pinned_configuration(paths.conf_dir, request.make_configuration)
+        if files:
+            session.check_output(f"mkdir -p {shlex.quote(paths.conf_dir)}",
+                                 what="creating the configuration directory")
+        for path, content in files.items():
+            session.write_file(path, content)
+        argv, extra = phase_command(phase, make=request.make, jobs=env.jobs or request.jobs,
+                                    paths=paths, kernconf=request.base.kernconf, pinned=pinned)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
         # The guest's result root keeps its own copy of the log, spooled here meanwhile.
         with tempfile.TemporaryFile("w+b") as spool:
@@ -305,3 +316,8 @@ def _metadata_text(values: Mapping[str, object]) -> bytes:
         lines.append(f"{key}={text}\n")
     return "".join(lines).encode("utf-8")
 
+
+def _guest_ncpu(facts: dict[str, list[str]]) -> int:
+    """The guest's CPU count from the probe (``sysctl -n hw.ncpu``), at least 1."""
+    value = (facts.get("ncpu") or ["1"])[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
