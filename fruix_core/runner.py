@@ -303,7 +303,11 @@ class _Run:
     # -- after the build: import, provenance, records -------------------------------------
 
     def import_from_guest(self, emitted: EmittedResult) -> dict[str, str]:
-        """Fetch the guest's result root; keep its artifacts and promotion.scm. Its metadata."""
+        """Fetch the guest's result root; keep its artifacts, METALOGs and promotion.scm.
+
+        :returns: the guest's metadata.
+        """
+        from fruix_core.promotion.metalog import METALOG_DIR
         from fruix_core.transport.ssh import connect
         from fruix_core.transport.tarstream import fetch_tree, verify_result_root
 
@@ -326,7 +330,9 @@ class _Run:
         finally:
             session.close()
         try:
-            for name in ("artifacts", "promotion.scm"):
+            # The METALOGs (metalog/) give the artifacts' owners, modes and flags when the
+            # guest built as an unprivileged user (-DNO_ROOT).
+            for name in ("artifacts", METALOG_DIR, "promotion.scm"):
                 target = self.root.path / name
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)

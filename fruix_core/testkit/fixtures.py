@@ -124,10 +124,15 @@ def fruix_executor_conformance(tmp_path: Path) -> Callable[..., list[Any]]:
         def test_conformance(fruix_executor_conformance):
             results = fruix_executor_conformance("chroot")
             assert all_passed(results), [r.line() for r in results]
+
+    ``base_system=`` runs the test guest on a FreeBSD-shaped base system
+    (:func:`fruix_core.testkit.guest.make_base_system`).
     """
     from fruix_core.testkit.conformance import run_checks
 
-    def run(name: str, settings: Mapping[str, Any] | None = None) -> list[Any]:
-        return run_checks(name, tmp_path / f"conformance-{name}", settings)
+    def run(name: str, settings: Mapping[str, Any] | None = None, *,
+            base_system: Path | None = None) -> list[Any]:
+        return run_checks(name, tmp_path / f"conformance-{name}", settings,
+                          base_system=base_system)
 
     return run

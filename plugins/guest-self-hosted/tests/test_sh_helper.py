@@ -122,23 +122,63 @@ def test_whole_build_matches_the_local_executor(base: Path, sample_guest: GuestR
 
 def test_phase_by_phase(base: Path, sample_guest: GuestRoot,
                         local_reference: dict[str, str]) -> None:
+    # The step interface the host's executor drives (the Python helper's too):
+    # --prepare, --phase NAME, --finish, each with --run-id.
     root = str(sample_guest.path)
-    proc = helper(base, "--system-root", root, "--phase", "prepare", "--jobs", "2", "--json")
+    run_id = "steps-1"
+    proc = helper(base, "--system-root", root, "--prepare", "--run-id", run_id, "--jobs", "2",
+                  "--json")
     assert proc.returncode == 0, proc.stderr
-    run_id = _summary(proc)["run_id"]
+    doc = _summary(proc)
+    assert (doc["status"], doc["run_id"], doc["jobs"]) == ("prepared", run_id, 2)
+    for key in ("source_dir", "source_store", "source_signature", "results_dir", "work_dir"):
+        assert doc[key], key
     result_root = sample_guest.results_dir / run_id
     assert ResultRoot(result_root).status().state == "running"
     for phase in PHASES:
         proc = helper(base, "--system-root", root, "--run-id", run_id, "--phase", phase)
         assert proc.returncode == 0, (phase, proc.stderr)
         assert f"==> {phase}: ok" in proc.stdout
-    assert not (result_root / "promotion.scm").exists()
-    proc = helper(base, "--system-root", root, "--run-id", run_id, "--phase", "finish",
+    proc = helper(base, "--system-root", root, "--run-id", run_id, "--phase", "installkernel",
                   "--json")
+    assert _summary(proc)["status"] == "phase-ok"
+    assert not (result_root / "promotion.scm").exists()
+    proc = helper(base, "--system-root", root, "--run-id", run_id, "--finish", "--json")
     assert proc.returncode == 0, proc.stderr
+    assert _summary(proc)["status"] == "ok"
     assert ResultRoot(result_root).status().state == "ok"
     assert signatures(result_root) == local_reference
     assert ResultRoot(result_root).read_metadata()["build_jobs"] == "2"
+
+
+def test_a_failed_step_is_resumed(base: Path, tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path, fail_installworld="")
+    common = ["--system-root", str(guest.path), "--run-id", "r1", "--json"]
+    run = ResultRoot(guest.results_dir / "r1")
+    assert _summary(helper(base, "--prepare", *common))["status"] == "prepared"
+    for phase in PHASES[:2]:
+        assert helper(base, "--phase", phase, *common).returncode == 0
+    failed = helper(base, "--phase", "installworld", *common)
+    assert failed.returncode == 1
+    assert _summary(failed)["failed_phase"] == "installworld"
+    assert str(run.status()) == "failed (installworld)"
+    refused = helper(base, "--finish", *common)
+    assert refused.returncode == 2 and "resume it first" in refused.stderr
+
+    (guest.source_dir / "fail-installworld").unlink()
+    again = helper(base, "--prepare", "--resume", *common)
+    assert again.returncode == 0, again.stderr
+    assert _summary(again)["status"] == "prepared"
+    assert (guest.work_dir / "fruix-self-hosted-native-builds" / "r1").is_dir()   # kept
+    for phase in PHASES[2:]:
+        assert helper(base, "--phase", phase, *common).returncode == 0
+    finished = helper(base, "--finish", *common)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(_summary(finished)["artifacts"]) == sorted(
+        ["world", "kernel", "headers", "bootloader"])
+    assert str(run.status()) == "ok" and (run.path / "promotion.scm").is_file()
+    again = helper(base, "--prepare", "--resume", *common)
+    assert again.returncode == 2 and "only a failed run can be resumed" in again.stderr
 
 
 # ---- failures
@@ -165,6 +205,12 @@ def test_a_failing_phase(base: Path, tmp_path: Path) -> None:
     (["--base-version", "15.0 STABLE"], 2, "--base-version: must be a word"),
     (["--make", "bmake;reboot"], 2, "--make: invalid make command"),
     (["--phase", "buildworld", "--run-id", "nosuchrun"], 2, "no run nosuchrun"),
+    (["--prepare"], 2, "--prepare needs --run-id"),
+    (["--finish"], 2, "--finish needs --run-id"),
+    (["--resume", "--run-id", "r9"], 2, "--resume goes with --prepare"),
+    (["--prepare", "--resume", "--run-id", "r9"], 2, "no run r9"),
+    (["--prepare", "--finish", "--run-id", "r9"], 2, "exclude each other"),
+    (["--phase", "prepare", "--run-id", "r9"], 2, "unknown phase 'prepare'"),
 ])
 def test_bad_usage(base: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:
     guest = make_toy_guest(tmp_path)

@@ -132,3 +132,16 @@ def test_full_chain_as_an_unprivileged_guest_user(tmp_path: Path,
     finally:
         make_tree_writable(top)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_conformance_with_the_sh_helper(freebsd_sshd: SshServer,
+                                        fruix_executor_conformance) -> None:
+    # The whole contract (core-owned logs and status, teardown, cancel during and between
+    # phases, the phase timeout, resume) with the sh helper, driven step by step
+    # (--prepare, --phase, --finish) in the FreeBSD-shaped guest: no Python there.
+    from fruix_core.testkit.conformance import all_passed
+
+    assert freebsd_sshd.base_system is not None
+    results = fruix_executor_conformance("guest-self-hosted",
+                                         base_system=freebsd_sshd.base_system)
+    assert all_passed(results), "\n".join(r.line() for r in results)
