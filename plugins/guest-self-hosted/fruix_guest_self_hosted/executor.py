@@ -104,6 +104,14 @@ def _settings(request: BuildRequest) -> dict[str, Any]:
     return check_settings(request.settings)
 
 
+def _jobs_of(facts: Mapping[str, Any], request: BuildRequest) -> int:
+    """``-j`` in the guest: the helper's report (its CPU count when asked for 0)."""
+    jobs = facts.get("jobs")
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 0:
+        return jobs
+    return request.jobs
+
+
 class _State:
     """What one run keeps between hooks (in ``PreparedEnv.session``)."""
 
@@ -172,6 +180,7 @@ class GuestSelfHostedExecutor:
             closure_path=facts.get("closure"),
             development_profile_path=facts.get("development_profile"),
             session=state,
+            jobs=_jobs_of(facts, request),
         )
         log.info("guest ready for a self-hosted build", guest=guest.name, helper_version=version,
                  source=env.source.path, result_root=env.result_root)

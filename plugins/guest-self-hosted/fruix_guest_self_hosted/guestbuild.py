@@ -262,6 +262,8 @@ class GuestRun:
     staged: StagedArtifacts | None = None
     emitted: EmittedResult | None = None
     latest: bool = False
+    #: ``-j`` of this run on this machine (0: not known yet).
+    jobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,7 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
         "result_root": str(run.result_root) if run.result_root else None,
         "build_root": str(run.build_root) if run.build_root else None,
         "latest": run.latest,
+        "jobs": run.jobs or None,
         "phases": [{"phase": p.phase, "returncode": p.returncode,
                     "seconds": round(p.duration, 3)} for p in run.phases],
         "failed_phase": None,
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.facts = inspect_guest(system_root, args.make)
                 output.finish(summary_document(run, status="ready", exit_code=ExitCode.OK))
                 return int(ExitCode.OK)
-            jobs = args.jobs or (os.cpu_count() or 1)
+            jobs = run.jobs = args.jobs or (os.cpu_count() or 1)
             common = {"system_root": system_root, "jobs": jobs, "make": args.make, "base": base,
                       "run": run}
             step = args.prepare or args.phase is not None or args.finish

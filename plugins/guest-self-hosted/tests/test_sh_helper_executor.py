@@ -145,3 +145,26 @@ def test_conformance_with_the_sh_helper(freebsd_sshd: SshServer,
     results = fruix_executor_conformance("guest-self-hosted",
                                          base_system=freebsd_sshd.base_system)
     assert all_passed(results), "\n".join(r.line() for r in results)
+
+
+def test_jobs_come_from_the_guest(tmp_path: Path) -> None:
+    # build.jobs = 0: -j is the guest's (FreeBSD: sysctl -n hw.ncpu), as the helper
+    # reports it when it prepares the run; the host's CPU count never enters.
+    base = make_base_system(tmp_path / "base-3cpu", ncpu=3,
+                            extra={"fruix-self-hosted-native-build": SCRIPT})
+    server = SshServer(tmp_path / "sshd", base_system=base)
+    server.start()
+    try:
+        guest = make_toy_guest(tmp_path)
+        ws = Workspace(tmp_path / "ws")
+        ws.root.mkdir()
+        proc = run_cli("native-build", "run", "--config",
+                       str(_config(ws, server, guest.path, promote=False, jobs=0)), "--json",
+                       cwd=ws.root, timeout=300)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    root = Path(json.loads(proc.stdout)["result_root"])
+    assert (root / "metadata").read_text().count("build_jobs=3\n") == 1
+    assert (root / "logs/buildworld.log").read_text().splitlines()[1].startswith(
+        "# bmake -j3 buildworld")
