@@ -12,11 +12,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
 from fruix_core.promotion.display import shown
+
+if TYPE_CHECKING:
+    from fruix_core.promotion.layout import StoreLayout
 
 
 def _json_path(path: Path) -> str:
@@ -127,7 +130,7 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
 # -- garbage collection and roots --------------------------------------------
 
 
-def _layout(store: str):  # noqa: ANN202 - StoreLayout, imported lazily
+def _layout(store: str) -> StoreLayout:
     from fruix_core.promotion.layout import StoreLayout
 
     return StoreLayout(Path(store).absolute())

@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -115,7 +116,7 @@ def _fsync_policy(fsync: str | None) -> str:
     return policy
 
 
-def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list]:
+def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list[Any]]:
     document = artifact_identity(promotion, ingested.kind, ingested.tree_signature,
                                  ingested.manifest_sha256)
     name = artifact_name(document, ingested.kind, promotion.base.version, promotion.executor)
@@ -276,7 +277,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
         owner.release()
 
 
-def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
+def _prepare_artifact(item: IngestedArtifact, name: str, document: list[Any],
                       staged: StagedArtifact, linker: ContentLinker) -> None:
     temp = item.temp_dir
     assert temp is not None
@@ -309,7 +310,7 @@ def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,
     return layout.object(name)
 
 
-def _enter_new_content(layout: StoreLayout, named: list, done: list[bool], ingester: Ingester,
+def _enter_new_content(layout: StoreLayout, named: list[Any], done: list[bool], ingester: Ingester,
                        linker: ContentLinker, token: str) -> None:
     """Pool entries for content now in published objects (the pool only speeds up)."""
     moved: dict[bytes, bytes] = {}
