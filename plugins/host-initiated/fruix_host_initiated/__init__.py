@@ -32,6 +32,7 @@ import shlex
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, Any
 
 import structlog
@@ -41,10 +42,12 @@ from fruix_core.__about__ import __version__ as _core_version
 from fruix_core.config import Key, read_section
 from fruix_core.environment import sanitised_environment
 from fruix_core.errors import (
+    Cancelled,
     ConfigError,
     ConnectionLostError,
     GuestError,
     MetadataError,
+    PhaseTimeout,
     SourceTreeError,
     ToolMissingError,
     TransportError,
@@ -86,7 +89,14 @@ SCHEMA: dict[str, Key] = {
     "keep_work": Key(bool, False, "keep the guest's work area after a successful run"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
     "progress": Key(bool, True, "show import progress in bytes on a terminal"),
+    "detach": Key(bool, False, "run each phase detached in the guest; a dropped connection "
+                               "is reconnected and the phase followed on"),
 }
+
+#: Lines of a detached phase's output kept for the failure message.
+TAIL_LINES = 20
+#: Seconds between reconnection attempts after a dropped connection (detached phases).
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 def _settings(request: BuildRequest) -> dict[str, Any]:
@@ -223,6 +233,8 @@ class HostInitiatedExecutor:
                                     kernconf=request.base.kernconf, pinned=pinned)
         log_path = host_root.log_path(phase.name)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
+        if state.settings["detach"]:
+            return self._run_detached(request, env, phase, argv, extra, log_path, guest_log)
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:
                 log_file.write(f"# {' '.join(argv)}\n")
@@ -244,6 +256,108 @@ class HostInitiatedExecutor:
             host_root.set_failed(phase.name)
             state.close()
         return outcome.phase_result(phase.name, str(log_path), request.phase_timeout)
+
+    def _run_detached(self, request: BuildRequest, env: PreparedEnv, phase: Phase,
+                      argv: list[str], extra: Mapping[str, str], log_path: Path,
+                      guest_log: str) -> PhaseResult:
+        """Run ``phase`` detached in the guest; follow its log, reconnecting when needed.
+
+        The phase runs in its own session (:func:`scripts.detached_start_script`),
+        so neither a dropped connection nor sshd's hang-up stops it. The log is
+        followed by byte offset (of the UTF-8 lines received); after a drop the
+        host reconnects with backoff and goes on from there. Cancel and the
+        phase timeout stop the phase's process group in the guest.
+        """
+        from fruix_core.transport.ssh import shell_script
+
+        state: _State = env.session
+        host_root = ResultRoot(request.result_root)
+        guest = request.guest
+        assert guest is not None
+        run_dir = posixpath.join(env.build_root, "phases")
+        command = shell_script(argv, env={**dict(env.environment), **extra}, cwd=env.source_dir)
+        started = time.monotonic()
+        received = 0
+        returncode: int | None = None
+        tail: list[str] = []
+        try:
+            state.session.check_output(
+                scripts.detached_start_script(command, run_dir, phase.name),
+                what=f"starting {phase.name}")
+            with open(log_path, "w", encoding="utf-8") as log_file:
+                log_file.write(f"# {' '.join(argv)}\n")
+
+                def on_line(line: str) -> None:
+                    nonlocal received, returncode
+                    if line.startswith(scripts.RC_MARKER):
+                        returncode = int(line.split()[1])
+                        return
+                    received += len(line.encode("utf-8")) + 1
+                    tail[:] = [*tail[-(TAIL_LINES - 1):], line]
+                    _line_sink(log_file, phase.name, request)(line)
+
+                attempt = 0
+                while returncode is None:
+                    left = None
+                    if request.phase_timeout:
+                        left = request.phase_timeout - (time.monotonic() - started)
+                        if left <= 0:
+                            self._stop_detached(state, run_dir, phase)
+                            raise PhaseTimeout(phase.name, request.phase_timeout)
+                    try:
+                        outcome = state.session.run_script(
+                            scripts.follow_script(run_dir, phase.name, received),
+                            on_line=on_line, timeout=left, cancel=request.cancel)
+                        attempt = 0
+                    except ConnectionLostError:
+                        state.session.close()
+                        state.session = self._reconnect(guest, state, request, attempt)
+                        attempt += 1
+                        continue
+                    if outcome.cancelled:
+                        self._stop_detached(state, run_dir, phase)
+                        raise Cancelled(f"interrupted during {phase.name}")
+            # The end-of-log blank line the follow script prints before the status.
+            if tail and tail[-1] == "":
+                tail.pop()
+            state.session.write_file(guest_log, log_path.read_bytes())
+            if returncode != 0:
+                state.session.write_file(posixpath.join(env.result_root, "status"),
+                                         f"failed {phase.name}\n".encode())
+        except BaseException:
+            host_root.set_failed(phase.name)
+            state.close()
+            raise
+        if returncode != 0:
+            host_root.set_failed(phase.name)
+            state.close()
+        return PhaseResult(phase=phase.name, returncode=int(returncode),
+                           duration=time.monotonic() - started, log_path=str(log_path),
+                           last_lines=tuple(tail))
+
+    @staticmethod
+    def _reconnect(guest: Any, state: _State, request: BuildRequest, attempt: int) -> Any:
+        """A new session to ``guest`` after a drop, waiting :data:`RECONNECT_BACKOFF`."""
+        from fruix_core.transport.ssh import connect
+
+        if attempt >= len(RECONNECT_BACKOFF) or request.cancel.wait(RECONNECT_BACKOFF[attempt]):
+            if request.cancel.cancelled:
+                raise Cancelled("interrupted while reconnecting")
+            raise ConnectionLostError(f"guest {guest.name}: connection lost and not regained "
+                                      f"after {len(RECONNECT_BACKOFF)} attempts")
+        log.warning("connection lost; reconnecting", guest=guest.name, attempt=attempt + 1)
+        try:
+            return connect(guest, keepalive=float(state.settings["keepalive"]))
+        except TransportError:
+            return HostInitiatedExecutor._reconnect(guest, state, request, attempt + 1)
+
+    @staticmethod
+    def _stop_detached(state: _State, run_dir: str, phase: Phase) -> None:
+        try:
+            state.session.check_output(scripts.detached_stop_script(run_dir, phase.name),
+                                       what=f"stopping {phase.name}")
+        except TransportError:
+            log.warning("could not stop the detached phase", phase=phase.name)
 
     # -- result root -------------------------------------------------------------------
 
