@@ -31,7 +31,7 @@ SYSTEM_TOOLS = {
     "sshd": "openssh-server", "ssh": "openssh-client", "nix-hash": "nix-bin",
     "nix-store": "nix-bin", "guile": "guile-3.0", "bmake": "bmake", "cc": "gcc",
     "make": "make", "tar": "tar", "bsdtar": "libarchive-tools", "dash": "dash",
-    "tcsh": "tcsh", "shellcheck": "shellcheck",
+    "tcsh": "tcsh", "shellcheck": "shellcheck", "ps": "procps",
 }
 SBIN = "/usr/sbin:/sbin"
 

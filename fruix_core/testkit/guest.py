@@ -155,7 +155,7 @@ def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
 #: The guest base system: its name -> this machine's tool (FreeBSD's name first).
 BASE_TOOLS: dict[str, str] = {
     "sh": "dash", "csh": "tcsh", "tcsh": "tcsh", "tar": "bsdtar", "bsdtar": "bsdtar",
-    "make": "bmake", "bmake": "bmake", "cc": "cc", "c++": "c++", "cpp": "cpp", "as": "as",
+    "make": "bmake", "bmake": "bmake", "cc": "cc", "cpp": "cpp", "as": "as",
     "ld": "ld", "ar": "ar", "nm": "nm", "ranlib": "ranlib", "strip": "strip",
     "objcopy": "objcopy", "getconf": "getconf", "nproc": "nproc",
     **{tool: tool for tool in (
@@ -200,7 +200,8 @@ def make_base_system(path: Path, *, extra: dict[str, Path] | None = None,
     marker = path / ".fruix-base-system"
     if not marker.exists():
         packages = {"dash": "dash", "tcsh": "tcsh", "bsdtar": "libarchive-tools",
-                    "bmake": "bmake", "cc": "gcc", "c++": "g++"}
+                    "bmake": "bmake", "cc": "gcc", "cpp": "cpp", "as": "binutils",
+                    "ld": "binutils", "ps": "procps", "setsid": "util-linux"}
         for directory in BASE_DIRS:
             (path / directory).mkdir(parents=True, exist_ok=True)
         for name, tool in BASE_TOOLS.items():

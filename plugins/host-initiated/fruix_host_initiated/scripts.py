@@ -22,6 +22,7 @@ from fruix_core.api import (
 
 __all__ = [
     "LAYOUT_BEGIN",
+    "RC_MARKER",
     "detached_start_script",
     "detached_stop_script",
     "follow_script",
@@ -191,6 +192,10 @@ def swap_latest_script(results_dir: str, run_id: str) -> str:
 # and go on from the bytes it has; detached_stop_script stops the process group.
 
 
+#: The line ``follow_script`` ends with once the phase has ended: ``@@fruix-rc@@ <status>``.
+RC_MARKER = "@@fruix-rc@@"
+
+
 def _detached_files(run_dir: str, name: str) -> tuple[str, str, str]:
     base = posixpath.join(run_dir, name)
     return f"{base}.log", f"{base}.pid", f"{base}.rc"
@@ -224,7 +229,7 @@ def follow_script(run_dir: str, name: str, offset: int) -> str:
     log, _pid, rc = _detached_files(run_dir, name)
     start = int(offset) + 1
     return (f"if [ -f {_q(rc)} ]; then tail -c +{start} {_q(log)}; "
-            f'echo; echo "@@fruix-rc@@ $(cat {_q(rc)})"; exit 0; fi; '
+            f'echo; echo "{RC_MARKER} $(cat {_q(rc)})"; exit 0; fi; '
             # $$ in the watcher is this shell's pid, which exec makes tail's (and csh
             # would read the '!' of $! as a history event).
             f"( while [ ! -f {_q(rc)} ] && kill -0 $$ 2>/dev/null; do sleep 1; done; "

@@ -452,3 +452,60 @@ def test_full_chain_as_an_unprivileged_guest_user(tmp_path, fruix_workspace,
     finally:
         make_tree_writable(top)
         shutil.rmtree(top, ignore_errors=True)
+
+
+# -- detached phases: a dropped connection does not fail the run -------------------------
+
+
+def _detached_config(lab: Lab, **build) -> Path:
+    return lab.config(executor_extra="detach = true", **build)
+
+
+def _guest_phase_log(lab: Lab, phase: str) -> list[Path]:
+    work = lab.root.path / "var/tmp/fruix-native-builds"
+    return sorted(work.glob(f"*/phases/{phase}.log"))
+
+
+def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
+    # Kill the sshd session process serving the run in the middle of a phase: the host
+    # reconnects and follows the phase on; the run completes ok.
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3")
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(_detached_config(toy_lab)), "--json"],
+                            cwd=toy_lab.ws.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        following: list[int] = []
+        while time.monotonic() < deadline and not following:
+            logs = _guest_phase_log(toy_lab, "buildworld")
+            # The host follows the phase: the guest's tail of its log runs.
+            if logs and "sleeping" in logs[0].read_text():
+                following = live_processes(f"-f {logs[0]}")
+            time.sleep(0.05)
+        assert following and "sleeping" in logs[0].read_text(), "the phase never started"
+        killed = toy_lab.server.session_pids()
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["status"] == "ok"
+    host_log = (Path(doc["result_root"]) / "logs/buildworld.log").read_text()
+    assert host_log.count("toy: buildworld sleeping") == 1   # nothing lost, nothing twice
+    assert "built world" in host_log
+
+
+def test_detached_phase_timeout_stops_the_guest_process_group(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("347")
+    proc = toy_lab.run(config=_detached_config(toy_lab, phase_timeout=2))
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
+    assert "timed out" in proc.stderr or "timeout" in proc.stderr
+    assert wait_gone("sleep 347") == []
+    host = ResultRoot(toy_lab.ws.results / toy_lab.only_run_id())
+    assert host.status().state == "failed" and host.status().phase == "buildworld"
