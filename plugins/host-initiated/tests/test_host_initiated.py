@@ -509,3 +509,15 @@ def test_detached_phase_timeout_stops_the_guest_process_group(toy_lab: Lab) -> N
     assert wait_gone("sleep 347") == []
     host = ResultRoot(toy_lab.ws.results / toy_lab.only_run_id())
     assert host.status().state == "failed" and host.status().phase == "buildworld"
+
+
+def test_conformance_detached_in_a_freebsd_shaped_guest(tmp_path: Path,
+                                                        fruix_executor_conformance) -> None:
+    # The whole contract with detach = true, in a guest with dash as sh, bsdtar and bmake
+    # and no Python: cancel during and between phases, the phase timeout and resume
+    # stop or continue the detached process groups.
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("host-initiated", {"detach": True},
+                                         base_system=make_base_system(tmp_path / "base"))
+    assert all_passed(results), "\n".join(r.line() for r in results)
