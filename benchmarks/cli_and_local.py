@@ -41,7 +41,7 @@ def by_hand(source: Path, build_root: Path, jobs: int) -> float:
     paths = BuildPaths(str(build_root))
     env = sanitised_environment()
     for phase in PHASES:
-        argv, extra = phase_command(phase, make="make", jobs=jobs, paths=paths,
+        argv, extra = phase_command(phase, make="bmake", jobs=jobs, paths=paths,
                                     kernconf="GENERIC")
         subprocess.run(argv, cwd=source, env={**env, **extra}, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

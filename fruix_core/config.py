@@ -44,12 +44,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "guest": Key(str, "", "guest provider for in-guest executors ('' = none)"),
         "jobs": Key(int, 0, "make -j value; 0 = number of CPUs"),
         "source": Key(str, "", "source tree; '' = the bundled sample base"),
-        "make": Key(str, "make", "make command (FreeBSD: make; elsewhere bmake or make)"),
+        "make": Key(str, "bmake", "BSD make command (FreeBSD installs make as bmake too)"),
         "phase_timeout": Key((int, float), 0, "seconds one phase may run; 0 = no limit"),
         "promote": Key(bool, True, "promote the result into the store after a run"),
         "keep_build_area": Key(bool, False,
                                "keep a successful run's build area (default: removed)"),
         "observers": Key(list, [], "observer plugins to tell about runs (e.g. ['command'])"),
+        "srcconf": Key(str, "", "src.conf for the build (SRCCONF); '' = none (/dev/null)"),
+        "make_conf": Key(str, "", "make.conf for the build (__MAKE_CONF); '' = none"),
+        "src_env_conf": Key(str, "", "src-env.conf for the build (SRC_ENV_CONF); '' = none"),
     },
     "base": {
         "name": Key(str, "freebsd", "declared base name"),
@@ -76,10 +79,12 @@ class Config:
     guest: str = ""
     jobs: int = 0
     source: Path | None = None
-    make: str = "make"
+    make: str = "bmake"
     phase_timeout: float | None = None
     promote: bool = True
     keep_build_area: bool = False
+    #: Declared make configuration files: (variable, path), e.g. ("SRCCONF", "/etc/x.conf").
+    make_configuration: tuple[tuple[str, str], ...] = ()
     base: BaseMetadata = field(default_factory=BaseMetadata)
     store: Path = Path(".fruix/store")
     results: Path = Path(".fruix/results")
@@ -245,6 +250,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         return _resolve(value, anchor if given else cwd)
 
     source = _resolve(build["source"], anchor) if build["source"] else None
+    declared = tuple((variable, str(_resolve(build[key], anchor)))
+                     for key, variable in (("srcconf", "SRCCONF"), ("make_conf", "__MAKE_CONF"),
+                                           ("src_env_conf", "SRC_ENV_CONF"))
+                     if build[key])
     return Config(
         file=file,
         executor=build["executor"],
@@ -255,6 +264,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         phase_timeout=float(build["phase_timeout"]) or None,
         promote=build["promote"],
         keep_build_area=build["keep_build_area"],
+        make_configuration=declared,
         base=BaseMetadata(name=base["name"], version=base["version"], arch=base["arch"],
                           kernconf=base["kernconf"]),
         store=path_of("store"),

@@ -22,7 +22,9 @@ __all__ = [
 ]
 
 #: Name recorded in metadata and promotion.scm; bump it when the rules change.
-ENVIRONMENT_POLICY = "sanitised-v1"
+#: v2: SRCCONF, __MAKE_CONF and SRC_ENV_CONF are always pinned by the build
+#: profile (``/dev/null`` unless declared), installs run with ``-DNO_ROOT``.
+ENVIRONMENT_POLICY = "sanitised-v2"
 
 #: PATH of every build: the base system's directories only.
 BASE_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
@@ -66,4 +68,5 @@ def policy_description() -> dict[str, str]:
         "environment_policy": ENVIRONMENT_POLICY,
         "environment_path": BASE_PATH,
         "environment_kept": ",".join(KEPT),
+        "environment_pinned": "SRCCONF,__MAKE_CONF,SRC_ENV_CONF",
     }

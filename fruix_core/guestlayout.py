@@ -13,13 +13,21 @@ the strict reader of :mod:`fruix_core.promotion.sexp` and never evaluated::
       (freebsd-source-signature "sha256:9f2c...")       ; optional
       (closure "/frx/store/1k9...-fruix-system-closure")  ; optional
       (development-profile "/frx/store/7hq...-fruix-development-profile")  ; optional
-      (host-name "fruix-builder"))                        ; optional
+      (host-name "fruix-builder")                         ; optional
+      (freebsd-version "15.0-STABLE")                     ; optional
+      (freebsd-arch "amd64"))                             ; optional
 
 Rules: exactly one top-level ``fruix-store-layout`` form; ``version`` is
-``1``; every field appears at most once and holds one string; paths are
-absolute, normalised (no ``.``/``..``/``//``) and, for store items, directly
-under ``store-directory``; unknown fields are refused so that a typo never
-passes silently. Paths are as the guest sees them (its system root is ``/``).
+``1``; every known field appears at most once and holds one string; paths
+are absolute, normalised (no ``.``/``..``/``//``) and, for store items,
+directly under ``store-directory``. Records grow: a field this reader does
+not know is skipped (its name kept in :attr:`StoreLayout.unknown_fields`), as
+long as it is a ``(name ...)`` form; the fields it uses are required and
+checked. Paths are as the guest sees them (its system root is ``/``).
+
+``freebsd-version`` and ``freebsd-arch``, when present, declare what the
+guest's source store is; :func:`check_declared_base` refuses a build request
+for another version or architecture.
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruix_core.errors import MetadataError
+from fruix_core.errors import ConfigError, MetadataError
+from fruix_core.model import BaseMetadata
 
 __all__ = [
     "LAYOUT_RELATIVE_PATH",
+    "check_declared_base",
     "StoreLayout",
     "dumps_store_layout",
     "parse_store_layout",
@@ -52,6 +62,8 @@ _STRING_FIELDS = {
     "closure": "closure_path",
     "development-profile": "development_profile_path",
     "host-name": "host_name",
+    "freebsd-version": "base_version",
+    "freebsd-arch": "base_arch",
 }
 _STORE_ITEM_FIELDS = ("freebsd-source", "closure", "development-profile")
 _STORE_NAME_RE = re.compile(r"(?P<hash>[0-9a-z]{32,64})-(?P<name>[A-Za-z0-9+._?=-]+)\Z")
@@ -67,7 +79,11 @@ class StoreLayout:
     closure_path: str | None = None
     development_profile_path: str | None = None
     host_name: str | None = None
+    base_version: str | None = None
+    base_arch: str | None = None
     version: int = FORMAT_VERSION
+    #: Names of fields this reader skipped (newer records).
+    unknown_fields: tuple[str, ...] = ()
 
     @property
     def source_hash(self) -> str:
@@ -108,22 +124,25 @@ def parse_store_layout(text: str | bytes, *, source: str | Path | None = None) -
     form_line = form.line if isinstance(form, SList) else 1
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
+    unknown: list[str] = []
     for item in form[1:]:
         line = item.line if isinstance(item, SList) else form_line
-        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], Symbol):
+        if not isinstance(item, list) or not item or not isinstance(item[0], Symbol):
             raise MetadataError("expected a (field value) pair", file=name, line=line)
+        if item[0].name != "version" and item[0].name not in _STRING_FIELDS:
+            unknown.append(item[0].name)  # a newer record's field: skipped, never evaluated
+            continue
+        if len(item) != 2:
+            raise MetadataError(f"field '{item[0].name}' takes exactly one value", file=name,
+                                line=line)
         field, value = item[0].name, item[1]
         if field in values:
             raise MetadataError(f"field '{field}' appears twice", file=name, line=line)
         if field == "version":
             if value is True or value is False or not isinstance(value, int):
                 raise MetadataError("version: expected an integer", file=name, line=line)
-        elif field in _STRING_FIELDS:
-            if not isinstance(value, str) or not value:
-                raise MetadataError(f"{field}: expected a non-empty string", file=name, line=line)
-        else:
-            known = ", ".join(sorted(["version", *_STRING_FIELDS]))
-            raise MetadataError(f"unknown field '{field}' (known: {known})", file=name, line=line)
+        elif not isinstance(value, str) or not value:
+            raise MetadataError(f"{field}: expected a non-empty string", file=name, line=line)
         values[field] = value
         lines[field] = line
     if values.get("version") != FORMAT_VERSION:
@@ -146,8 +165,26 @@ def parse_store_layout(text: str | bytes, *, source: str | Path | None = None) -
     if signature is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(signature)):
         raise MetadataError("freebsd-source-signature: expected sha256:<64 hex digits>",
                             file=name, line=lines["freebsd-source-signature"])
+    for field in ("freebsd-version", "freebsd-arch"):
+        value = values.get(field)
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}",
+                                                  str(value)):
+            raise MetadataError(f"{field}: expected a word such as 15.0-STABLE or amd64",
+                                file=name, line=lines[field])
     kwargs = {_STRING_FIELDS[k]: v for k, v in values.items() if k in _STRING_FIELDS}
-    return StoreLayout(**kwargs)  # type: ignore[arg-type]
+    return StoreLayout(**kwargs, unknown_fields=tuple(unknown))  # type: ignore[arg-type]
+
+
+def check_declared_base(layout: StoreLayout, base: BaseMetadata) -> None:
+    """Refuse a build whose declared version or architecture is not the guest's.
+
+    :raises ConfigError: naming the config key, the guest's value and the request's.
+    """
+    for declared, wanted, key in ((layout.base_version, base.version, "base.version"),
+                                  (layout.base_arch, base.arch, "base.arch")):
+        if declared is not None and declared != wanted:
+            raise ConfigError(f"the guest's source store is {declared} (store-layout.scm), "
+                              f"but the build asks for {wanted}", key=key)
 
 
 def read_store_layout(system_root: str | Path) -> StoreLayout:
@@ -176,7 +213,9 @@ def dumps_store_layout(layout: StoreLayout) -> str:
     optional = (("freebsd-source-signature", layout.source_signature),
                 ("closure", layout.closure_path),
                 ("development-profile", layout.development_profile_path),
-                ("host-name", layout.host_name))
+                ("host-name", layout.host_name),
+                ("freebsd-version", layout.base_version),
+                ("freebsd-arch", layout.base_arch))
     fields.extend([Symbol(k), v] for k, v in optional if v is not None)
     header = ";; Fruix store layout of this system (read, never evaluated).\n"
     return header + dumps(fields, width=100)

@@ -90,6 +90,8 @@ class BuildPolicy:
     jobs: int
     environment_policy: str
     make: str = "make"
+    #: (variable, "/dev/null" or "sha256:<hex>") for SRCCONF, __MAKE_CONF, SRC_ENV_CONF.
+    make_configuration: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Phase:
     :ivar environment: variables FreeBSD only accepts from the environment
         (``MAKEOBJDIRPREFIX``), same placeholders.
     :ivar parallel: whether ``-j JOBS`` is passed.
+    :ivar flags: make options passed as they are (``-DNO_ROOT``).
     """
 
     name: str
@@ -110,6 +113,7 @@ class Phase:
     variables: tuple[tuple[str, str], ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     parallel: bool = False
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,8 @@ class BuildRequest:
     guest: Guest | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     resume_from: str | None = None
+    #: Declared make configuration files: (variable, content), e.g. ("SRCCONF", b"...").
+    make_configuration: tuple[tuple[str, bytes], ...] = ()
     cancel: CancelToken = field(default_factory=CancelToken)
     on_output: Callable[[str, str], None] | None = None
     executor_version: str = ""
@@ -204,6 +210,9 @@ class PreparedEnv:
     closure_path: str | None = None
     development_profile_path: str | None = None
     session: Any = None
+    #: ``-j`` on the build machine: the request's, else the machine's CPU count
+    #: (0: use ``BuildRequest.jobs``). Never part of artifact identity.
+    jobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import datetime as _dt
 import errno
 import hashlib
 import os
+import posixpath
 import shutil
 import socket
 from collections.abc import Iterable, Mapping
@@ -38,7 +39,7 @@ from fruix_core.model import (
     Promotion,
     StagedArtifacts,
 )
-from fruix_core.profile import KEY_FILES, BuildPaths, artifact_split
+from fruix_core.profile import KEY_FILES, BuildPaths, artifact_split, make_configuration_policy
 
 __all__ = [
     "ResultRoot",
@@ -293,6 +294,9 @@ def stage_trees(paths: BuildPaths, artifacts_dir: Path) -> None:
     """
     stages = {"world": Path(paths.stage_world), "kernel": Path(paths.stage_kernel)}
     artifacts_dir.mkdir(parents=True, exist_ok=True)
+    from fruix_core.promotion.metalog import stage_metalogs
+
+    stage_metalogs(paths, artifacts_dir.parent)  # METALOGs go to <result root>/metalog
     rules = artifact_split()
     # Cut the sub-artifacts (headers, bootloader) out first, then move what is left.
     for rule in sorted(rules, key=lambda r: r.subtree == ""):
@@ -379,8 +383,11 @@ def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtif
         guest_host_name=env.host_name,
         base=request.base,
         source=env.source,
-        policy=BuildPolicy(phases=tuple(p.name for p in request.phases), jobs=request.jobs,
-                           environment_policy=request.environment_policy, make=request.make),
+        policy=BuildPolicy(phases=tuple(p.name for p in request.phases),
+                           jobs=env.jobs or request.jobs,
+                           environment_policy=request.environment_policy, make=request.make,
+                           make_configuration=make_configuration_policy(
+                               request.make_configuration)),
         artifacts=tuple(ArtifactEntry(kind=k, path=f"artifacts/{k}", files=staged.key_files[k])
                         for k in staged.kinds),
         closure_path=env.closure_path,
@@ -391,12 +398,12 @@ def build_promotion(request: BuildRequest, env: PreparedEnv, staged: StagedArtif
 def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifacts | None,
                    executor_version: str | None = None) -> dict[str, object]:
     """The ``metadata`` key=value lines for a run (partial while it runs)."""
+    version = request.executor_version if executor_version is None else executor_version
     values: dict[str, object] = {
         "run_id": request.run_id,
         "executor": request.executor,
-        "executor_version": request.executor_version if executor_version is None
-        else executor_version,
-        "build_jobs": request.jobs,
+        "executor_version": version,
+        "build_jobs": env.jobs or request.jobs,
         "make": request.make,
         "base_name": request.base.name,
         "base_version": request.base.version,
@@ -410,7 +417,17 @@ def build_metadata(request: BuildRequest, env: PreparedEnv, staged: StagedArtifa
         "phases": ",".join(p.name for p in request.phases),
     }
     values.update(policy_description())
+    for variable, pinned in make_configuration_policy(request.make_configuration):
+        values[f"pinned_{variable.strip('_').lower()}"] = pinned
+    # The seed helper's keys, next to ours.
+    values["helper_version"] = version
+    values["status_value"] = "ok" if staged is not None else "running"
+    values["latest_link"] = posixpath.join(posixpath.dirname(env.result_root), "latest")
+    values["latest_target"] = request.run_id
     if staged is not None:
+        values["result_root_size"] = sum(staged.sizes.values())
+        if os.path.isdir(env.build_root):  # only where the build root is on this machine
+            values["build_root_size"] = tree_size(Path(env.build_root))
         for kind in staged.kinds:
             if kind in staged.sizes:
                 values[f"size_{kind}"] = staged.sizes[kind]

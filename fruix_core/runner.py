@@ -63,7 +63,7 @@ from fruix_core.model import (
     StagedArtifacts,
 )
 from fruix_core.plugins import FruixPluginManager, LoadedPlugin, identify, load, validate
-from fruix_core.profile import phases_from
+from fruix_core.profile import phases_from, read_make_configuration
 from fruix_core.resultroot import (
     ResultRoot,
     build_metadata,
@@ -326,7 +326,11 @@ class _Run:
     # -- after the build: import, provenance, records -------------------------------------
 
     def import_from_guest(self, emitted: EmittedResult) -> dict[str, str]:
-        """Fetch the guest's result root; keep its artifacts and promotion.scm. Its metadata."""
+        """Fetch the guest's result root; keep its artifacts, METALOGs and promotion.scm.
+
+        :returns: the guest's metadata.
+        """
+        from fruix_core.promotion.metalog import METALOG_DIR
         from fruix_core.transport.ssh import connect
         from fruix_core.transport.tarstream import fetch_tree, verify_result_root
 
@@ -349,7 +353,9 @@ class _Run:
         finally:
             session.close()
         try:
-            for name in ("artifacts", "promotion.scm"):
+            # The METALOGs (metalog/) give the artifacts' owners, modes and flags when the
+            # guest built as an unprivileged user (-DNO_ROOT).
+            for name in ("artifacts", METALOG_DIR, "promotion.scm"):
                 target = self.root.path / name
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
@@ -465,11 +471,12 @@ def run_build(
     logs = _PhaseLogs(root, on_output)
     request = BuildRequest(
         run_id=run_id, executor=executor_name, base=config.base, phases=phases_from(None),
-        jobs=config.effective_jobs, make=config.make, source_dir=source_dir,
+        jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
         results_dir=config.results, result_root=root.path,
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(executor_name), resume_from=resume_from,
+        make_configuration=read_make_configuration(config.make_configuration, config.file),
         cancel=cancel, on_output=logs.output, executor_version=loaded.version,
         executor_distribution=loaded.distribution,
     )

@@ -3,9 +3,11 @@
 It ships inside the ``fruix_core`` package as data (no ``__init__.py``) and
 offers FreeBSD's make interface: ``buildworld``, ``buildkernel``,
 ``installworld``, ``distribution`` and ``installkernel`` with
-``MAKEOBJDIRPREFIX``, ``KERNCONF``, ``DESTDIR`` and ``-j``, for GNU make and
-BSD make alike. The build is bit-for-bit reproducible; see
-``docs/sample-base.rst``.
+``MAKEOBJDIRPREFIX``, ``KERNCONF``, ``DESTDIR``, ``-j``, ``-DNO_ROOT``,
+``METALOG``, ``DB_FROM_SRC``, ``SRCCONF``, ``__MAKE_CONF`` and
+``SRC_ENV_CONF``, for BSD make (FreeBSD's ``make``, ``bmake`` elsewhere), with
+its own ``share/mk`` and ``tools/install.sh``. The build is bit-for-bit
+reproducible; see ``docs/sample-base.rst``.
 """
 
 from __future__ import annotations

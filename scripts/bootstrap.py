@@ -31,7 +31,8 @@ SYSTEM_TOOLS = {
     "chromium": "chromium", "zsh": "zsh",
     "sshd": "openssh-server", "ssh": "openssh-client", "nix-hash": "nix-bin",
     "nix-store": "nix-bin", "guile": "guile-3.0", "bmake": "bmake", "cc": "gcc",
-    "make": "make", "tar": "tar", "bsdtar": "libarchive-tools", "tcsh": "tcsh", "zstd": "zstd",
+    "make": "make", "tar": "tar", "bsdtar": "libarchive-tools", "dash": "dash",
+    "tcsh": "tcsh", "shellcheck": "shellcheck", "ps": "procps", "zstd": "zstd",
 }
 SBIN = "/usr/sbin:/sbin"
 

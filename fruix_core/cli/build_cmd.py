@@ -171,8 +171,29 @@ def prune_command(args: argparse.Namespace) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {"run": run_command, "promote": promote_command, "list": list_command,
-                "show": show_command, "prune": prune_command}
+                "show": show_command, "prune": prune_command, "helper": helper_command}
     return handlers[args.action](args)
+
+
+def helper_command(args: argparse.Namespace) -> int:
+    """``native-build helper --print``: the guest helper, for an operator's overlay."""
+    from importlib import resources
+
+    from fruix_core.errors import UsageError
+
+    try:
+        script = resources.files("fruix_guest_self_hosted") / HELPER_SCRIPT
+        data = script.read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise UsageError("the guest-self-hosted plugin (fruix-executor-guest-self-hosted), "
+                         "which ships the helper script, is not installed") from None
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return int(ExitCode.OK)
+
+
+#: The POSIX sh helper, package data of the guest-self-hosted plugin.
+HELPER_SCRIPT = "fruix-self-hosted-native-build"
 
 
 def dispatch_store(args: argparse.Namespace) -> int:
@@ -186,6 +207,8 @@ def dispatch_store(args: argparse.Namespace) -> int:
     if args.action == "pin":
         return commands.pin_command(store, args.target, name=args.name, remove=args.remove,
                                     as_json=args.json)
+    if args.action == "export-tar":
+        return commands.export_tar_command(args.object, store, args.output)
     if args.action == "roots":
         return commands.roots_command(store, keep_last=args.keep_last, as_json=args.json)
     return commands.verify_command(list(args.paths), store, as_json=args.json)

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(promote)
     nb_list = nb_sub.add_parser("list", help="list runs in the results directory")
     _common(nb_list)
+    helper = nb_sub.add_parser("helper", help="the in-guest helper script (POSIX sh)")
+    helper.add_argument("--print", action="store_true", dest="print_script", required=True,
+                        help="write fruix-self-hosted-native-build to stdout")
+    _common(helper, config=False, json=False)
     show = nb_sub.add_parser("show", help="show one run")
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)
@@ -132,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     roots.add_argument("--keep-last", type=int, metavar="N",
                        help="successful runs kept per results directory (default: 3)")
     _common(roots)
+    export = st_sub.add_parser(
+        "export-tar", help="write an artifact object as a pax tar with owners, modes and flags")
+    export.add_argument("object", metavar="OBJECT", help="store path, or object name in --store")
+    export.add_argument("-o", "--output", metavar="FILE", help="tar file (default: stdout)")
+    export.add_argument("--store", metavar="DIR", help="store directory")
+    _common(export)
     return parser
 
 

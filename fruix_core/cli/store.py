@@ -18,6 +18,9 @@ from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
 from fruix_core.promotion.display import shown
 
+if TYPE_CHECKING:
+    from fruix_core.promotion.layout import StoreLayout
+
 
 def _json_path(path: Path) -> str:
     """A path for JSON: as is when it is text, escaped (never invalid) when it holds bytes
@@ -29,8 +32,8 @@ def _json_path(path: Path) -> str:
         return shown(path)
     return text if text.isprintable() else shown(path)
 
-__all__ = ["ProgressLine", "gc_command", "pin_command", "promote_command", "roots_command",
-           "verify_command"]
+__all__ = ["ProgressLine", "gc_command", "pin_command", "promote_command",
+           "roots_command", "verify_command", "export_tar_command"]
 
 
 def _size(n: int) -> str:
@@ -216,4 +219,27 @@ def roots_command(store: str, *, keep_last: int | None, as_json: bool) -> int:
     else:
         for root in roots:
             print(f"{root.kind:<7} {shown(root.name)} -> {shown(root.target)}")
+    return int(ExitCode.OK)
+
+
+def export_tar_command(obj: str, store: str, output: str | None) -> int:
+    """Export one artifact object as a pax tar to ``output`` (stdout when ``None``)."""
+    from fruix_core.errors import UsageError
+    from fruix_core.promotion.export import export_tar, export_tar_file
+
+    path = Path(obj)
+    if not path.exists() and "/" not in obj:
+        path = Path(store) / obj
+    if not path.is_dir():
+        raise UsageError(f"no store object {obj!r} (neither a directory nor a name in {store})")
+    if output is not None:
+        report = export_tar_file(path, Path(output))
+        print(f"{output}: {report.entries} entries, {_size(report.bytes)} of files",
+              file=sys.stderr)
+        return int(ExitCode.OK)
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write a tar archive to a terminal; use -o FILE or a pipe")
+    sys.stdout.flush()
+    export_tar(path, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
     return int(ExitCode.OK)

@@ -112,7 +112,7 @@ def register_results_dir(layout: StoreLayout, results_dir: Path) -> None:
     key = hashlib.sha256(raw).hexdigest()[:32]
     link = layout.results_roots / key
     try:
-        if os.readlink(link) == raw:
+        if os.readlink(os.fsencode(link)) == raw:
             return
     except OSError:
         pass

@@ -11,14 +11,17 @@ Artifact identity (what was built and how, plus the content)::
       (kind "world")
       (base (name "freebsd") (version "15.0-STABLE") (arch "amd64") (kernconf "GENERIC"))
       (source-signature "sha256:...")
-      (build-policy (phases "buildworld" ...) (jobs 8) (environment-policy "...") (make "make"))
+      (build-policy (phases "buildworld" ...) (environment-policy "...") (make "bmake")
+                    (make-configuration ("SRCCONF" "/dev/null") ("__MAKE_CONF" "sha256:...")
+                                        ("SRC_ENV_CONF" "/dev/null")))
       (executor "local")
       (executor-version "0.1.0")
       (tree-signature "sha256:<hex>")
       (manifest-sha256 "<hex>"))
 
-Run id, host names, closure and profile paths, timestamps and result-root
-paths are deliberately absent, so reproducible runs share artifact objects.
+Run id, host names, closure and profile paths, timestamps, result-root
+paths and ``-j`` (the build machine's, not the build's) are deliberately
+absent, so reproducible runs share artifact objects.
 Bundle identity carries the run's provenance and the artifact store paths::
 
     (fruix-native-build-result-identity
@@ -27,7 +30,8 @@ Bundle identity carries the run's provenance and the artifact store paths::
       (artifacts ("world" "/frx/store/...") ("kernel" "...") ("headers" "...")
                  ("bootloader" "..."))
       (run-id "...") (guest-host-name "...") (closure-path "..." or #f)
-      (development-profile-path "..." or #f) (executor "local") (executor-version "0.1.0"))
+      (development-profile-path "..." or #f) (executor "local") (executor-version "0.1.0")
+      (jobs 8))
 
 Names: ``<h40>-fruix-native-<kind>-<version>-<executor>`` and
 ``<h40>-fruix-native-build-result-<version>-<executor>``.
@@ -79,8 +83,9 @@ def artifact_identity(promotion: Promotion, kind: str, tree_signature: str,
         [s("base"), [s("name"), base.name], [s("version"), base.version],
          [s("arch"), base.arch], [s("kernconf"), base.kernconf]],
         [s("source-signature"), promotion.source.signature],
-        [s("build-policy"), [s("phases"), *policy.phases], [s("jobs"), policy.jobs],
-         [s("environment-policy"), policy.environment_policy], [s("make"), policy.make]],
+        [s("build-policy"), [s("phases"), *policy.phases],
+         [s("environment-policy"), policy.environment_policy], [s("make"), policy.make],
+         [s("make-configuration"), *[[k, v] for k, v in policy.make_configuration]]],
         [s("executor"), promotion.executor],
         [s("executor-version"), promotion.executor_version],
         [s("tree-signature"), "sha256:" + tree_signature],
@@ -128,6 +133,7 @@ def bundle_identity(promotion: Promotion, artifacts: Mapping[str, str]) -> list[
         [s("development-profile-path"), promotion.development_profile_path or False],
         [s("executor"), promotion.executor],
         [s("executor-version"), promotion.executor_version],
+        [s("jobs"), promotion.policy.jobs],
     ]
 
 

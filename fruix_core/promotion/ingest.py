@@ -41,6 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fruix_core.errors import PromotionInputError
 from fruix_core.promotion.display import shown
@@ -67,6 +68,9 @@ from fruix_core.promotion.validate import (
     TreeCheck,
     required_key_files,
 )
+
+if TYPE_CHECKING:
+    from fruix_core.promotion.metalog import ArtifactMetalog
 
 __all__ = ["BUFFER_LIMIT", "FIXED_MTIME", "IngestedArtifact", "Ingester", "Progress",
            "canonical_mode", "restage"]
@@ -307,8 +311,12 @@ class Ingester:
 
     # -- one artifact ----------------------------------------------------
 
-    def ingest(self, staged: StagedArtifact) -> IngestedArtifact:
+    def ingest(self, staged: StagedArtifact,
+               metalog: ArtifactMetalog | None = None) -> IngestedArtifact:
         """Walk ``staged`` once; returns its signature and the temporary object.
+
+        ``metalog`` (the build's METALOG lines for this artifact) puts owners,
+        groups, intended modes and file flags into the manifest.
 
         :raises PromotionInputError: when the tree changes, holds special files,
             or fails a check of validation.
@@ -325,7 +333,7 @@ class Ingester:
                 fd = os.open(temp / MANIFEST_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                              | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
                 stream = os.fdopen(fd, "wb")
-        manifest = ManifestWriter(stream)
+        manifest = ManifestWriter(stream, overlay=metalog.apply if metalog else None)
         groups: dict[tuple[int, int], tuple[bytes, str, int, int]] = {}
         check = TreeCheck(staged.kind, staged.path, self.store_id)
         fingerprint = TreeFingerprint(staged.kind)
@@ -396,6 +404,8 @@ class Ingester:
                     f"{err.strerror}") from None
             check.finish()
             self._check_keys(staged, keys, found)
+            if metalog is not None:
+                metalog.check_complete()
             if stream is not None and temp is not None:
                 with store_errors(f"cannot write {shown(temp)}/{MANIFEST_FILE}"):
                     stream.flush()

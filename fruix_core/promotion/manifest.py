@@ -16,7 +16,17 @@ in NAR order (depth first, names sorted by bytes)::
     ./usr/bin/cc type=link link=clang
 
 ``mode`` is the staged file's permission bits (four octal digits, setuid
-included); the store itself keeps only ``0444``/``0555``. Members of a
+included); the store itself keeps only ``0444``/``0555``. When the build
+wrote a METALOG (the install phases run with ``-DNO_ROOT``), its line for a
+node gives the intended ``mode`` (set-user-ID included, which an unprivileged
+install never applies) and adds ``uname``, ``gname`` and ``flags``, the
+mtree(5) keywords FreeBSD's ``install -M`` writes::
+
+    ./usr/bin/passwd type=file uname=root gname=wheel mode=4555 size=40000 \\
+        sha256digest=77aa... flags=schg
+
+Hard-link members and symbolic links carry an owner only when their METALOG
+line names one (``install -l`` logs none unless told). Members of a
 hard-link group carry ``nlink`` (the group size) and, after the first,
 ``hardlink=`` naming the first member. Paths and link targets are encoded
 like vis(3) with octal escapes: every byte outside ``!``..``~`` and the bytes
@@ -28,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -75,11 +85,18 @@ class ManifestEntry:
     link: bytes | None = None     # link target
     nlink: int = 1                # hard-link group size (file)
     hardlink: bytes | None = None  # first member of the group (file)
+    uname: str | None = None      # intended owner (METALOG)
+    gname: str | None = None      # intended group (METALOG)
+    flags: str | None = None      # file flags, comma-separated (METALOG)
 
     def render(self) -> bytes:
         """The manifest line (with trailing newline)."""
         path = b"./" + encode_path(self.rel) if self.rel else b"."
         words = [path, b"type=" + self.type.encode()]
+        if self.uname is not None:
+            words.append(b"uname=" + self.uname.encode("ascii"))
+        if self.gname is not None:
+            words.append(b"gname=" + self.gname.encode("ascii"))
         if self.type == "link":
             words.append(b"link=" + encode_path(self.link or b""))
         else:
@@ -91,14 +108,22 @@ class ManifestEntry:
                 words.append(b"nlink=%d" % self.nlink)
             if self.hardlink is not None:
                 words.append(b"hardlink=./" + encode_path(self.hardlink))
+        if self.flags is not None:
+            words.append(b"flags=" + self.flags.encode("ascii"))
         return b" ".join(words) + b"\n"
 
 
 class ManifestWriter:
-    """Writes manifest lines to an optional stream while hashing them."""
+    """Writes manifest lines to an optional stream while hashing them.
 
-    def __init__(self, stream: BinaryIO | None = None) -> None:
+    :param overlay: called with each entry before it is written; returns the
+        entry to write (the METALOG's owners, modes and flags applied).
+    """
+
+    def __init__(self, stream: BinaryIO | None = None,
+                 overlay: Callable[[ManifestEntry], ManifestEntry] | None = None) -> None:
         self._stream = stream
+        self._overlay = overlay
         self._hash = hashlib.sha256()
         self.entries = 0
         self._put(MANIFEST_HEADER)
@@ -109,6 +134,8 @@ class ManifestWriter:
             self._stream.write(data)
 
     def add(self, entry: ManifestEntry) -> None:
+        if self._overlay is not None:
+            entry = self._overlay(entry)
         self._put(entry.render())
         self.entries += 1
 
@@ -146,6 +173,9 @@ def _parse_line(line: bytes, number: int, source: str) -> ManifestEntry:
             link=decode_path(fields["link"]) if "link" in fields else None,
             nlink=ints.get("nlink", 1),
             hardlink=decode_path(hardlink[2:]) if hardlink else None,
+            uname=fields["uname"].decode("ascii") if "uname" in fields else None,
+            gname=fields["gname"].decode("ascii") if "gname" in fields else None,
+            flags=fields["flags"].decode("ascii") if "flags" in fields else None,
         )
     except (KeyError, ValueError, UnicodeDecodeError):
         raise VerificationError(f"{source}:{number}: malformed manifest line") from None

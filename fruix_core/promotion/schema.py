@@ -196,8 +196,8 @@ def _source(item: SList, source: str | None) -> SourceStore:
 
 
 def _policy(item: SList, source: str | None) -> BuildPolicy:
-    fields = _Fields(item, {"phases", "jobs", "environment-policy", "make"}, "build-policy",
-                     source)
+    fields = _Fields(item, {"phases", "jobs", "environment-policy", "make",
+                            "make-configuration"}, "build-policy", source)
     phases = fields.field("phases")
     for value in phases[1:]:
         problem = _name(value)
@@ -207,7 +207,28 @@ def _policy(item: SList, source: str | None) -> BuildPolicy:
         raise fields.error("build-policy: 'phases' lists no phase", phases)
     return BuildPolicy(phases=tuple(phases[1:]), jobs=fields.one("jobs", _count),
                        environment_policy=fields.one("environment-policy", _nonempty_string),
-                       make=fields.one("make", _nonempty_string))
+                       make=fields.one("make", _nonempty_string),
+                       make_configuration=_make_configuration(fields))
+
+
+def _make_configuration(fields: _Fields) -> tuple[tuple[str, str], ...]:
+    """``(make-configuration ("SRCCONF" "/dev/null" | "sha256:HEX") ...)``, optional."""
+    if "make-configuration" not in fields.values:
+        return ()
+    item = fields.field("make-configuration")
+    out = []
+    for pair in item[1:]:
+        if not (isinstance(pair, SList) and len(pair) == 2
+                and all(isinstance(x, str) for x in pair)
+                and pair[0] in ("SRCCONF", "__MAKE_CONF", "SRC_ENV_CONF")
+                and (pair[1] == "/dev/null" or (pair[1].startswith("sha256:")
+                                                and SHA256_RE.match(pair[1][7:])))):
+            raise fields.error('build-policy: make-configuration expects ("SRCCONF" '
+                               '"/dev/null" or "sha256:HEX") pairs', item)
+        out.append((pair[0], pair[1]))
+    if len({name for name, _ in out}) != len(out):
+        raise fields.error("build-policy: make-configuration names a variable twice", item)
+    return tuple(out)
 
 
 def _file_entry(item: Datum, where: str, source: str | None, at: SList) -> tuple[str, str]:
@@ -346,7 +367,9 @@ def promotion_datum(promotion: Promotion) -> list[Datum]:
         [s("source"), [s("name"), src.name], [s("path"), src.path],
          [s("signature"), src.signature]],
         [s("build-policy"), [s("phases"), *policy.phases], [s("jobs"), policy.jobs],
-         [s("environment-policy"), policy.environment_policy], [s("make"), policy.make]],
+         [s("environment-policy"), policy.environment_policy], [s("make"), policy.make],
+         *([[s("make-configuration"), *[[k, v] for k, v in policy.make_configuration]]]
+           if policy.make_configuration else [])],
         artifacts,
     ]
 

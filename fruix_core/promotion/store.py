@@ -30,10 +30,12 @@ whose objects it holds already.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -63,6 +65,7 @@ from fruix_core.promotion.locking import (
     gc_lock,
     remove_stale_temporaries,
 )
+from fruix_core.promotion.metalog import ArtifactMetalog, artifact_metalog
 from fruix_core.promotion.publish import (
     FSYNC_POLICIES,
     ContentLinker,
@@ -118,7 +121,7 @@ def _fsync_policy(fsync: str | None) -> str:
     return policy
 
 
-def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list]:
+def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list[Any]]:
     document = artifact_identity(promotion, ingested.kind, ingested.tree_signature,
                                  ingested.manifest_sha256)
     name = artifact_name(document, ingested.kind, promotion.base.version, promotion.executor)
@@ -193,7 +196,7 @@ def _dry_run(validated: ValidatedRoot, layout: StoreLayout,
     signatures: dict[str, str] = {}
     try:
         for staged in validated.artifacts:
-            ingested = ingester.ingest(staged)
+            ingested = ingester.ingest(staged, artifact_metalog(validated.root, staged.kind))
             name, _ = _artifact_name(promotion, ingested)
             artifacts[staged.kind] = layout.object(name)
             signatures[staged.kind] = ingested.tree_signature
@@ -239,9 +242,16 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)
+            metalogs = {staged.kind: artifact_metalog(validated.root, staged.kind)
+                        for staged in validated.artifacts}
+            # The METALOG shapes the manifest (and so the name): it is part of the key.
+            keys = {staged.kind: _cache_key(staged.fingerprint, metalogs[staged.kind])
+                    for staged in validated.artifacts}
             cache = StatCache(layout.root)
-            ingested = [_cached(cache, staged, layout, owner.token, promotion, ingester)
-                        or ingester.ingest(staged) for staged in validated.artifacts]
+            ingested = [_cached(cache, keys[staged.kind], staged, layout, owner.token,
+                                promotion, ingester)
+                        or ingester.ingest(staged, metalogs[staged.kind])
+                        for staged in validated.artifacts]
             named = [(item, *_artifact_name(promotion, item)) for item in ingested]
             artifacts = {item.kind: layout.object(name) for item, name, _doc in named}
             for (item, name, document), staged in zip(named, validated.artifacts, strict=True):
@@ -264,8 +274,9 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
                      path=shown(bundle), kind="bundle", run_id=promotion.run_id)
             _enter_new_content(layout, named, done, ingester, linker, owner.token)
             for item in ingested:
-                if item.fingerprint is not None:
-                    cache.record(item.fingerprint, CachedTree(
+                key = keys.get(item.kind)
+                if item.fingerprint is not None and key is not None:
+                    cache.record(key, CachedTree(
                         kind=item.kind, tree_signature=item.tree_signature,
                         nar_size=item.nar_size, manifest_sha256=item.manifest_sha256,
                         files=item.files))
@@ -286,14 +297,26 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
         owner.release()
 
 
-def _cached(cache: StatCache, staged: StagedArtifact, layout: StoreLayout, token: str,
-            promotion: Promotion, ingester: Ingester) -> IngestedArtifact | None:
+def _cache_key(fingerprint: str | None, metalog: ArtifactMetalog | None) -> str | None:
+    """The stat cache's key: the tree's fingerprint and the METALOG lines that apply."""
+    if fingerprint is None:
+        return None
+    digest = hashlib.sha256(fingerprint.encode())
+    for rel, entry in sorted((metalog.entries if metalog is not None else {}).items()):
+        digest.update(b"\0" + rel + b"\0" + repr((entry.type, entry.mode, entry.uname,
+                                                      entry.gname, entry.flags,
+                                                      entry.link)).encode())
+    return digest.hexdigest()
+
+
+def _cached(cache: StatCache, key: str | None, staged: StagedArtifact, layout: StoreLayout,
+            token: str, promotion: Promotion, ingester: Ingester) -> IngestedArtifact | None:
     """The artifact as a previous promotion read it, when its tree is unchanged since.
 
     Only an object already in the store is answered this way (nothing is
     written from a record); its temporary stays absent, meaning "reused".
     """
-    tree = cache.lookup(staged.fingerprint, staged.kind)
+    tree = cache.lookup(key, staged.kind) if key is not None else None
     if tree is None:
         return None
     item = IngestedArtifact(kind=staged.kind, tree_signature=tree.tree_signature,
@@ -308,7 +331,7 @@ def _cached(cache: StatCache, staged: StagedArtifact, layout: StoreLayout, token
     return item
 
 
-def _prepare_artifact(item: IngestedArtifact, name: str, document: list,
+def _prepare_artifact(item: IngestedArtifact, name: str, document: list[Any],
                       staged: StagedArtifact, linker: ContentLinker) -> None:
     temp = item.temp_dir
     assert temp is not None
@@ -341,7 +364,7 @@ def _prepare_bundle(layout: StoreLayout, temp: Path, promotion: Promotion,
     return layout.object(name)
 
 
-def _enter_new_content(layout: StoreLayout, named: list, done: list[bool], ingester: Ingester,
+def _enter_new_content(layout: StoreLayout, named: list[Any], done: list[bool], ingester: Ingester,
                        linker: ContentLinker, token: str) -> None:
     """Pool entries for content now in published objects (the pool only speeds up)."""
     moved: dict[bytes, bytes] = {}

@@ -161,9 +161,9 @@ TOY_MAKEFILE = textwrap.dedent("""\
     \tmkdir -p $(OBJ) && echo "kernel $(KERNCONF)" > $(OBJ)/kernel
     installworld:
     \t@$(MAKE) -s check PHASE=installworld
-    \tmkdir -p $(DESTDIR)/bin $(DESTDIR)/usr/include $(DESTDIR)/boot/defaults
+    \tmkdir -p $(DESTDIR)/bin $(DESTDIR)/usr/include/sys $(DESTDIR)/boot/defaults
     \tcp $(OBJ)/world.txt $(DESTDIR)/bin/sh && chmod 555 $(DESTDIR)/bin/sh
-    \techo '#define TOY 1' > $(DESTDIR)/usr/include/toy.h
+    \techo '#define TOY 1' > $(DESTDIR)/usr/include/sys/param.h
     \techo loader > $(DESTDIR)/boot/loader
     \techo 'autoboot_delay=3' > $(DESTDIR)/boot/defaults/loader.conf
     distribution:

@@ -99,6 +99,9 @@ class ConformanceLab:
     workdir: Path
     executor: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The guest's base system (:func:`fruix_core.testkit.guest.make_base_system`: a
+    #: FreeBSD-shaped guest, no Python); ``None``: this machine's tools.
+    base_system: Path | None = None
     server: Any = None
     sample_source: Path = Path()
     toy_source: Path = Path()
@@ -115,7 +118,7 @@ class ConformanceLab:
         self.toy_source = make_toy_source(self.workdir / "toy-src")
         self.sample_guest = make_guest_root(self.workdir / "sample-guest", self.sample_source)
         self.toy_guest = make_guest_root(self.workdir / "toy-guest", self.toy_source)
-        self.server = SshServer(self.workdir / "sshd").start()
+        self.server = SshServer(self.workdir / "sshd", base_system=self.base_system).start()
         return self
 
     def stop(self) -> None:
@@ -401,16 +404,20 @@ _CHECKS: dict[str, Callable[[_State], str]] = {
 }
 
 
-def iter_checks(executor: str, workdir: Path, settings: Mapping[str, Any] | None = None
-                ) -> Iterator[CheckResult]:
+def iter_checks(executor: str, workdir: Path, settings: Mapping[str, Any] | None = None,
+                *, base_system: Path | None = None) -> Iterator[CheckResult]:
     """Run the suite for ``executor`` in ``workdir``, yielding each result as it is known.
+
+    ``base_system`` is the test guest's base system (a FreeBSD-shaped one from
+    :func:`fruix_core.testkit.guest.make_base_system`); by default the guest
+    runs this machine's tools.
 
     A check that cannot start because an earlier one failed (nothing loaded,
     no build) fails too, saying why.
     """
     from fruix_core.errors import FruixError
 
-    lab = ConformanceLab(workdir, executor, dict(settings or {}))
+    lab = ConformanceLab(workdir, executor, dict(settings or {}), base_system)
     st = _State(lab)
     try:
         try:
@@ -436,7 +443,7 @@ def iter_checks(executor: str, workdir: Path, settings: Mapping[str, Any] | None
         lab.stop()
 
 
-def run_checks(executor: str, workdir: Path, settings: Mapping[str, Any] | None = None
-               ) -> list[CheckResult]:
+def run_checks(executor: str, workdir: Path, settings: Mapping[str, Any] | None = None,
+               *, base_system: Path | None = None) -> list[CheckResult]:
     """The whole suite's results for ``executor`` (see :func:`iter_checks`)."""
-    return list(iter_checks(executor, workdir, settings))
+    return list(iter_checks(executor, workdir, settings, base_system=base_system))

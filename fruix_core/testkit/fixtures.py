@@ -77,6 +77,28 @@ def fruix_sshd_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshS
     yield from _running_sshd(tmp_path_factory.mktemp("sshd-shared"))
 
 
+@pytest.fixture(scope="session")
+def fruix_base_system(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FreeBSD-shaped base system (dash, bsdtar, bmake, tcsh; no Python) for guests."""
+    from fruix_core.testkit.guest import make_base_system
+
+    return make_base_system(tmp_path_factory.mktemp("base-system"))
+
+
+@pytest.fixture
+def fruix_freebsd_sshd(tmp_path: Path, fruix_base_system: Path) -> Iterator[SshServer]:
+    """An sshd whose commands run on :func:`fruix_base_system` under a tcsh login shell."""
+    server = SshServer(tmp_path / "sshd-freebsd", base_system=fruix_base_system)
+    try:
+        server.start()
+    except SshdMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def fruix_guest_root(tmp_path: Path) -> GuestRoot:
     """A guest system root holding the bundled sample base as its source store."""
@@ -102,10 +124,15 @@ def fruix_executor_conformance(tmp_path: Path) -> Callable[..., list[Any]]:
         def test_conformance(fruix_executor_conformance):
             results = fruix_executor_conformance("chroot")
             assert all_passed(results), [r.line() for r in results]
+
+    ``base_system=`` runs the test guest on a FreeBSD-shaped base system
+    (:func:`fruix_core.testkit.guest.make_base_system`).
     """
     from fruix_core.testkit.conformance import run_checks
 
-    def run(name: str, settings: Mapping[str, Any] | None = None) -> list[Any]:
-        return run_checks(name, tmp_path / f"conformance-{name}", settings)
+    def run(name: str, settings: Mapping[str, Any] | None = None, *,
+            base_system: Path | None = None) -> list[Any]:
+        return run_checks(name, tmp_path / f"conformance-{name}", settings,
+                          base_system=base_system)
 
     return run

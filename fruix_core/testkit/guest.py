@@ -16,19 +16,44 @@ Pytest fixtures (in :mod:`fruix_core.testkit.fixtures`):
 ``fruix_guest``
     a :class:`~fruix_core.model.Guest` for that root, reached through
     ``fruix_sshd`` (see :mod:`fruix_core.testkit.sshd`).
+
+A FreeBSD-shaped guest
+----------------------
+
+A Fruix guest is a FreeBSD system: its base has ``sh``, ``bsdtar`` as
+``tar``, BSD make as ``make``, ``sha256``, ``stat -f``, ``sysctl``, and no
+Python. :func:`make_base_system` lays out such a base from this machine's
+tools (``dash`` as ``sh``, ``bsdtar`` as ``tar``, ``bmake`` as ``make``, the C
+toolchain, ``tcsh`` as ``csh``; no Python, no bash) and
+:func:`base_system_command` runs a command with it mounted over ``/bin``,
+``/sbin``, ``/usr/bin``, ``/usr/sbin`` and ``/usr/local/bin`` in a private
+mount namespace (``unshare -m``), so every absolute path and every ``PATH``
+lookup inside sees only that base. The test kit's sshd takes it as the
+guest's system (:class:`~fruix_core.testkit.sshd.SshServer` ``base_system``),
+with ``tcsh`` as the login shell that reads every command, as a FreeBSD
+user's ``csh`` would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from fruix_core.guestlayout import LAYOUT_RELATIVE_PATH, StoreLayout, write_store_layout
 
-__all__ = ["GuestRoot", "make_guest_root", "source_hash"]
+__all__ = [
+    "BASE_TOOLS",
+    "GuestRoot",
+    "base_system_command",
+    "make_base_system",
+    "make_guest_root",
+    "source_hash",
+]
 
 _NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE_DIRECTORY = "/frx/store"
@@ -125,3 +150,117 @@ def make_guest_root(path: Path, source_dir: Path, *, with_overlay: bool = True,
     return GuestRoot(path=path, source_store=source_store, source_dir=host_source,
                      layout_file=layout_file, results_dir=results, work_dir=work,
                      closure_path=closure, development_profile_path=profile)
+
+
+#: The guest base system: its name -> this machine's tool (FreeBSD's name first).
+BASE_TOOLS: dict[str, str] = {
+    "sh": "dash", "csh": "tcsh", "tcsh": "tcsh", "tar": "bsdtar", "bsdtar": "bsdtar",
+    "make": "bmake", "bmake": "bmake", "cc": "cc", "cpp": "cpp", "as": "as",
+    "ld": "ld", "ar": "ar", "nm": "nm", "ranlib": "ranlib", "strip": "strip",
+    "objcopy": "objcopy", "getconf": "getconf", "nproc": "nproc",
+    **{tool: tool for tool in (
+        "[", "awk", "basename", "cat", "chmod", "chown", "cksum", "cmp", "cp", "cut", "date",
+        "dd", "df", "diff", "dirname", "du", "echo", "env", "expr", "false", "find", "grep",
+        "head", "hostname", "id", "install", "kill", "ln", "ls", "mkdir", "mktemp", "mv",
+        "nohup", "od", "printf", "ps", "pwd", "readlink", "rm", "rmdir", "sed", "setsid",
+        "sha256sum", "sleep", "sort", "stat", "tail", "tee", "test", "timeout", "touch", "tr",
+        "true", "uname", "uniq", "wc", "whoami", "xargs")},
+}
+#: Directories of the base, mounted over this machine's.
+BASE_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin")
+
+
+#: sysctl(8) of the test guest: the one MIB Fruix reads, ``hw.ncpu`` (as FreeBSD prints it).
+SYSCTL = """#!/bin/sh
+# sysctl(8) of the Fruix test guest: only hw.ncpu, as FreeBSD answers it.
+n=''
+if [ "${1-}" = -n ]; then n=1; shift; fi
+case ${1-} in
+hw.ncpu) if [ -n "$n" ]; then echo @NCPU@; else echo "hw.ncpu: @NCPU@"; fi ;;
+*) echo "sysctl: unknown oid '${1-}'" >&2; exit 1 ;;
+esac
+"""
+
+
+def make_base_system(path: Path, *, extra: dict[str, Path] | None = None,
+                     ncpu: int | None = None) -> Path:
+    """Lay out a FreeBSD-shaped base system at ``path`` (idempotent).
+
+    Every tool of :data:`BASE_TOOLS` is copied (not linked: the originals are
+    hidden in the namespace) into ``bin`` and ``usr/bin``; ``sbin`` and
+    ``usr/sbin`` hold a ``sysctl`` answering ``hw.ncpu`` (``ncpu``, default
+    this machine's CPU count) and ``usr/local/bin`` holds ``extra`` (guest
+    name -> file, e.g. the self-hosted helper). Python and bash are not there.
+
+    :raises FileNotFoundError: naming the Debian package of a missing tool.
+    """
+    from fruix_core.testkit import require_tool
+
+    path = Path(path)
+    marker = path / ".fruix-base-system"
+    if not marker.exists():
+        packages = {"dash": "dash", "tcsh": "tcsh", "bsdtar": "libarchive-tools",
+                    "bmake": "bmake", "cc": "gcc", "cpp": "cpp", "as": "binutils",
+                    "ld": "binutils", "ps": "procps", "setsid": "util-linux"}
+        for directory in BASE_DIRS:
+            (path / directory).mkdir(parents=True, exist_ok=True)
+        for name, tool in BASE_TOOLS.items():
+            found = shutil.which(tool)
+            if found is None:
+                require_tool(tool, packages.get(tool, "coreutils"))
+                continue
+            for directory in ("bin", "usr/bin"):
+                target = path / directory / name
+                if not target.exists():
+                    shutil.copy(os.path.realpath(found), target)
+                    os.chmod(target, 0o755)
+        marker.write_text("FreeBSD-shaped base of the Fruix test kit\n")
+    for directory in ("sbin", "usr/sbin"):
+        sysctl = path / directory / "sysctl"
+        sysctl.write_text(SYSCTL.replace("@NCPU@", str(ncpu or os.cpu_count() or 1)))
+        os.chmod(sysctl, 0o755)
+    for name, source in (extra or {}).items():
+        target = path / "usr/local/bin" / name
+        shutil.copy(source, target)
+        os.chmod(target, stat.S_IMODE(os.stat(source).st_mode) | 0o555)
+    return path
+
+
+def base_system_command(base: Path, argv: list[str], *, user: int | None = None) -> list[str]:
+    """``argv`` run with ``base`` mounted over the system's tool directories.
+
+    The mounts live in a private mount namespace (``unshare -m``; as a
+    non-root user a user namespace too), so nothing outside changes. The
+    directory holding ``mount`` is covered last.
+
+    :param user: run ``argv`` as this uid (its gid the same number, no
+        supplementary groups), as a build user of the guest would; needs root.
+    """
+    mount = shutil.which("mount") or "/bin/mount"
+    binds = []
+    for directory in BASE_DIRS:
+        real = "/" + directory
+        if os.path.islink(real) or not os.path.isdir(real):
+            continue  # merged /usr: /bin is /usr/bin
+        binds.append((str(Path(base) / directory), real))
+    mount_dir = os.path.dirname(os.path.realpath(mount))
+    binds.sort(key=lambda pair: os.path.realpath(pair[1]) == mount_dir)
+    drop = ""
+    if user is not None:
+        # setpriv is this machine's, kept outside the base's PATH directories.
+        tools = Path(base) / ".fruix-tools"
+        tools.mkdir(exist_ok=True)
+        setpriv = tools / "setpriv"
+        if not setpriv.exists():
+            shutil.copy(os.path.realpath(shutil.which("setpriv") or "/usr/bin/setpriv"),
+                        setpriv)
+        drop = (f"{shlex.quote(str(setpriv))} --reuid={int(user)} --regid={int(user)} "
+                "--clear-groups ")
+    # FreeBSD's login PATH (login.conf's default), nothing of this machine's.
+    script = "; ".join(f"{shlex.quote(mount)} --bind {shlex.quote(src)} {shlex.quote(dst)}"
+                       for src, dst in binds) + (
+        "; PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin; export PATH"
+        f'; exec {drop}"$@"')
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    return [unshare, *flags, "--", "/bin/sh", "-c", script, "fruix-base-system", *argv]

@@ -112,8 +112,15 @@ class SshServer:
     """
 
     def __init__(self, workdir: Path, *, listen: str = "127.0.0.1", port: int | None = None,
-                 system_root: Path | None = None) -> None:
+                 system_root: Path | None = None, base_system: Path | None = None,
+                 build_user: int | None = None) -> None:
         self.workdir = Path(workdir)
+        #: A FreeBSD-shaped base (:func:`~fruix_core.testkit.guest.make_base_system`):
+        #: when set, every command runs on it with tcsh as the login shell.
+        self.base_system = base_system
+        #: With ``base_system``: the uid guest commands run as (an unprivileged builder).
+        self.build_user = build_user
+        self.login_script = self.workdir / "guest-login"
         self.host = listen
         self._fixed_port = port
         self.port = port or 0
@@ -193,7 +200,27 @@ class SshServer:
             # then slows or stalls each command. SHLVL=1 makes the login shell nested.
             "SetEnv SHLVL=1",
         ]
+        if self.base_system is not None:
+            config.append(f"ForceCommand {self._write_login_script()}")
         self.config_file.write_text("\n".join(config) + "\n", encoding="ascii")
+
+    def _write_login_script(self) -> Path:
+        """The guest's login: tcsh reads the command, on the base system (see guest.py)."""
+        import shlex
+
+        from fruix_core.testkit.guest import base_system_command
+
+        assert self.base_system is not None
+        words = base_system_command(self.base_system, ["/bin/tcsh", "-c"],
+                                    user=self.build_user)
+        line = " ".join(shlex.quote(w) for w in words)
+        self.login_script.write_text(
+            "#!/bin/sh\n"
+            "# The test guest's login shell is tcsh, on a FreeBSD-shaped base system.\n"
+            'if [ -z "${SSH_ORIGINAL_COMMAND-}" ]; then SSH_ORIGINAL_COMMAND=true; fi\n'
+            f'exec {line} "$SSH_ORIGINAL_COMMAND"\n', encoding="ascii")
+        os.chmod(self.login_script, 0o755)
+        return self.login_script
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def test_a_run_validates_every_plugin_table_before_any_result_root(fruix_workspa
     with pytest.raises(ConfigError) as info:
         run_build(load_config(conf))
     assert str(info.value) == (f"{conf}: key 'executors.host-initiated.bogus': unknown key "
-                               "(known: check_overlay, keep_work, keepalive, results_dir, "
+                               "(known: check_overlay, detach, keep_work, keepalive, results_dir, "
                                "work_dir)")
     assert list_runs(fruix_workspace.results) == []
 

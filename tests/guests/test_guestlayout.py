@@ -49,7 +49,10 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
     ("(fruix-store-layout (version 1))", "freebsd-source"),
     (f'(fruix-store-layout (freebsd-source "{SOURCE}"))', "version"),
     (f'(fruix-store-layout (version 2) (freebsd-source "{SOURCE}"))', "version"),
-    (f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") (colour "x"))', "unknown"),
+    (f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") colour)', "pair"),
+    (f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}" "x"))', "exactly one value"),
+    (f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") '
+     '(freebsd-version "15.0 STABLE"))', "freebsd-version"),
     (f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") '
      f'(freebsd-source "{SOURCE}"))', "twice"),
     ('(fruix-store-layout (version 1) (freebsd-source "relative/x"))', "absolute"),
@@ -71,7 +74,7 @@ def test_malformed_files_are_refused(text: str, message: str) -> None:
 
 
 def test_errors_name_file_and_line() -> None:
-    text = f'(fruix-store-layout\n  (version 1)\n  (freebsd-source "{SOURCE}")\n  (bogus "x"))'
+    text = f'(fruix-store-layout\n  (version 1)\n  (freebsd-source "{SOURCE}")\n  (host-name 7))'
     with pytest.raises(MetadataError) as info:
         parse_store_layout(text, source="layout.scm")
     assert str(info.value).startswith("layout.scm:4:")
@@ -95,3 +98,30 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
         parse_store_layout(data)
     except MetadataError:
         pass
+
+
+def test_unknown_fields_are_skipped_records_grow() -> None:
+    # The seed's store-layout.scm may carry fields this reader does not use.
+    layout = parse_store_layout(
+        f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") (colour "x") '
+        '(generations (current 3) (previous 2)) (freebsd-version "15.0-STABLE") '
+        '(freebsd-arch "amd64"))')
+    assert layout.source_path == SOURCE
+    assert layout.unknown_fields == ("colour", "generations")
+    assert (layout.base_version, layout.base_arch) == ("15.0-STABLE", "amd64")
+
+
+def test_declared_base_is_checked_against_the_request() -> None:
+    from fruix_core.errors import ConfigError
+    from fruix_core.guestlayout import check_declared_base
+    from fruix_core.model import BaseMetadata
+
+    layout = parse_store_layout(f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}") '
+                                '(freebsd-version "14.3-RELEASE") (freebsd-arch "amd64"))')
+    check_declared_base(layout, BaseMetadata(version="14.3-RELEASE"))
+    with pytest.raises(ConfigError, match="key 'base.version'.*14.3-RELEASE.*15.0-STABLE"):
+        check_declared_base(layout, BaseMetadata())
+    with pytest.raises(ConfigError, match="key 'base.arch'"):
+        check_declared_base(layout, BaseMetadata(version="14.3-RELEASE", arch="arm64"))
+    check_declared_base(parse_store_layout(
+        f'(fruix-store-layout (version 1) (freebsd-source "{SOURCE}"))'), BaseMetadata())

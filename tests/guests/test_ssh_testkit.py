@@ -95,3 +95,35 @@ def test_guest_fixture_reaches_the_root(fruix_guest: Guest, fruix_guest_root: Gu
     with connect(fruix_guest) as session:
         layout = session.read_file(str(fruix_guest_root.layout_file))
     assert b"fruix-store-layout" in layout
+
+
+# -- the FreeBSD-shaped guest ------------------------------------------------------------
+
+
+def _in_guest(server, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*server.ssh_command(), command], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_freebsd_shaped_guest_has_no_python_and_a_tcsh_login(fruix_freebsd_sshd) -> None:
+    # A FreeBSD base system has no Python (it is a package) and root's shell is csh/tcsh.
+    for python in ("python3", "python", "/usr/bin/python3", "/usr/local/bin/python3"):
+        result = _in_guest(fruix_freebsd_sshd, f"{python} -c 'print(1)'")
+        assert result.returncode != 0 and "1" not in result.stdout, python
+        assert "not found" in result.stderr, result.stderr
+    assert _in_guest(fruix_freebsd_sshd, "echo $shell").stdout.strip() == "/bin/tcsh"
+    # csh history expansion is live, as on FreeBSD: '!x' in a command fails.
+    assert "Event not found" in _in_guest(fruix_freebsd_sshd, "echo 'a!seen'").stderr
+
+
+def test_freebsd_shaped_guest_tools(fruix_freebsd_sshd) -> None:
+    script = ("exec /bin/sh -c 'readlink /proc/$$/exe; tar --version; "
+              "make -V .MAKE.OS -f /dev/null; command -v bash || echo no-bash'")
+    result = _in_guest(fruix_freebsd_sshd, script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    exe = Path(lines[0])
+    assert exe.name == "sh"
+    assert lines[1].startswith("bsdtar ")
+    assert lines[2] == "Linux"     # bmake answers .MAKE.OS; GNU make does not know -V
+    assert lines[-1] == "no-bash"

@@ -77,12 +77,14 @@ def populate(kind: str, tree: Path, salt: bytes = b"") -> None:
     elif kind == "headers":
         _write(tree / "usr/include/stdio.h", b"int printf(const char *, ...);\n")
         _write(tree / "usr/include/sys/types.h", b"typedef int pid_t;\n")
+        _write(tree / "usr/include/sys/param.h", b"#define __FreeBSD_version 1500000\n")
     elif kind == "bootloader":
         _write(tree / "boot/loader", b"loader" + salt, 0o555)
         _write(tree / "boot/defaults/loader.conf", b'kernel="kernel"\n')
 
 
-KEY = {"world": "bin/sh", "kernel": "boot/kernel/kernel", "bootloader": "boot/loader"}
+KEY = {"world": "bin/sh", "kernel": "boot/kernel/kernel", "bootloader": "boot/loader",
+       "headers": "usr/include/sys/param.h"}
 
 
 def sha256(path: Path) -> str:

@@ -55,9 +55,9 @@ POLICY = BuildPolicy(phases=("buildworld",), jobs=2, environment_policy="sanitis
     {"base": BaseMetadata(kernconf="MINIMAL")},
     {"source": SourceStore(path="/frx/store/aaaa-freebsd-source", signature="sha256:" + "cd" * 32)},
     {"policy": replace(POLICY, phases=("buildworld", "installworld"))},
-    {"policy": replace(POLICY, jobs=3)},
     {"policy": replace(POLICY, environment_policy="inherited")},
     {"policy": replace(POLICY, make="bmake")},
+    {"policy": replace(POLICY, make_configuration=(("SRCCONF", "sha256:" + "0" * 64),))},
     {"executor": "host-initiated"},
     {"executor_version": "0.2.0"},
 ])
@@ -75,6 +75,7 @@ def test_kind_tree_and_manifest_change_the_name() -> None:
 
 
 @pytest.mark.parametrize("change", [
+    {"policy": replace(POLICY, jobs=3)},
     {"run_id": "another-run"},
     {"guest_host_name": "other-host"},
     {"closure_path": "/frx/store/dddd-other-closure"},
@@ -82,7 +83,8 @@ def test_kind_tree_and_manifest_change_the_name() -> None:
     {"source": SourceStore(path="/elsewhere/source", signature="sha256:" + "ab" * 32)},
 ])
 def test_provenance_does_not_change_artifact_names(change) -> None:
-    base = sample_promotion()
+    # -j belongs to the build machine: the same source at -j1 and -j8 is one object.
+    base = sample_promotion(policy=POLICY)
     changed = replace(base, **change)
     assert _name(changed) == _name(base)
     paths = {"world": "/s/a-w"}

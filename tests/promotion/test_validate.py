@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -243,6 +244,10 @@ def test_file_growing_while_read(tmp_path: Path, store: Path) -> None:
 
 
 def test_entries_must_not_nest(result_root: Path, store: Path) -> None:
+    # The headers key file, where the nested entry would have it: only nesting is wrong.
+    nested = result_root / "artifacts/world/usr/usr/include/sys"
+    nested.mkdir(parents=True)
+    shutil.copy(result_root / "artifacts/headers/usr/include/sys/param.h", nested)
     _rewrite_entry(result_root, "headers", path="artifacts/world/usr")
     entry = read_promotion(result_root / "promotion.scm").artifact("headers")
     assert isinstance(entry, ArtifactEntry)

@@ -113,7 +113,7 @@ def test_tampered_metadata(promoted: PromotionOutcome, store: Path) -> None:
     _writable(headers)
     meta = headers / OBJECT_FILE
     os.chmod(meta, 0o644)
-    meta.write_text(meta.read_text().replace('(jobs 2)', '(jobs 3)'))
+    meta.write_text(meta.read_text().replace('(make "make")', '(make "gmake")'))
     problems = _problems(store, [headers])
     assert any("does not match its identity" in p[2] for p in problems)
 

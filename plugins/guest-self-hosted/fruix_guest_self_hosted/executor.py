@@ -52,6 +52,7 @@ from fruix_core.api import (
     RunEnd,
     SourceStore,
     StagedArtifacts,
+    UsageError,
     hookimpl,
     read_section,
     require_guest,
@@ -103,6 +104,14 @@ def _settings(request: BuildRequest) -> dict[str, Any]:
     return check_settings(request.settings)
 
 
+def _jobs_of(facts: Mapping[str, Any], request: BuildRequest) -> int:
+    """``-j`` in the guest: the helper's report (its CPU count when asked for 0)."""
+    jobs = facts.get("jobs")
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 0:
+        return jobs
+    return request.jobs
+
+
 class _State:
     """What one run keeps between hooks (in ``PreparedEnv.session``)."""
 
@@ -147,6 +156,10 @@ class GuestSelfHostedExecutor:
 
         guest = require_guest(request, NAME)
         settings = _settings(request)
+        if request.make_configuration:
+            raise UsageError(f"executor '{NAME}' builds with the guest helper's pins "
+                             "(/dev/null); declared build.srcconf, build.make_conf and "
+                             "build.src_env_conf need the local or host-initiated executor")
         session = connect(guest, keepalive=float(settings["keepalive"]))
         try:
             version = self._check_version(session, guest, settings, request)
@@ -167,6 +180,7 @@ class GuestSelfHostedExecutor:
             closure_path=facts.get("closure"),
             development_profile_path=facts.get("development_profile"),
             session=state,
+            jobs=_jobs_of(facts, request),
         )
         log.info("guest ready for a self-hosted build", guest=guest.name, helper_version=version,
                  source=env.source.path, result_root=env.result_root)

@@ -49,6 +49,7 @@ from fruix_core.api import (
     StoreLayout,
     UsageError,
     build_metadata,
+    check_declared_base,
     hookimpl,
     new_run_id,
     read_store_layout,
@@ -261,6 +262,8 @@ class GuestRun:
     staged: StagedArtifacts | None = None
     emitted: EmittedResult | None = None
     latest: bool = False
+    #: ``-j`` of this run on this machine (0: not known yet).
+    jobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +343,7 @@ def prepare_run(*, system_root: Path, jobs: int, make: str = "make",
     run = run if run is not None else GuestRun()
     facts = _open_run(system_root, make, run, run_id, reserve=not resume)
     assert run.result_root is not None
+    check_declared_base(facts.layout, base or BaseMetadata())
     resume_from = None
     if resume:
         status = ResultRoot(run.result_root).status()

@@ -32,7 +32,8 @@ then the only thing on stdout); with ``--markers`` everything goes to stdout
 in the line protocol of :mod:`fruix_guest_self_hosted.protocol`. Exit codes
 are :class:`fruix_core.errors.ExitCode`: 0 ok, 1 a phase failed, 2 bad usage
 or guest metadata, 3 the guest is unfit or the machinery failed, 130
-interrupted (SIGINT, SIGTERM, SIGHUP).
+interrupted (SIGINT, SIGTERM). A hang-up (SIGHUP: the login session or the
+SSH connection that started the helper ended) is ignored; the build goes on.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run id to use (default: a fresh UTC timestamp)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON summary document on stdout")
-    parser.add_argument("--make", metavar="CMD", default="make",
-                        help="make command, words allowed (default: make)")
+    parser.add_argument("--make", metavar="CMD", default="bmake",
+                        help="BSD make command, words allowed (default: bmake; FreeBSD "
+                             "installs make as bmake too)")
     parser.add_argument("--base-name", metavar="NAME", default=defaults.name,
                         help=f"declared base name (default: {defaults.name})")
     parser.add_argument("--base-version", metavar="VERSION", default=defaults.version,
@@ -245,6 +247,7 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
         "result_root": str(run.result_root) if run.result_root else None,
         "build_root": str(run.build_root) if run.build_root else None,
         "latest": run.latest,
+        "jobs": run.jobs or None,
         "phases": [{"phase": p.phase, "returncode": p.returncode,
                     "seconds": round(p.duration, 3)} for p in run.phases],
         "failed_phase": None,
@@ -272,18 +275,23 @@ def summary_document(run: GuestRun, *, status: str, exit_code: int,
 
 @contextlib.contextmanager
 def _signals_cancel(cancel: CancelToken, run: GuestRun) -> Iterator[None]:
-    """SIGTERM, SIGHUP and the first Ctrl-C stop the build cleanly (status ``failed``)."""
+    """SIGTERM and the first Ctrl-C stop the build cleanly (status ``failed``); SIGHUP is ignored.
+
+    A build started from an interactive login must outlive the session, as
+    FreeBSD's ``nohup``/``daemon(8)`` would make it.
+    """
     def on_signal(signum: int, _frame: Any) -> None:
         first = not cancel.cancelled
-        reasons = {int(signal.SIGTERM): "terminated", int(signal.SIGHUP): "hung up"}
+        reasons = {int(signal.SIGTERM): "terminated"}
         cancel.cancel(reasons.get(signum, "interrupted"))
         if first:
             mark_interrupted(run)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    handled = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         yield
     finally:
@@ -313,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.facts = inspect_guest(system_root, args.make)
                 output.finish(summary_document(run, status="ready", exit_code=ExitCode.OK))
                 return int(ExitCode.OK)
-            jobs = args.jobs or (os.cpu_count() or 1)
+            jobs = run.jobs = args.jobs or (os.cpu_count() or 1)
             common = {"system_root": system_root, "jobs": jobs, "make": args.make, "base": base,
                       "run": run}
             step = args.prepare or args.phase is not None or args.finish

@@ -350,3 +350,32 @@ def test_bad_step_usage(kit, toy_guest, args, fragment):
     proc = kit.run_helper("--system-root", str(toy_guest.path), *args)
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_hangup_does_not_stop_the_build(kit, tmp_path):
+    # Started from a login that then ends (SIGHUP), the build goes on, as under nohup.
+    import signal
+    import subprocess
+    import time
+
+    guest = kit.make_toy_guest(tmp_path, sleep_buildworld="1")
+    proc = subprocess.Popen([*kit.helper_command(), "--system-root", str(guest.path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or "sleeping" in line:
+                break
+        assert "sleeping" in line, line
+        proc.send_signal(signal.SIGHUP)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert (guest.results_dir / "latest" / "status").read_text() == "ok\n"

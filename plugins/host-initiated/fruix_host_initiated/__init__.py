@@ -31,6 +31,7 @@ production). Configuration: ``[executors.host-initiated]`` (:data:`SCHEMA`).
 from __future__ import annotations
 
 import posixpath
+import shlex
 import socket
 import tempfile
 import time
@@ -45,6 +46,7 @@ from fruix_core.api import (
     PLUGIN_API_VERSION,
     BuildPaths,
     BuildRequest,
+    Cancelled,
     CommandOutcome,
     ConfigError,
     ConnectionLostError,
@@ -54,6 +56,7 @@ from fruix_core.api import (
     MetadataError,
     Phase,
     PhaseResult,
+    PhaseTimeout,
     PreparedEnv,
     RunEnd,
     SourceStore,
@@ -64,10 +67,12 @@ from fruix_core.api import (
     UsageError,
     build_metadata,
     build_promotion,
+    check_declared_base,
     dumps_promotion,
     hookimpl,
     parse_store_layout,
     phase_command,
+    pinned_configuration,
     read_section,
     require_guest,
     sanitised_environment,
@@ -91,7 +96,14 @@ SCHEMA: dict[str, Key] = {
     "check_overlay": Key(bool, True, "refuse a guest without /usr/include and /usr/share/mk"),
     "keep_work": Key(bool, False, "keep the guest's work area after a successful run"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
+    "detach": Key(bool, False, "run each phase detached in the guest; a dropped connection "
+                               "is reconnected and the phase followed on"),
 }
+
+#: Lines of a detached phase's output kept for the failure message.
+TAIL_LINES = 20
+#: Seconds between reconnection attempts after a dropped connection (detached phases).
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 def check_settings(table: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
@@ -181,6 +193,7 @@ class HostInitiatedExecutor:
                 f"missing on {where}: the FreeBSD source store metadata "
                 "(store-layout.scm) is not there", file=layout_file)
         layout = parse_store_layout(layout_text, source=f"{where}:{layout_file}")
+        check_declared_base(layout, request.base)
         host_name = (facts.get("host") or [guest.host])[0] or guest.host
         guest_env = {k: v[0] for k, v in (("HOME", facts.get("home")),
                                           ("USER", facts.get("user")),
@@ -211,6 +224,7 @@ class HostInitiatedExecutor:
             closure_path=layout.closure_path,
             development_profile_path=layout.development_profile_path,
             session=_State(session, settings, results_dir),
+            jobs=request.jobs or _guest_ncpu(facts),
         )
         metadata = build_metadata(request, env, None)
         session.write_file(posixpath.join(result_root, "metadata"), _metadata_text(metadata))
@@ -224,10 +238,18 @@ class HostInitiatedExecutor:
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         state: _State = env.session
         session = state.session
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
-                                    paths=BuildPaths(env.build_root),
-                                    kernconf=request.base.kernconf)
+        paths = BuildPaths(env.build_root)
+        pinned, files = pinned_configuration(paths.conf_dir, request.make_configuration)
+        if files:
+            session.check_output(f"mkdir -p {shlex.quote(paths.conf_dir)}",
+                                 what="creating the configuration directory")
+        for path, content in files.items():
+            session.write_file(path, content)
+        argv, extra = phase_command(phase, make=request.make, jobs=env.jobs or request.jobs,
+                                    paths=paths, kernconf=request.base.kernconf, pinned=pinned)
         guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
+        if state.settings["detach"]:
+            return self._run_detached(request, env, phase, argv, extra, guest_log)
         # The guest's result root keeps its own copy of the log, spooled here meanwhile.
         with tempfile.TemporaryFile("w+b") as spool:
             def line(text: str) -> None:
@@ -245,6 +267,104 @@ class HostInitiatedExecutor:
             session.write_file(posixpath.join(env.result_root, "status"),
                                f"failed {phase.name}\n".encode())
         return outcome.phase_result(phase.name, guest_log, request.phase_timeout)
+
+    def _run_detached(self, request: BuildRequest, env: PreparedEnv, phase: Phase,
+                      argv: list[str], extra: Mapping[str, str], guest_log: str) -> PhaseResult:
+        """Run ``phase`` detached in the guest; follow its log, reconnecting when needed.
+
+        The phase runs in its own session (:func:`scripts.detached_start_script`),
+        so neither a dropped connection nor sshd's hang-up stops it. The log is
+        followed by byte offset (of the UTF-8 lines received); after a drop the
+        host reconnects with backoff and goes on from there. Cancel and the
+        phase timeout stop the phase's process group in the guest. Every line
+        goes to the core (``request.output``) once; the guest's result root gets
+        its own copy of the log, as for an attached phase.
+        """
+        from fruix_core.api import shell_script
+
+        state: _State = env.session
+        guest = request.guest
+        assert guest is not None
+        run_dir = posixpath.join(env.build_root, "phases")
+        command = shell_script(argv, env={**dict(env.environment), **extra}, cwd=env.source_dir)
+        started = time.monotonic()
+        received = 0
+        returncode: int | None = None
+        tail: list[str] = []
+        with tempfile.TemporaryFile("w+b") as spool:
+            def line(text: str) -> None:
+                spool.write(text.encode("utf-8", "replace") + b"\n")
+                request.output(phase.name, text)
+
+            def on_line(text: str) -> None:
+                nonlocal received, returncode
+                if text.startswith(scripts.RC_MARKER):
+                    returncode = int(text.split()[1])
+                    return
+                received += len(text.encode("utf-8")) + 1
+                tail[:] = [*tail[-(TAIL_LINES - 1):], text]
+                line(text)
+
+            line(f"# {' '.join(argv)}")
+            state.session.check_output(
+                scripts.detached_start_script(command, run_dir, phase.name),
+                what=f"starting {phase.name}")
+            attempt = 0
+            while returncode is None:
+                left = None
+                if request.phase_timeout:
+                    left = request.phase_timeout - (time.monotonic() - started)
+                    if left <= 0:
+                        self._stop_detached(state, run_dir, phase)
+                        raise PhaseTimeout(phase.name, request.phase_timeout)
+                try:
+                    outcome = state.session.run_script(
+                        scripts.follow_script(run_dir, phase.name, received),
+                        on_line=on_line, timeout=left, cancel=request.cancel)
+                    attempt = 0
+                except ConnectionLostError:
+                    state.session.close()
+                    state.session = self._reconnect(guest, state, request, attempt)
+                    attempt += 1
+                    continue
+                if outcome.cancelled:
+                    self._stop_detached(state, run_dir, phase)
+                    raise Cancelled(f"interrupted during {phase.name}")
+            # The end-of-log blank line the follow script prints before the status.
+            if tail and tail[-1] == "":
+                tail.pop()
+            spool.seek(0)
+            state.session.write_file(guest_log, spool.read())
+        if returncode != 0:
+            state.session.write_file(posixpath.join(env.result_root, "status"),
+                                     f"failed {phase.name}\n".encode())
+        return PhaseResult(phase=phase.name, returncode=int(returncode),
+                           duration=time.monotonic() - started, log_path=guest_log,
+                           last_lines=tuple(tail))
+
+    @staticmethod
+    def _reconnect(guest: Any, state: _State, request: BuildRequest, attempt: int) -> Any:
+        """A new session to ``guest`` after a drop, waiting :data:`RECONNECT_BACKOFF`."""
+        from fruix_core.api import connect
+
+        if attempt >= len(RECONNECT_BACKOFF) or request.cancel.wait(RECONNECT_BACKOFF[attempt]):
+            if request.cancel.cancelled:
+                raise Cancelled("interrupted while reconnecting")
+            raise ConnectionLostError(f"guest {guest.name}: connection lost and not regained "
+                                      f"after {len(RECONNECT_BACKOFF)} attempts")
+        log.warning("connection lost; reconnecting", guest=guest.name, attempt=attempt + 1)
+        try:
+            return connect(guest, keepalive=float(state.settings["keepalive"]))
+        except TransportError:
+            return HostInitiatedExecutor._reconnect(guest, state, request, attempt + 1)
+
+    @staticmethod
+    def _stop_detached(state: _State, run_dir: str, phase: Phase) -> None:
+        try:
+            state.session.check_output(scripts.detached_stop_script(run_dir, phase.name),
+                                       what=f"stopping {phase.name}")
+        except TransportError:
+            log.warning("could not stop the detached phase", phase=phase.name)
 
     # -- result root -------------------------------------------------------------------
 
@@ -305,3 +425,8 @@ def _metadata_text(values: Mapping[str, object]) -> bytes:
         lines.append(f"{key}={text}\n")
     return "".join(lines).encode("utf-8")
 
+
+def _guest_ncpu(facts: dict[str, list[str]]) -> int:
+    """The guest's CPU count from the probe (``sysctl -n hw.ncpu``), at least 1."""
+    value = (facts.get("ncpu") or ["1"])[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1

@@ -22,6 +22,10 @@ from fruix_core.api import (
 
 __all__ = [
     "LAYOUT_BEGIN",
+    "RC_MARKER",
+    "detached_start_script",
+    "detached_stop_script",
+    "follow_script",
     "guest_path",
     "parse_probe",
     "parse_staging",
@@ -53,7 +57,10 @@ def _q(value: str) -> str:
 
 def probe_script(system_root: str, make: str, build_path: str) -> str:
     """Report host name, identity, overlay and tools, then the store layout file."""
-    parts = ['echo "host=$(uname -n)"', 'echo "home=$HOME"', 'echo "user=$(id -un)"']
+    parts = ['echo "host=$(uname -n)"', 'echo "home=$HOME"', 'echo "user=$(id -un)"',
+             # -j belongs to the guest: FreeBSD's sysctl, else POSIX getconf.
+             'echo "ncpu=$(sysctl -n hw.ncpu 2>/dev/null || getconf _NPROCESSORS_ONLN '
+             '2>/dev/null || echo 1)"']
     for rel, marker in OVERLAY:
         directory = guest_path(system_root, "/" + rel)
         test = (f"[ -f {_q(posixpath.join(directory, marker))} ]" if marker
@@ -94,6 +101,13 @@ def prepare_script(source_dir: str, result_root: str, build_root: str, status: s
         parts.append(f"rm -rf {_q(build_root)} {_q(result_root)}")
     parts += [
         f"mkdir -p {_q(build_root)} {_q(posixpath.join(result_root, 'logs'))}",
+        # Staging renames stage trees into the result root: a copy across file systems
+        # (bsdinstall gives /var/tmp its own ZFS dataset) could not delete schg files.
+        f"m1=$(df -P {_q(build_root)} | awk 'NR == 2 {{ print $6 }}')",
+        f"m2=$(df -P {_q(result_root)} | awk 'NR == 2 {{ print $6 }}')",
+        f'if [ "$m1" != "$m2" ]; then echo "build root {build_root} (on $m1) and result '
+        f'root {result_root} (on $m2) are on different file systems; staging must be a '
+        f'rename"; exit 3; fi',
         f"printf '%s\\n' {_q(status)} > {_q(posixpath.join(result_root, 'status'))}",
     ]
     return "; ".join(parts)
@@ -107,6 +121,13 @@ def staging_script(paths: BuildPaths, result_root: str,
     artifacts = posixpath.join(result_root, "artifacts")
     stages = {"world": paths.stage_world, "kernel": paths.stage_kernel}
     parts = ["set -e", _SHA256, f"rm -rf {_q(artifacts)}", f"mkdir -p {_q(artifacts)}"]
+    # The stages' METALOGs (-DNO_ROOT installs) go to <result root>/metalog, like
+    # fruix_core.promotion.metalog.stage_metalogs.
+    metalog_dir = posixpath.join(result_root, "metalog")
+    for stage, metalog in (("world", paths.metalog_world), ("kernel", paths.metalog_kernel)):
+        target = posixpath.join(metalog_dir, f"{stage}.METALOG")
+        parts.append(f"if [ -f {_q(metalog)} ] && [ ! -L {_q(metalog)} ]; then "
+                     f"mkdir -p {_q(metalog_dir)}; mv -f {_q(metalog)} {_q(target)}; fi")
     for rule in sorted(artifact_split(), key=lambda r: r.subtree == ""):
         stage = stages[rule.stage]
         dest = posixpath.join(artifacts, rule.kind)
@@ -131,7 +152,7 @@ def staging_script(paths: BuildPaths, result_root: str,
                          f"echo \"digest {kind} {rel} $(sha {_q(path)})\"; fi")
         # Regular-file bytes, hard links counted once (like resultroot.tree_size).
         parts.append(f"echo \"size {kind} $(find {_q(dest)} -type f -exec ls -iln {{}} + "
-                     f"| awk '!seen[$1]++ {{t += $6}} END {{print t + 0}}')\"")
+                     f"| awk 'seen[$1]++ == 0 {{t += $6}} END {{print t + 0}}')\"")
     return "; ".join(parts)
 
 
@@ -159,3 +180,68 @@ def swap_latest_script(results_dir: str, run_id: str) -> str:
     return (f"rm -f {_q(tmp)}; ln -s {_q(run_id)} {_q(tmp)}; "
             f'case "$(uname)" in *BSD|DragonFly|Darwin) mv -hf {_q(tmp)} {_q(latest)} ;; '
             f"*) mv -Tf {_q(tmp)} {_q(latest)} ;; esac")
+
+
+# -- detached phases: a build that outlives the SSH connection ------------------------
+#
+# A phase can run detached from the session that started it: in its own session and
+# process group (FreeBSD's daemon(8), else setsid), stdin from /dev/null, output
+# appended to <dir>/<name>.log, its pid in <name>.pid and, when it ends, its exit
+# status in <name>.rc (written to a temporary name, then renamed). The host follows
+# the log by byte offset (follow_script) and can reconnect after a dropped connection
+# and go on from the bytes it has; detached_stop_script stops the process group.
+
+
+#: The line ``follow_script`` ends with once the phase has ended: ``@@fruix-rc@@ <status>``.
+RC_MARKER = "@@fruix-rc@@"
+
+
+def _detached_files(run_dir: str, name: str) -> tuple[str, str, str]:
+    base = posixpath.join(run_dir, name)
+    return f"{base}.log", f"{base}.pid", f"{base}.rc"
+
+
+def detached_start_script(command: str, run_dir: str, name: str) -> str:
+    """Start the one-line sh ``command`` detached; prints ``pid <N>``.
+
+    :param command: a POSIX sh script (one line), e.g. from
+        :func:`fruix_core.transport.ssh.shell_script`.
+    """
+    log, pid, rc = _detached_files(run_dir, name)
+    inner = (f"echo $$ > {_q(pid)}; ( {command} ) >> {_q(log)} 2>&1 < /dev/null; "
+             f"echo $? > {_q(rc + '.tmp')}; mv -f {_q(rc + '.tmp')} {_q(rc)}")
+    return (f"mkdir -p {_q(run_dir)} && rm -f {_q(rc)} {_q(pid)} && : > {_q(log)} && "
+            "if command -v daemon >/dev/null 2>&1; then "
+            f"daemon -f sh -c {_q(inner)}; "
+            f"else setsid sh -c {_q(inner)} < /dev/null > /dev/null 2>&1 & fi; "
+            f"n=0; while [ ! -s {_q(pid)} ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done; "
+            f'echo "pid $(cat {_q(pid)})"')
+
+
+def follow_script(run_dir: str, name: str, offset: int) -> str:
+    """Print the log from byte ``offset`` as it grows; return once the exit status exists.
+
+    The log is only appended to, so a host that counted the bytes it received
+    reconnects with that count and loses nothing; the few bytes written after
+    the last poll come with :func:`follow_script` run again once ``.rc`` exists
+    (it then prints the rest and ``@@fruix-rc@@ <status>`` on a line of its own).
+    """
+    log, _pid, rc = _detached_files(run_dir, name)
+    start = int(offset) + 1
+    return (f"if [ -f {_q(rc)} ]; then tail -c +{start} {_q(log)}; "
+            f'echo; echo "{RC_MARKER} $(cat {_q(rc)})"; exit 0; fi; '
+            # $$ in the watcher is this shell's pid, which exec makes tail's (and csh
+            # would read the '!' of $! as a history event).
+            f"( while [ ! -f {_q(rc)} ] && kill -0 $$ 2>/dev/null; do sleep 1; done; "
+            "kill $$ 2>/dev/null ) & "
+            f"exec tail -c +{start} -f {_q(log)}")
+
+
+def detached_stop_script(run_dir: str, name: str, signal_name: str = "TERM") -> str:
+    """Stop a detached phase's whole process group; its status becomes 128 + signal."""
+    _log, pid, rc = _detached_files(run_dir, name)
+    number = {"TERM": 15, "KILL": 9, "INT": 2}[signal_name]
+    return (f"p=$(cat {_q(pid)} 2>/dev/null); "
+            f'if [ -n "$p" ]; then g=$(ps -o pgid= -p "$p" | tr -d " "); '
+            f'if [ -n "$g" ]; then kill -{signal_name} -"$g" 2>/dev/null; fi; fi; '
+            f"if [ ! -f {_q(rc)} ]; then echo {128 + number} > {_q(rc)}; fi")

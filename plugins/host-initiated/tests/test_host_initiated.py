@@ -7,6 +7,8 @@ an operator would; the cancel test uses the runner API to hold the token.
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,17 +22,20 @@ import pytest
 from fruix_core.config import load_config
 from fruix_core.errors import Cancelled, ExitCode
 from fruix_core.model import CancelToken
+from fruix_core.promotion import promote
+from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import ResultRoot
 from fruix_core.testkit import (
     TeardownRecorder,
     Workspace,
     live_processes,
+    make_tree_writable,
     run_cli,
     wait_for,
     wait_gone,
 )
-from fruix_core.testkit.guest import GuestRoot, make_guest_root
+from fruix_core.testkit.guest import GuestRoot, make_base_system, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
 KINDS = ("world", "kernel", "headers", "bootloader")
@@ -51,8 +56,8 @@ class Lab:
                 f'system_root = "{self.root.path}"\n{guest_extra}\n'
                 f'[executors.host-initiated]\n{executor_extra}\n')
         build.setdefault("promote", False)
-        return self.ws.write_config(text, executor="host-initiated", guest="ssh", jobs=2,
-                                    **build)
+        build.setdefault("jobs", 2)
+        return self.ws.write_config(text, executor="host-initiated", guest="ssh", **build)
 
     def run(self, *extra: str, config: Path | None = None, **build) -> subprocess.CompletedProcess:
         conf = config or self.config(**build)
@@ -69,16 +74,19 @@ class Lab:
         return runs[0]
 
 
-def _lab(tmp_path: Path, workspace: Workspace, source: Path, **kw) -> Lab:
+def _lab(tmp_path: Path, workspace: Workspace, source: Path, *, base: Path | None = None,
+         **kw) -> Lab:
+    # The guest is FreeBSD-shaped: dash as sh, bsdtar, bmake, a tcsh login shell, no Python.
     root = make_guest_root(tmp_path / "guest", source, **kw)
-    server = SshServer(tmp_path / "sshd", system_root=root.path)
+    server = SshServer(tmp_path / "sshd", system_root=root.path,
+                       base_system=base or make_base_system(tmp_path / "base"))
     server.start()
     return Lab(server=server, root=root, ws=workspace)
 
 
 @pytest.fixture
-def toy_lab(tmp_path, fruix_workspace, fruix_toy_source):
-    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source)
+def toy_lab(tmp_path, fruix_workspace, fruix_toy_source, fruix_base_system):
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source, base=fruix_base_system)
     yield lab
     lab.server.stop()
 
@@ -140,6 +148,18 @@ def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_
     for key, value in local_meta.items():
         if key.startswith(("sha256_", "size_")):
             assert metadata[key] == value, key
+    # Installed unprivileged in the guest too: the same METALOGs, so the same manifests
+    # (owners, groups, set-user-ID modes and file flags included).
+    for stage in ("world", "kernel"):
+        assert (host_root / "metalog" / f"{stage}.METALOG").read_bytes() == \
+            (local_root / "metalog" / f"{stage}.METALOG").read_bytes(), stage
+    local_objects = promote(local_root, tmp_path / "local-store").artifacts
+    for kind in KINDS:
+        assert (Path(doc["artifacts"][kind]) / MANIFEST_FILE).read_bytes() == \
+            (local_objects[kind] / MANIFEST_FILE).read_bytes(), kind
+    world_manifest = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+    assert re.search(r"^\./usr/bin/passwd type=file uname=root gname=wheel mode=4555 .*"
+                     r" flags=schg$", world_manifest, re.MULTILINE)
 
 
 # -- bad input and faults ------------------------------------------------------------------------
@@ -371,4 +391,133 @@ def test_conformance(fruix_executor_conformance) -> None:
     from fruix_core.testkit.conformance import all_passed
 
     results = fruix_executor_conformance("host-initiated")
+    assert all_passed(results), "\n".join(r.line() for r in results)
+
+
+def test_jobs_come_from_the_guest(tmp_path, fruix_workspace, fruix_toy_source) -> None:
+    # -j is the build machine's (FreeBSD: sysctl -n hw.ncpu), not the host's CPU count.
+    lab = _lab(tmp_path, fruix_workspace, fruix_toy_source,
+               base=make_base_system(tmp_path / "base-3cpu", ncpu=3))
+    try:
+        proc = lab.run(jobs=0)
+    finally:
+        lab.server.stop()
+    assert proc.returncode == 0, proc.stderr
+    root = Path(json.loads(proc.stdout)["result_root"])
+    assert ResultRoot(root).read_metadata()["build_jobs"] == "3"
+    assert (root / "logs/buildworld.log").read_text().splitlines()[0].startswith(
+        "# bmake -j3 buildworld")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the guest's build user needs root")
+def test_full_chain_as_an_unprivileged_guest_user(tmp_path, fruix_workspace,
+                                                  fruix_sample_source, fruix_base_system):
+    # The guest's builder is not root: installs are -DNO_ROOT, owners live in the METALOG.
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    top = Path(tempfile.mkdtemp(prefix="fruix-guest-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        root = make_guest_root(top / "guest", fruix_sample_source)
+        for writable in (root.results_dir, root.work_dir):
+            os.chown(writable, nobody, nobody)
+        server = SshServer(tmp_path / "sshd", system_root=root.path,
+                           base_system=fruix_base_system, build_user=nobody)
+        server.start()
+        lab = Lab(server=server, root=root, ws=fruix_workspace)
+        try:
+            proc = lab.run(promote=True)
+        finally:
+            server.stop()
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        guest_root = lab.guest_run_root(doc["run_id"])
+        assert guest_root.stat().st_uid == nobody
+        assert (guest_root / "metalog/world.METALOG").stat().st_uid == nobody
+        world = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+        assert re.search(r"^\./usr/bin/passwd type=file uname=root gname=wheel mode=4555 .*"
+                         r" flags=schg$", world, re.MULTILINE)
+        local_ws = Workspace(tmp_path / "local")
+        local_ws.root.mkdir()
+        conf = local_ws.write_config(source=fruix_sample_source, jobs=2)
+        local = run_cli("native-build", "run", "--config", str(conf), "--json",
+                        cwd=local_ws.root)
+        assert local.returncode == 0, local.stderr
+        local_artifacts = json.loads(local.stdout)["artifacts"]
+        for kind in KINDS:
+            assert (Path(doc["artifacts"][kind]) / MANIFEST_FILE).read_bytes() == \
+                (Path(local_artifacts[kind]) / MANIFEST_FILE).read_bytes(), kind
+    finally:
+        make_tree_writable(top)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# -- detached phases: a dropped connection does not fail the run -------------------------
+
+
+def _detached_config(lab: Lab, **build) -> Path:
+    return lab.config(executor_extra="detach = true", **build)
+
+
+def _guest_phase_log(lab: Lab, phase: str) -> list[Path]:
+    work = lab.root.path / "var/tmp/fruix-native-builds"
+    return sorted(work.glob(f"*/phases/{phase}.log"))
+
+
+def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
+    # Kill the sshd session process serving the run in the middle of a phase: the host
+    # reconnects and follows the phase on; the run completes ok.
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3")
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(_detached_config(toy_lab)), "--json"],
+                            cwd=toy_lab.ws.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        following: list[int] = []
+        while time.monotonic() < deadline and not following:
+            logs = _guest_phase_log(toy_lab, "buildworld")
+            # The host follows the phase: the guest's tail of its log runs.
+            if logs and "sleeping" in logs[0].read_text():
+                following = live_processes(f"-f {logs[0]}")
+            time.sleep(0.05)
+        assert following and "sleeping" in logs[0].read_text(), "the phase never started"
+        killed = toy_lab.server.session_pids()
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["status"] == "ok"
+    host_log = (Path(doc["result_root"]) / "logs/buildworld.log").read_text()
+    assert host_log.count("toy: buildworld sleeping") == 1   # nothing lost, nothing twice
+    assert "built world" in host_log
+
+
+def test_detached_phase_timeout_stops_the_guest_process_group(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("347")
+    proc = toy_lab.run(config=_detached_config(toy_lab, phase_timeout=2))
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
+    assert "timed out" in proc.stderr or "timeout" in proc.stderr
+    assert wait_gone("sleep 347") == []
+    host = ResultRoot(toy_lab.ws.results / toy_lab.only_run_id())
+    assert host.status().state == "failed" and host.status().phase == "buildworld"
+
+
+def test_conformance_detached_in_a_freebsd_shaped_guest(tmp_path: Path,
+                                                        fruix_executor_conformance) -> None:
+    # The whole contract with detach = true, in a guest with dash as sh, bsdtar and bmake
+    # and no Python: cancel during and between phases, the phase timeout and resume
+    # stop or continue the detached process groups.
+    from fruix_core.testkit.conformance import all_passed
+
+    results = fruix_executor_conformance("host-initiated", {"detach": True},
+                                         base_system=make_base_system(tmp_path / "base"))
     assert all_passed(results), "\n".join(r.line() for r in results)

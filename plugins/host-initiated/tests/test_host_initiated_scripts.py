@@ -96,3 +96,130 @@ def test_swap_latest(tmp_path: Path) -> None:
         assert os.readlink(tmp_path / "latest") == run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "r1", "r2"]
     shutil.rmtree(tmp_path / "r1")
+
+
+def _all_scripts(tmp_path: Path) -> dict[str, str]:
+    paths = BuildPaths(str(tmp_path / "build"))
+    return {
+        "probe": scripts.probe_script(str(tmp_path), "bmake", "/sbin:/bin:/usr/sbin:/usr/bin"),
+        "prepare": scripts.prepare_script(str(tmp_path / "src"), str(tmp_path / "result"),
+                                          str(tmp_path / "build"), "running", fresh=True),
+        "staging": scripts.staging_script(paths, str(tmp_path / "result")),
+        "latest": scripts.swap_latest_script(str(tmp_path / "results"), "run-1"),
+        "detached-start": scripts.detached_start_script("echo x; exit 3", str(tmp_path), "p"),
+        "follow": scripts.follow_script(str(tmp_path), "p", 10),
+        "detached-stop": scripts.detached_stop_script(str(tmp_path), "p"),
+    }
+
+
+def test_scripts_survive_any_login_shell(tmp_path: Path) -> None:
+    # The guest's login shell reads every command first. csh and tcsh expand history
+    # on '!' unless a blank, '=' or '(' follows (tcsh(1), "History substitution") and
+    # refuse newlines inside quotes; the staging script's awk '!seen[$1]++' once failed
+    # with "Event not found". FreeBSD's root shell is csh (etc/master.passwd).
+    import re
+
+    for name, script in _all_scripts(tmp_path).items():
+        assert "\n" not in script, name
+        assert not re.search(r"![^\s=(]", script), (name, script)
+
+
+def test_scripts_run_under_tcsh(tmp_path: Path) -> None:
+    from fruix_core.testkit import require_tool
+    from fruix_core.transport.ssh import remote_command
+
+    require_tool("tcsh", "tcsh")
+    paths = _stages(tmp_path / "build")
+    script = remote_command(scripts.staging_script(paths, str(tmp_path / "result")),
+                            report_pgid=False)
+    result = subprocess.run(["tcsh", "-f", "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "size world" in result.stdout and "digest kernel boot/kernel/kernel" in result.stdout
+
+
+def test_prepare_refuses_a_build_root_on_another_file_system(tmp_path: Path) -> None:
+    # bsdinstall's ZFS layout makes /var/tmp its own dataset; staging must stay a rename.
+    import shlex
+
+    build, result = tmp_path / "var/tmp/build", tmp_path / "var/lib/result"
+    (tmp_path / "var/tmp").mkdir(parents=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/Makefile").write_text("all:\n")
+    script = scripts.prepare_script(str(tmp_path / "src"), str(result), str(build), "running",
+                                    fresh=True)
+    flags = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+    mount = shutil.which("mount") or "/bin/mount"
+    proc = subprocess.run(
+        ["unshare", *flags, "--", "/bin/sh", "-c",
+         f"{mount} -t tmpfs fruix-test {shlex.quote(str(tmp_path / 'var/tmp'))} && "
+         f"exec /bin/sh -c {shlex.quote(script)}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert f"(on {tmp_path / 'var/tmp'})" in proc.stdout
+    assert "different file systems" in proc.stdout
+    assert not (result / "status").exists()
+    assert _sh(script) == b""     # on one file system it passes and writes the status
+    assert (result / "status").read_text() == "running\n"
+
+
+# -- detached phases, in the FreeBSD-shaped guest (tcsh login, dash, no Python) ---------
+
+def _guest(server, script: str, **kw) -> subprocess.CompletedProcess[str]:
+    from fruix_core.transport.ssh import remote_command
+
+    return subprocess.run([*server.ssh_command(), remote_command(script, report_pgid=False)],
+                          capture_output=True, text=True, timeout=60, check=False, **kw)
+
+
+def _wait_for(predicate, seconds: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_detached_phase_outlives_a_dropped_connection(fruix_freebsd_sshd, tmp_path: Path):
+    import signal
+
+    run_dir = str(tmp_path / "run")
+    gate = tmp_path / "gate"
+    command = (f"echo first; while [ ! -f {gate} ]; do sleep 0.1; done; echo second; exit 5")
+    started = _guest(fruix_freebsd_sshd, scripts.detached_start_script(command, run_dir, "p"))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("pid ")
+    from fruix_core.transport.ssh import remote_command
+
+    follower = subprocess.Popen(
+        [*fruix_freebsd_sshd.ssh_command(),
+         remote_command(scripts.follow_script(run_dir, "p", 0), report_pgid=False)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "first\n"
+    # The connection drops (the sshd serving it dies) in the middle of the phase.
+    for pid in fruix_freebsd_sshd.session_pids():
+        os.kill(pid, signal.SIGKILL)
+    follower.wait(timeout=30)
+    assert not (tmp_path / "run/p.rc").exists()      # the phase goes on regardless
+    gate.write_text("")
+    _wait_for(lambda: (tmp_path / "run/p.rc").exists())
+    # Reconnect and go on from the 6 bytes already received.
+    rest = _guest(fruix_freebsd_sshd, scripts.follow_script(run_dir, "p", len("first\n")))
+    assert rest.stdout == "second\n\n@@fruix-rc@@ 5\n"
+
+
+def test_a_detached_phase_can_be_stopped(fruix_freebsd_sshd, tmp_path: Path):
+    from fruix_core.testkit import live_processes, wait_gone
+
+    run_dir = str(tmp_path / "run")
+    marker = f"fruix-detached-{os.getpid()}"
+    command = f"sleep 317 & sleep 318; echo {marker}"   # durations no other test uses
+    assert _guest(fruix_freebsd_sshd,
+                  scripts.detached_start_script(command, run_dir, "q")).returncode == 0
+    _wait_for(lambda: bool(live_processes("sleep 318")))
+    stopped = _guest(fruix_freebsd_sshd, scripts.detached_stop_script(run_dir, "q"))
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_gone("sleep 317") == [] and wait_gone("sleep 318") == []
+    assert (tmp_path / "run/q.rc").read_text().strip() == "143"

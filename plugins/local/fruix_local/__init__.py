@@ -8,6 +8,7 @@ keep the rest. It imports only the public plugin API, :mod:`fruix_core.api`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -33,6 +34,7 @@ from fruix_core.api import (
     build_promotion,
     hookimpl,
     phase_command,
+    pinned_configuration,
     stage_trees,
     staged_artifacts,
     tree_signature,
@@ -96,13 +98,18 @@ class LocalExecutor:
             source=SourceStore(path=str(source), signature=source_signature(source)),
             build_root=str(build_root),
             result_root=str(request.result_root),
+            jobs=request.jobs or os.cpu_count() or 1,
         )
 
     @hookimpl
     def fruix_run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
-        argv, extra = phase_command(phase, make=request.make, jobs=request.jobs,
-                                    paths=BuildPaths(env.build_root),
-                                    kernconf=request.base.kernconf)
+        paths = BuildPaths(env.build_root)
+        pinned, files = pinned_configuration(paths.conf_dir, request.make_configuration)
+        for path, content in files.items():  # the declared bytes, whatever the host file is now
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(content)
+        argv, extra = phase_command(phase, make=request.make, jobs=env.jobs or request.jobs,
+                                    paths=paths, kernconf=request.base.kernconf, pinned=pinned)
         request.output(phase.name, f"# {' '.join(argv)}")
         outcome = LocalRunner().run(
             argv, env={**env.environment, **extra}, cwd=env.source_dir,

@@ -41,7 +41,7 @@ def test_result_root_layout(fruix_workspace, fruix_toy_source):
     assert not (art / "world" / "usr" / "include").exists()
     assert not (art / "world" / "boot").exists()
     assert (art / "world" / "etc" / "rc.conf").is_file()
-    assert (art / "headers" / "usr" / "include" / "toy.h").is_file()
+    assert (art / "headers" / "usr" / "include" / "sys" / "param.h").is_file()
     assert (art / "bootloader" / "boot" / "loader").is_file()
     assert (art / "bootloader" / "boot" / "defaults" / "loader.conf").is_file()
     assert (art / "kernel" / "boot" / "kernel" / "kernel").read_text() == "kernel GENERIC\n"

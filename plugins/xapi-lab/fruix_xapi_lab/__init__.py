@@ -345,7 +345,7 @@ class XapiLab:
         lines = [f"# fruix.toml for VM {name} of the XAPI lab at {self.url}",
                  "# (login: the FRUIX_XCPNG_USERNAME / FRUIX_XCPNG_PASSWORD the lab got)",
                  "[build]", 'executor = "host-initiated"', 'guest = "xcpng"', "jobs = 2",
-                 'make = "make"', "", "[paths]",
+                 'make = "bmake"', "", "[paths]",
                  f"store = {toml(str(rehearsal / 'store'))}",
                  f"results = {toml(str(rehearsal / 'results'))}",
                  f"build_root = {toml(str(rehearsal / 'build'))}", "", "[guests.xcpng]"]

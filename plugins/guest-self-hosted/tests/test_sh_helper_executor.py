@@ -1,0 +1,170 @@
+"""``guest-self-hosted`` with the POSIX sh helper in a FreeBSD-shaped guest.
+
+The guest has no Python, ``dash`` as ``sh``, ``bsdtar``, ``bmake`` and a
+``tcsh`` login shell; the helper is the sh script at
+``/usr/local/bin/fruix-self-hosted-native-build``, found on the login PATH as
+on a Fruix guest whose development overlay installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from fruix_core.errors import ExitCode
+from fruix_core.promotion.layout import MANIFEST_FILE
+from fruix_core.testkit import Workspace, run_cli
+from fruix_core.testkit.guest import make_base_system
+from fruix_core.testkit.sshd import SshServer
+
+from .conftest import make_toy_guest
+
+SCRIPT = Path(str(resources.files("fruix_guest_self_hosted") / "fruix-self-hosted-native-build"))
+KINDS = ("world", "kernel", "headers", "bootloader")
+
+
+@pytest.fixture(scope="module")
+def freebsd_sshd(tmp_path_factory: pytest.TempPathFactory):
+    base = make_base_system(tmp_path_factory.mktemp("base"),
+                            extra={"fruix-self-hosted-native-build": SCRIPT})
+    server = SshServer(tmp_path_factory.mktemp("sshd"), base_system=base)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _config(ws: Workspace, sshd: SshServer, guest_root: Path, **build) -> Path:
+    text = "\n".join([
+        "[guests.ssh]", f'host = "{sshd.host}"', f"port = {sshd.port}",
+        f'user = "{sshd.user}"', f'identity_file = "{sshd.client_key}"',
+        f'known_hosts = "{sshd.known_hosts}"', f'system_root = "{guest_root}"', "",
+        "[executors.guest-self-hosted]", "",   # the default helper: found on the guest's PATH
+    ])
+    build.setdefault("jobs", 2)
+    return ws.write_config(text, executor="guest-self-hosted", guest="ssh", **build)
+
+
+def test_full_chain_with_the_sh_helper_matches_local(freebsd_sshd, sample_guest,
+                                                     tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    proc = run_cli("native-build", "run", "--config",
+                   str(_config(ws, freebsd_sshd, sample_guest.path, promote=True)), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and doc["executor"] == "guest-self-hosted"
+    root = Path(doc["result_root"])
+    log = (root / "logs/installworld.log").read_text()
+    assert "-DNO_ROOT installworld" in log        # the helper's phase log, imported
+    local_ws = Workspace(tmp_path / "local")
+    local_ws.root.mkdir()
+    local = run_cli("native-build", "run", "--config",
+                    str(local_ws.write_config(source=sample_guest.source_dir, jobs=2)),
+                    "--json", cwd=local_ws.root, timeout=300)
+    assert local.returncode == 0, local.stderr
+    local_doc = json.loads(local.stdout)
+    for kind in KINDS:
+        ours = Path(doc["artifacts"][kind])
+        theirs = Path(local_doc["artifacts"][kind])
+        assert (ours / MANIFEST_FILE).read_bytes() == (theirs / MANIFEST_FILE).read_bytes()
+        assert ours.name.split("-", 1)[1].startswith(f"fruix-native-{kind}-")
+    world = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+    assert re.search(r"^\./usr/bin/passwd type=file uname=root gname=wheel mode=4555 .*"
+                     r" flags=schg$", world, re.MULTILINE)
+
+
+def test_a_failing_phase_is_a_build_failure(freebsd_sshd, tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path, fail_buildkernel="")
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    proc = run_cli("native-build", "run", "--config",
+                   str(_config(ws, freebsd_sshd, guest.path, promote=False)), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == ExitCode.BUILD_FAILED, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["phase"] == "buildkernel"
+    host_log = Path(doc["result_root"]) / "logs/buildkernel.log"
+    assert "failing on purpose" in host_log.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching the guest's build user needs root")
+def test_full_chain_as_an_unprivileged_guest_user(tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    import shutil
+    import tempfile
+
+    from fruix_core.sample import sample_base_path
+    from fruix_core.testkit import make_tree_writable
+    from fruix_core.testkit.guest import make_guest_root
+
+    nobody = 65534
+    base = make_base_system(tmp_path_factory.mktemp("base-nobody"),
+                            extra={"fruix-self-hosted-native-build": SCRIPT})
+    top = Path(tempfile.mkdtemp(prefix="fruix-guest-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        guest = make_guest_root(top / "root", sample_base_path())
+        for writable in (guest.results_dir, guest.work_dir):
+            os.chown(writable, nobody, nobody)
+        server = SshServer(tmp_path / "sshd", base_system=base, build_user=nobody)
+        server.start()
+        try:
+            ws = Workspace(tmp_path / "ws")
+            ws.root.mkdir()
+            proc = run_cli("native-build", "run", "--config",
+                           str(_config(ws, server, guest.path, promote=True)), "--json",
+                           cwd=ws.root, timeout=300)
+        finally:
+            server.stop()
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        run_root = guest.results_dir / doc["run_id"]
+        assert run_root.stat().st_uid == nobody
+        world = (Path(doc["artifacts"]["world"]) / MANIFEST_FILE).read_text()
+        assert " uname=root gname=wheel mode=4555 " in world
+    finally:
+        make_tree_writable(top)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_conformance_with_the_sh_helper(freebsd_sshd: SshServer,
+                                        fruix_executor_conformance) -> None:
+    # The whole contract (core-owned logs and status, teardown, cancel during and between
+    # phases, the phase timeout, resume) with the sh helper, driven step by step
+    # (--prepare, --phase, --finish) in the FreeBSD-shaped guest: no Python there.
+    from fruix_core.testkit.conformance import all_passed
+
+    assert freebsd_sshd.base_system is not None
+    results = fruix_executor_conformance("guest-self-hosted",
+                                         base_system=freebsd_sshd.base_system)
+    assert all_passed(results), "\n".join(r.line() for r in results)
+
+
+def test_jobs_come_from_the_guest(tmp_path: Path) -> None:
+    # build.jobs = 0: -j is the guest's (FreeBSD: sysctl -n hw.ncpu), as the helper
+    # reports it when it prepares the run; the host's CPU count never enters.
+    base = make_base_system(tmp_path / "base-3cpu", ncpu=3,
+                            extra={"fruix-self-hosted-native-build": SCRIPT})
+    server = SshServer(tmp_path / "sshd", base_system=base)
+    server.start()
+    try:
+        guest = make_toy_guest(tmp_path)
+        ws = Workspace(tmp_path / "ws")
+        ws.root.mkdir()
+        proc = run_cli("native-build", "run", "--config",
+                       str(_config(ws, server, guest.path, promote=False, jobs=0)), "--json",
+                       cwd=ws.root, timeout=300)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    root = Path(json.loads(proc.stdout)["result_root"])
+    assert (root / "metadata").read_text().count("build_jobs=3\n") == 1
+    assert (root / "logs/buildworld.log").read_text().splitlines()[1].startswith(
+        "# bmake -j3 buildworld")
