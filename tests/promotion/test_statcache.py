@@ -205,3 +205,23 @@ def test_stat_cache_can_be_switched_off(tmp_path: Path, store: Path, no_margin: 
     with seams.installed("walk.reading", seen := Reads()):
         promote(root, store)
     assert b"bin/sh" in seen.files
+
+
+def test_a_changed_metalog_is_never_answered_from_the_cache(tmp_path: Path, store: Path,
+                                                            no_margin: None) -> None:
+    # The METALOG is not part of the artifact trees, but it shapes their manifests
+    # (owners, modes, flags) and so their names: the same trees with another METALOG
+    # must give the objects a full promotion gives, never the cached ones.
+    from .test_metalog import WORLD_METALOG, _manifest, _with_metalog
+
+    root = build_result_root(tmp_path / "r", extra=_with_metalog(WORLD_METALOG))
+    first = promote(root, store)
+    assert "flags=schg" in _manifest(first.artifacts["world"])["./sbin/ping"]
+    (root / "metalog" / "world.METALOG").write_text(
+        WORLD_METALOG.replace(" flags=schg", ""))
+    again = promote(root, store)
+    assert again.artifacts["world"] != first.artifacts["world"]
+    assert "flags=" not in _manifest(again.artifacts["world"])["./sbin/ping"]
+    fresh = promote(root, tmp_path / "fresh-store")
+    assert again.artifacts["world"].name == fresh.artifacts["world"].name
+    assert verify(store).ok
