@@ -156,6 +156,13 @@ class ConformanceLab:
                 f"[executors.{toml_value(name)}]\n{table}\n")
         build.setdefault("promote", False)
         source = self.toy_source if toy else self.sample_source
+        # The guests are shared by the lab's workspaces: a run id a guest already has is
+        # taken for this workspace too (two runs started within one second would get
+        # the same one, and a guest refuses a run id it has).
+        for taken_in in (self.toy_guest.results_dir, self.sample_guest.results_dir):
+            for entry in taken_in.iterdir() if taken_in.is_dir() else ():
+                if entry.is_dir() and not entry.is_symlink():
+                    (ws.results / entry.name).mkdir(parents=True, exist_ok=True)
         return load_config(ws.write_config(text, source=source, executor=name, guest="ssh",
                                            jobs=2, **build))
 
