@@ -164,4 +164,5 @@ def test_two_quick_interrupts_abandon_the_release(fruix_workspace, toy_source):
                   provider_plugin=provider)
     assert not provider.finished and info.value.stage == "release-guest"
     assert ResultRoot(fruix_workspace.results / info.value.run_id).status().state == "failed"
-    assert any(e["event"].startswith("interrupted twice within 3 s: asking to stop releasing guest g1") for e in logs)
+    assert any(e["event"].startswith(
+        "interrupted twice within 3 s: asking to stop releasing guest g1") for e in logs)
