@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from fruix_core.errors import ExitCode
 from fruix_core.plugins import discover
@@ -29,6 +30,24 @@ def list_command(*, as_json: bool) -> int:
     return int(ExitCode.OK)
 
 
+def _test_guest_base(path: Path) -> Path:
+    """The conformance guest's base: FreeBSD-shaped (sh, bsdtar, bmake, tcsh; no Python),
+    with the shipped in-guest helper in its overlay's ``/usr/local/bin``, as a Fruix
+    guest with the development overlay has it."""
+    from importlib import resources
+
+    from fruix_core.testkit.guest import make_base_system
+
+    extra = {}
+    try:
+        helper = Path(str(resources.files("fruix_guest_self_hosted") / HELPER_SCRIPT))
+    except ModuleNotFoundError:
+        helper = None
+    if helper is not None and helper.is_file():
+        extra[HELPER_SCRIPT] = helper
+    return make_base_system(path, extra=extra)
+
+
 def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
     """Run the conformance suite for executor ``name``; one line per check.
 
@@ -37,7 +56,6 @@ def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
     every check passed, 1 otherwise.
     """
     import tempfile
-    from pathlib import Path
 
     from fruix_core.config import load_config
     from fruix_core.testkit.conformance import all_passed, iter_checks
@@ -45,7 +63,8 @@ def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
     settings = load_config(config_file).executor_settings(name)
     results = []
     with tempfile.TemporaryDirectory(prefix="fruix-executors-check-") as tmp:
-        for result in iter_checks(name, Path(tmp) / "lab", settings):
+        base_system = _test_guest_base(Path(tmp) / "base-system")
+        for result in iter_checks(name, Path(tmp) / "lab", settings, base_system=base_system):
             results.append(result)
             if not as_json:
                 print(result.line(), flush=True)
@@ -57,3 +76,7 @@ def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
         passed = sum(r.ok for r in results)
         print(f"{name}: {passed}/{len(results)} checks passed")
     return int(ExitCode.OK) if ok else int(ExitCode.BUILD_FAILED)
+
+
+#: The in-guest helper script, package data of the guest-self-hosted plugin.
+HELPER_SCRIPT = "fruix-self-hosted-native-build"
