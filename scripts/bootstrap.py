@@ -78,19 +78,26 @@ def missing_tools() -> dict[str, str]:
             if shutil.which(tool, path=path) is None}
 
 
-def ensure_system_tools() -> None:
-    missing = missing_tools()
+#: what the main job (the sample base, built locally) needs on PATH
+MAIN_JOB_TOOLS = {"bmake": "bmake", "cc": "gcc"}
+
+
+def ensure_system_tools(tools: dict[str, str] | None = None,
+                        purpose: str = "the test suite") -> None:
+    missing = missing_tools() if tools is None else {
+        tool: pkg for tool, pkg in tools.items()
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":" + SBIN) is None}
     if not missing:
         return
     packages = sorted(set(missing.values()))
     command = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"bootstrap: installing {' '.join(packages)} for the test suite", file=sys.stderr)
+        print(f"bootstrap: installing {' '.join(packages)} for {purpose}", file=sys.stderr)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(command, check=True, env=env)
         return
-    sys.exit("bootstrap: the test suite needs " + ", ".join(sorted(missing))
+    sys.exit(f"bootstrap: {purpose} needs " + ", ".join(sorted(missing))
              + "; install them with: sudo " + " ".join(command))
 
 
@@ -101,6 +108,8 @@ def main(argv: list[str]) -> int:
     what, rest = argv[0], argv[1:]
     if what == "fruix":
         python = ensure_env(with_tests=False)
+        if rest[:2] == ["native-build", "run"]:
+            ensure_system_tools(MAIN_JOB_TOOLS, "building the sample base")
         return subprocess.call([str(ENV / "bin" / "fruix"), *rest])
     python = ensure_env(with_tests=True)
     if what == "env":
