@@ -33,7 +33,7 @@ from fruix_core.errors import UsageError, VerificationError
 from fruix_core.model import ARTIFACT_KINDS
 from fruix_core.promotion.display import shown
 from fruix_core.promotion.layout import MANIFEST_FILE, OBJECT_FILE, OBJECT_NAME_RE, RESULT_FILE
-from fruix_core.promotion.manifest import decode_path, encode_path
+from fruix_core.promotion.manifest import encode_path, parse_manifest_fields
 from fruix_core.promotion.safeio import DIR_FLAGS, open_regular_at
 
 __all__ = [
@@ -55,7 +55,6 @@ ASPECTS: Mapping[str, str] = {
     "flags": "flags", "link": "link", "nlink": "hardlink", "hardlink": "hardlink",
 }
 _BUNDLE_MARK = "-fruix-native-build-result-"
-_MAX_LINE = 1 << 16
 
 Fields = dict[str, str]
 
@@ -153,33 +152,10 @@ def read_manifest_fields(obj: Path) -> dict[bytes, Fields]:
         fd = _open_object_file(obj, MANIFEST_FILE)
     except OSError as err:
         raise VerificationError(f"{source}: cannot read: {err.strerror or err}") from None
-    entries: dict[bytes, Fields] = {}
     with os.fdopen(fd, "rb") as stream:
-        first = stream.readline(_MAX_LINE)
-        if not first.startswith(b"#mtree"):
-            raise VerificationError(f"{source}: not a manifest (bad header)")
-        for number, line in enumerate(stream, start=2):
-            if line.startswith(b"#") or not line.strip():
-                continue
-            if not line.endswith(b"\n"):
-                raise VerificationError(f"{source}:{number}: truncated manifest line")
-            words = line[:-1].split(b" ")
-            path = words[0]
-            if path == b".":
-                rel = b""
-            elif path.startswith(b"./"):
-                rel = decode_path(path[2:])
-            else:
-                raise VerificationError(f"{source}:{number}: malformed manifest path")
-            fields: Fields = {}
-            for word in words[1:]:
-                key, sep, value = word.partition(b"=")
-                if not sep:
-                    raise VerificationError(f"{source}:{number}: malformed manifest keyword")
-                # Values are ASCII (digests, octal, names) or vis-encoded bytes: keep them encoded.
-                fields[key.decode("ascii", "replace")] = value.decode("ascii", "replace")
-            entries[rel] = fields
-    return entries
+        # Values are ASCII (digests, octal, names) or vis-encoded bytes: keep them encoded.
+        return {rel: {key: value.decode("ascii", "replace") for key, value in fields.items()}
+                for rel, fields in parse_manifest_fields(stream, source)}
 
 
 # -- resolving the operator's arguments ------------------------------------------------

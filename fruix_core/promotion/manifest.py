@@ -51,6 +51,8 @@ __all__ = [
     "decode_path",
     "encode_path",
     "parse_manifest",
+    "parse_manifest_fields",
+    "split_line",
 ]
 
 MANIFEST_HEADER = b"#mtree v2.0\n#fruix-native-build-manifest 1\n"
@@ -146,7 +148,14 @@ class ManifestWriter:
 _INT_KEYS = {"size", "nlink"}
 
 
-def _parse_line(line: bytes, number: int, source: str) -> ManifestEntry:
+def split_line(line: bytes, number: int, source: str) -> tuple[bytes, dict[str, bytes]]:
+    """One manifest line (without its newline): raw path and every keyword, unparsed.
+
+    Keywords this version does not know are kept, so readers that only
+    compare (``fruix store diff``) see fields added later too.
+
+    :raises VerificationError: on a malformed path or keyword.
+    """
     words = line.split(b" ")
     path = words[0]
     if path == b".":
@@ -161,6 +170,11 @@ def _parse_line(line: bytes, number: int, source: str) -> ManifestEntry:
         if not sep:
             raise VerificationError(f"{source}:{number}: malformed manifest keyword")
         fields[key.decode("ascii", "replace")] = value
+    return rel, fields
+
+
+def _parse_line(line: bytes, number: int, source: str) -> ManifestEntry:
+    rel, fields = split_line(line, number, source)
     try:
         kind = fields["type"].decode("ascii")
         ints = {k: int(fields[k]) for k in _INT_KEYS if k in fields}
@@ -181,15 +195,30 @@ def _parse_line(line: bytes, number: int, source: str) -> ManifestEntry:
         raise VerificationError(f"{source}:{number}: malformed manifest line") from None
 
 
-def parse_manifest(stream: BinaryIO, source: str) -> Iterator[ManifestEntry]:
-    """Yield the entries of a manifest stream, in order.
-
-    :raises VerificationError: when the header or a line is malformed.
-    """
+def _lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, bytes]]:
     header = stream.read(len(MANIFEST_HEADER))
     if header != MANIFEST_HEADER:
         raise VerificationError(f"{source}: not a fruix manifest (bad header)")
     for number, line in enumerate(stream, start=3):
         if not line.endswith(b"\n"):
             raise VerificationError(f"{source}:{number}: truncated manifest line")
-        yield _parse_line(line[:-1], number, source)
+        yield number, line[:-1]
+
+
+def parse_manifest(stream: BinaryIO, source: str) -> Iterator[ManifestEntry]:
+    """Yield the entries of a manifest stream, in order.
+
+    :raises VerificationError: when the header or a line is malformed.
+    """
+    for number, line in _lines(stream, source):
+        yield _parse_line(line, number, source)
+
+
+def parse_manifest_fields(stream: BinaryIO,
+                          source: str) -> Iterator[tuple[bytes, dict[str, bytes]]]:
+    """Yield ``(raw path, keywords)`` of a manifest stream, in order (see :func:`split_line`).
+
+    :raises VerificationError: when the header or a line is malformed.
+    """
+    for number, line in _lines(stream, source):
+        yield split_line(line, number, source)
