@@ -16,16 +16,14 @@ area (``paths.build_root/<run-id>``); its store objects stay until
 Removal renames the directory to ``.prune-<run-id>-<pid>`` first, so a run
 is either fully there or gone under its name; a prune killed half-way leaves
 only a dot-directory that the next prune removes. Nothing is followed:
-``shutil.rmtree`` does not follow symlinks, and a run id that is a symlink is
-never touched.
+the removal does not follow symlinks, and a run id that is a symlink is only
+unlinked, never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +31,15 @@ import structlog
 
 from fruix_core.config import Config
 from fruix_core.errors import StoreError, UsageError
+from fruix_core.promotion.gc import DEFAULT_KEEP_LAST, pinned_run_ids
+from fruix_core.promotion.layout import StoreLayout
+from fruix_core.promotion.storeio import remove_tree
 from fruix_core.resultroot import LATEST, list_runs
 
 __all__ = ["PrunedRun", "PruneReport", "prune_runs", "remove_build_area"]
 
 log = structlog.get_logger(__name__)
 
-#: Successful runs kept when ``--keep-last`` is not given (the same as ``store gc``).
-DEFAULT_KEEP_LAST = 3
 _TRASH = ".prune-"
 
 
@@ -83,30 +82,14 @@ def _size(path: Path) -> int:
     return total
 
 
-def _writable(function: object, path: str, _exc: object) -> None:
-    """rmtree's error hook: make the parent writable once (read-only object dirs)."""
-    parent = os.path.dirname(path)
-    st = os.lstat(parent)
-    if stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IWUSR:
-        os.chmod(parent, st.st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=_writable)
-        else:
-            os.unlink(path)
-        return
-    raise OSError(f"cannot remove {path}")
-
-
 def _remove(path: Path) -> None:
     """Rename ``path`` aside, then delete it; a symlink is only unlinked."""
-    if path.is_symlink():
-        path.unlink()
-        return
-    if not path.exists():
+    if path.is_symlink() or not path.exists():
+        remove_tree(path)  # a link is only unlinked; nothing there is fine
         return
     trash = path.with_name(f"{_TRASH}{path.name}-{os.getpid()}")
     os.rename(path, trash)
-    shutil.rmtree(trash, onerror=_writable)
+    remove_tree(trash)
 
 
 def remove_build_area(config: Config, run_id: str) -> None:
@@ -118,28 +101,6 @@ def remove_build_area(config: Config, run_id: str) -> None:
         log.warning("cannot remove the build area", path=str(area), error=str(exc))
 
 
-def _pinned_runs(config: Config) -> set[str]:
-    """Run ids whose bundle a pin of the configured store names."""
-    from fruix_core.promotion.layout import RESULT_FILE, StoreLayout
-    from fruix_core.promotion.records import read_bundle_record
-
-    layout = StoreLayout(config.store)
-    pins = layout.roots_dir
-    found: set[str] = set()
-    if not pins.is_dir():
-        return found
-    for name in os.listdir(pins):
-        try:
-            target = Path(os.readlink(pins / name))
-            bundle = target if target.is_absolute() else layout.root / target
-            record = read_bundle_record(bundle / RESULT_FILE)
-        except Exception:  # noqa: BLE001 - a pin of an artifact object or a damaged bundle names no run
-            continue
-        if record.run_id:
-            found.add(record.run_id)
-    return found
-
-
 def _clean_trash(results: Path, build_root: Path) -> None:
     for top in (results, build_root):
         if not top.is_dir():
@@ -147,7 +108,7 @@ def _clean_trash(results: Path, build_root: Path) -> None:
         for name in os.listdir(top):
             if name.startswith(_TRASH):
                 with contextlib.suppress(OSError):
-                    shutil.rmtree(top / name, onerror=_writable)
+                    remove_tree(top / name)
 
 
 def prune_runs(config: Config, *, keep_last: int = DEFAULT_KEEP_LAST, failed: bool = False,
@@ -168,7 +129,7 @@ def prune_runs(config: Config, *, keep_last: int = DEFAULT_KEEP_LAST, failed: bo
         latest = os.readlink(config.results / LATEST)
     except OSError:
         latest = ""
-    pinned = _pinned_runs(config)
+    pinned = pinned_run_ids(StoreLayout(config.store))
     runs = [(root, root.status()) for root in reversed(list_runs(config.results))]
     # The same "recent" roots as store gc: the newest keep_last successful runs.
     recent = {root.run_id for root, status in runs if status.state == "ok"}

@@ -157,11 +157,12 @@ def promote_command(args: argparse.Namespace) -> int:
 
 
 def prune_command(args: argparse.Namespace) -> int:
+    from fruix_core.promotion.gc import DEFAULT_KEEP_LAST
     from fruix_core.prune import describe, prune_runs
 
     config = _config(args)
-    report = prune_runs(config, keep_last=args.keep_last, failed=args.failed,
-                        dry_run=args.dry_run)
+    keep_last = DEFAULT_KEEP_LAST if args.keep_last is None else args.keep_last
+    report = prune_runs(config, keep_last=keep_last, failed=args.failed, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

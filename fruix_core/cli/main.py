@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id", metavar="RUN_ID")
     _common(show)
     prune = nb_sub.add_parser("prune", help="remove old result roots and build areas")
-    prune.add_argument("--keep-last", type=int, default=3, metavar="N",
-                       help="successful runs to keep, newest first (default 3)")
+    prune.add_argument("--keep-last", type=int, metavar="N",
+                       help="successful runs to keep, newest first (default: 3)")
     prune.add_argument("--failed", action="store_true",
                        help="also remove failed and stale runs")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")

@@ -56,6 +56,7 @@ __all__ = [
     "collect_garbage",
     "list_roots",
     "pin",
+    "pinned_run_ids",
     "register_results_dir",
     "unpin",
 ]
@@ -177,6 +178,11 @@ def _bundle_run_id(path: Path) -> str | None:
         return None
 
 
+def pinned_run_ids(layout: StoreLayout) -> set[str]:
+    """Run ids of the bundles that pins (``fruix store pin``) name."""
+    return {run_id for root in _pins(layout) if (run_id := _bundle_run_id(root.target))}
+
+
 def _run_status(run_dir: Path) -> str:
     try:
         data = read_regular(run_dir / "status", limit=256)
@@ -212,10 +218,7 @@ def _objects(layout: StoreLayout) -> list[str]:
                   and os.path.isdir(layout.object(n)) and not os.path.islink(layout.object(n)))
 
 
-def list_roots(layout: StoreLayout, keep_last: int = DEFAULT_KEEP_LAST) -> list[Root]:
-    """Every root of the store (pins first, then results directories' runs)."""
-    if keep_last < 0:
-        raise UsageError(f"--keep-last must be 0 or more, not {keep_last}")
+def _pins(layout: StoreLayout) -> list[Root]:
     roots: list[Root] = []
     pins = sorted(os.listdir(layout.roots_dir)) if os.path.isdir(layout.roots_dir) else []
     for name in pins:
@@ -226,6 +229,14 @@ def list_roots(layout: StoreLayout, keep_last: int = DEFAULT_KEEP_LAST) -> list[
         except OSError:
             continue
         roots.append(Root("pin", name, Path(target)))
+    return roots
+
+
+def list_roots(layout: StoreLayout, keep_last: int = DEFAULT_KEEP_LAST) -> list[Root]:
+    """Every root of the store (pins first, then results directories' runs)."""
+    if keep_last < 0:
+        raise UsageError(f"--keep-last must be 0 or more, not {keep_last}")
+    roots = _pins(layout)
     results = layout.results_roots
     registered = sorted(os.listdir(results)) if os.path.isdir(results) else []
     wanted: dict[str, list[tuple[str, Path]]] = {}
