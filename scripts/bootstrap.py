@@ -72,9 +72,9 @@ def ensure_env(with_tests: bool) -> Path:
     return python
 
 
-def missing_tools() -> dict[str, str]:
+def missing_tools(tools: dict[str, str] = SYSTEM_TOOLS) -> dict[str, str]:
     path = os.environ.get("PATH", "") + ":" + SBIN
-    return {tool: pkg for tool, pkg in SYSTEM_TOOLS.items()
+    return {tool: pkg for tool, pkg in tools.items()
             if shutil.which(tool, path=path) is None}
 
 
@@ -82,11 +82,9 @@ def missing_tools() -> dict[str, str]:
 MAIN_JOB_TOOLS = {"bmake": "bmake", "cc": "gcc"}
 
 
-def ensure_system_tools(tools: dict[str, str] | None = None,
+def ensure_system_tools(tools: dict[str, str] = SYSTEM_TOOLS,
                         purpose: str = "the test suite") -> None:
-    missing = missing_tools() if tools is None else {
-        tool: pkg for tool, pkg in tools.items()
-        if shutil.which(tool, path=os.environ.get("PATH", "") + ":" + SBIN) is None}
+    missing = missing_tools(tools)
     if not missing:
         return
     packages = sorted(set(missing.values()))

@@ -176,25 +176,32 @@ def dispatch(args: argparse.Namespace) -> int:
     return handlers[args.action](args)
 
 
-def helper_command(args: argparse.Namespace) -> int:
-    """``native-build helper --print``: the guest helper, for an operator's overlay."""
-    from importlib import resources
-
-    from fruix_core.errors import UsageError
-
-    try:
-        script = resources.files("fruix_guest_self_hosted") / HELPER_SCRIPT
-        data = script.read_bytes()
-    except (ModuleNotFoundError, FileNotFoundError):
-        raise UsageError("the guest-self-hosted plugin (fruix-executor-guest-self-hosted), "
-                         "which ships the helper script, is not installed") from None
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-    return int(ExitCode.OK)
-
-
 #: The POSIX sh helper, package data of the guest-self-hosted plugin.
 HELPER_SCRIPT = "fruix-self-hosted-native-build"
+
+
+def shipped_helper() -> Path | None:
+    """The in-guest helper script the guest-self-hosted plugin ships, if it is installed."""
+    from importlib import resources
+
+    try:
+        script = Path(str(resources.files("fruix_guest_self_hosted") / HELPER_SCRIPT))
+    except ModuleNotFoundError:
+        return None
+    return script if script.is_file() else None
+
+
+def helper_command(args: argparse.Namespace) -> int:
+    """``native-build helper --print``: the guest helper, for an operator's overlay."""
+    from fruix_core.errors import UsageError
+
+    script = shipped_helper()
+    if script is None:
+        raise UsageError("the guest-self-hosted plugin (fruix-executor-guest-self-hosted), "
+                         "which ships the helper script, is not installed")
+    sys.stdout.buffer.write(script.read_bytes())
+    sys.stdout.buffer.flush()
+    return int(ExitCode.OK)
 
 
 def dispatch_store(args: argparse.Namespace) -> int:

@@ -34,18 +34,11 @@ def _test_guest_base(path: Path) -> Path:
     """The conformance guest's base: FreeBSD-shaped (sh, bsdtar, bmake, tcsh; no Python),
     with the shipped in-guest helper in its overlay's ``/usr/local/bin``, as a Fruix
     guest with the development overlay has it."""
-    from importlib import resources
-
+    from fruix_core.cli.build_cmd import HELPER_SCRIPT, shipped_helper
     from fruix_core.testkit.guest import make_base_system
 
-    extra = {}
-    try:
-        helper = Path(str(resources.files("fruix_guest_self_hosted") / HELPER_SCRIPT))
-    except ModuleNotFoundError:
-        helper = None
-    if helper is not None and helper.is_file():
-        extra[HELPER_SCRIPT] = helper
-    return make_base_system(path, extra=extra)
+    helper = shipped_helper()
+    return make_base_system(path, extra={HELPER_SCRIPT: helper} if helper else None)
 
 
 def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
@@ -76,7 +69,3 @@ def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
         passed = sum(r.ok for r in results)
         print(f"{name}: {passed}/{len(results)} checks passed")
     return int(ExitCode.OK) if ok else int(ExitCode.BUILD_FAILED)
-
-
-#: The in-guest helper script, package data of the guest-self-hosted plugin.
-HELPER_SCRIPT = "fruix-self-hosted-native-build"

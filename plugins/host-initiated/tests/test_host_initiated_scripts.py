@@ -12,6 +12,7 @@ from fruix_host_initiated import scripts
 from fruix_core.profile import BuildPaths
 from fruix_core.promotion.nar import tree_signature
 from fruix_core.resultroot import stage_trees, staged_artifacts
+from fruix_core.testkit import wait_for
 
 
 def _sh(script: str) -> bytes:
@@ -172,15 +173,6 @@ def _guest(server, script: str, **kw) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False, **kw)
 
 
-def _wait_for(predicate, seconds: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_a_detached_phase_outlives_a_dropped_connection(fruix_freebsd_sshd, tmp_path: Path):
     import signal
 
@@ -204,7 +196,7 @@ def test_a_detached_phase_outlives_a_dropped_connection(fruix_freebsd_sshd, tmp_
     follower.wait(timeout=30)
     assert not (tmp_path / "run/p.rc").exists()      # the phase goes on regardless
     gate.write_text("")
-    _wait_for(lambda: (tmp_path / "run/p.rc").exists())
+    assert wait_for(lambda: (tmp_path / "run/p.rc").exists(), 30), "the phase never ended"
     # Reconnect and go on from the 6 bytes already received.
     rest = _guest(fruix_freebsd_sshd, scripts.follow_script(run_dir, "p", len("first\n")))
     assert rest.stdout == "second\n\n@@fruix-rc@@ 5\n"
@@ -218,7 +210,7 @@ def test_a_detached_phase_can_be_stopped(fruix_freebsd_sshd, tmp_path: Path):
     command = f"sleep 317 & sleep 318; echo {marker}"   # durations no other test uses
     assert _guest(fruix_freebsd_sshd,
                   scripts.detached_start_script(command, run_dir, "q")).returncode == 0
-    _wait_for(lambda: bool(live_processes("sleep 318")))
+    assert wait_for(lambda: bool(live_processes("sleep 318")), 30), "the phase never started"
     stopped = _guest(fruix_freebsd_sshd, scripts.detached_stop_script(run_dir, "q"))
     assert stopped.returncode == 0, stopped.stderr
     assert wait_gone("sleep 317") == [] and wait_gone("sleep 318") == []
