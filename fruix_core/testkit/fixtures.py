@@ -52,9 +52,9 @@ def fruix_toy_source(tmp_path: Path) -> Path:
     return make_toy_source(tmp_path / "toy-src")
 
 
-def _running_sshd(workdir: Path) -> Iterator[SshServer]:
+def _running_sshd(workdir: Path, base_system: Path | None = None) -> Iterator[SshServer]:
     """Start an sshd in ``workdir`` (a missing sshd fails the test, never skips it)."""
-    server = SshServer(workdir)
+    server = SshServer(workdir, base_system=base_system)
     try:
         server.start()
     except SshdMissingError as exc:
@@ -88,15 +88,7 @@ def fruix_base_system(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fruix_freebsd_sshd(tmp_path: Path, fruix_base_system: Path) -> Iterator[SshServer]:
     """An sshd whose commands run on :func:`fruix_base_system` under a tcsh login shell."""
-    server = SshServer(tmp_path / "sshd-freebsd", base_system=fruix_base_system)
-    try:
-        server.start()
-    except SshdMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_sshd(tmp_path / "sshd-freebsd", fruix_base_system)
 
 
 @pytest.fixture
