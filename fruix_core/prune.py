@@ -66,7 +66,7 @@ class PruneReport:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "schema": "fruix.prune/1", "dry_run": self.dry_run,
+            "dry_run": self.dry_run,
             "removed": [{"run_id": r.run_id, "status": r.status, "bytes": r.bytes}
                         for r in self.removed],
             "kept": dict(self.kept), "bytes_freed": self.bytes_freed,

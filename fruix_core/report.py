@@ -28,7 +28,7 @@ from fruix_core.errors import FruixError, StoreError
 from fruix_core.model import ARTIFACT_KINDS
 from fruix_core.promotion.display import shown
 from fruix_core.resultroot import list_runs
-from fruix_core.runrecord import RunRecord, read_run
+from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run
 
 __all__ = ["ReportOutcome", "build_report", "render_report", "write_report"]
 
@@ -46,19 +46,6 @@ class ReportOutcome:
     runs: tuple[dict[str, Any], ...]
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -68,10 +55,6 @@ def _size(n: int | None) -> str:
             return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def _iso(when: _dt.datetime | None) -> str | None:
-    return when.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 def _href(page_dir: Path, target: Path) -> str:
@@ -95,8 +78,8 @@ def _int(value: str | None) -> int | None:
 def _run_entry(record: RunRecord, page_dir: Path, bundle: Path | None,
                artifacts: Mapping[str, Path]) -> dict[str, Any]:
     meta = record.metadata
-    phases = [{"name": p.name, "seconds": p.seconds, "duration": _duration(p.seconds),
-               "started": _iso(p.started), "finished": _iso(p.finished), "timing": p.timing,
+    phases = [{"name": p.name, "seconds": p.seconds, "duration": duration_text(p.seconds),
+               "started": iso_time(p.started), "finished": iso_time(p.finished), "timing": p.timing,
                "log": _text(p.log), "href": _href(page_dir, p.log) if p.log else None}
               for p in record.phases]
     sizes = {k: _int(meta.get(f"size_{k}")) for k in ARTIFACT_KINDS}
@@ -108,9 +91,9 @@ def _run_entry(record: RunRecord, page_dir: Path, bundle: Path | None,
         "executor_version": _text(meta.get("executor_version")),
         "guest": _text(meta.get("guest") or meta.get("guest_host_name")
                        or meta.get("host_name")),
-        "started": _iso(record.started),
+        "started": iso_time(record.started),
         "seconds": record.seconds,
-        "duration": _duration(record.seconds),
+        "duration": duration_text(record.seconds),
         "result_root": shown(record.root.path),
         "phases": phases,
         "bundle": _text(bundle),
@@ -200,7 +183,7 @@ def render_report(entries: list[dict[str, Any]], *, results: Path, store: Path,
               for state in ("ok", "failed", "running", "stale")}
     return env.get_template("report.html.j2").render(
         runs=entries, results=shown(results), store=shown(store), counts=counts,
-        generated=_iso(when), version=__version__)
+        generated=iso_time(when), version=__version__)
 
 
 def write_report(results: Path, store: Path, out_dir: Path,

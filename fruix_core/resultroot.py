@@ -208,6 +208,30 @@ class ResultRoot:
             lines.append(f"{key}={text}\n")
         _write_atomic(self.metadata_file, "".join(lines))
 
+    def record_promotion(self, bundle: Path, artifacts: Mapping[str, Path]) -> bool:
+        """Add what a promotion published to ``metadata``: ``bundle=`` and ``artifact_<kind>=``.
+
+        Bookkeeping after the store holds the objects: a result root that
+        cannot be written (another user's, a full disk) is logged, not fatal.
+
+        :returns: whether it was recorded.
+        """
+        if self.metadata_file.is_symlink() or not self.metadata_file.is_file():
+            return False  # a result root without metadata does not get one now
+        values = self.read_metadata()
+        values["bundle"] = os.fsdecode(bundle)
+        values.update({f"artifact_{kind}": os.fsdecode(path) for kind, path in artifacts.items()})
+        try:
+            self.write_metadata(values)
+        except (OSError, PromotionInputError) as err:
+            import structlog
+
+            structlog.get_logger(__name__).warning(
+                "the promotion is not recorded in the result root", result_root=str(self.path),
+                error=str(err))
+            return False
+        return True
+
     def read_metadata(self) -> dict[str, str]:
         try:
             text = self.metadata_file.read_text(encoding="utf-8", errors="surrogateescape")

@@ -251,7 +251,7 @@ class _Run:
             "executor_version": self.executor.version,
             "executor_distribution": self.executor.distribution,
             "core_version": CORE_VERSION,
-        }
+        } | ({"guest": self.guest_name} if self.guest_name else {})
 
     def event(self, kind: str, **fields: Any) -> None:
         from fruix_core.observers import notify
@@ -563,6 +563,7 @@ def run_build(
                       seconds=round(time.monotonic() - run.started, 3))
             raise
         bundle, artifacts = promoted.bundle, dict(promoted.artifacts)
+        root.record_promotion(bundle, artifacts)
     run.event("run-finished", status="ok", seconds=round(time.monotonic() - run.started, 3),
               bundle=str(bundle) if bundle is not None else None)
     return RunOutcome(run_id=run_id, executor=executor_name, status=str(root.status()),

@@ -9,6 +9,10 @@ its log was last written and starts when the previous one ended.
 
 Metadata is data from a result root: values are parsed, never evaluated,
 and a value that does not parse is ignored rather than trusted.
+
+The ``metadata`` file stays ``key=value`` text (the guest helper writes it
+too); the types of its values for JSON come from one table here,
+:data:`METADATA_TYPES`, applied by :func:`typed_metadata`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,20 @@ from pathlib import Path
 from fruix_core.profile import PHASES
 from fruix_core.resultroot import ResultRoot, RunStatus
 
-__all__ = ["PhaseRecord", "RunRecord", "phase_names", "read_run"]
+__all__ = ["METADATA_TYPES", "PhaseRecord", "RunRecord", "duration_text", "iso_time",
+           "phase_names", "read_run", "typed_metadata"]
 
 _RUN_STAMP = re.compile(r"(\d{8}T\d{6}Z)(?:-\d+)?\Z")
 _PHASE_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
+
+#: Metadata keys (full-match patterns) whose values are numbers: ``integer``
+#: (counts, byte sizes) or ``number`` (seconds). Every other key is a string
+#: (no key is a boolean). A listed key whose value does not parse is ``None``.
+METADATA_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"build_jobs"), "integer"),
+    (re.compile(r"size_[A-Za-z0-9_]+|[A-Za-z0-9_]+_size"), "integer"),
+    (re.compile(r"run_seconds|phase_[A-Za-z0-9._-]+_seconds"), "number"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +157,37 @@ def read_run(root: ResultRoot) -> RunRecord:
         seconds_run = max(0.0, (finished_run - run_started).total_seconds())
     return RunRecord(root, status, metadata, tuple(phases), run_started, finished_run,
                      seconds_run)
+
+
+def _typed(kind: str, value: str) -> int | float | None:
+    if kind == "integer":
+        return int(value) if re.fullmatch(r"[0-9]{1,20}", value) else None
+    return _parse_seconds(value)
+
+
+def typed_metadata(metadata: dict[str, str]) -> dict[str, object]:
+    """``metadata`` with the values of :data:`METADATA_TYPES`' keys as numbers."""
+    out: dict[str, object] = {}
+    for key, value in metadata.items():
+        kind = next((k for pattern, k in METADATA_TYPES if pattern.fullmatch(key)), None)
+        out[key] = value if kind is None else _typed(kind, value)
+    return out
+
+
+def iso_time(when: _dt.datetime | None) -> str | None:
+    """``when`` as ISO 8601 UTC with a ``Z`` (``2026-04-05T15:03:59Z``)."""
+    return when.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+def duration_text(seconds: float | None) -> str:
+    """A duration for people: ``4.2s``, ``27s``, ``3m05s``, ``1h02m``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"

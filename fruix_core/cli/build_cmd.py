@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fruix_core.cli.jsonout import add_failure_fields, emit
 from fruix_core.config import Config, load_config
 from fruix_core.errors import ExitCode, FruixError
 from fruix_core.model import CancelToken
-from fruix_core.resultroot import ResultRoot, list_runs, resolve_run
+from fruix_core.resultroot import list_runs, resolve_run
+from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run, typed_metadata
 
 __all__ = ["dispatch", "dispatch_store"]
 
@@ -61,16 +62,17 @@ def run_command(args: argparse.Namespace) -> int:
                                 promote=False if args.no_promote else None,
                                 resume=args.resume, cancel=cancel, on_output=live.on_output,
                                 progress=progress)
-    except Exception as exc:
+    except BaseException as exc:
         if progress is not None:
             progress.close()
-        if args.json:
-            print(json.dumps(_failure_document(exc, args, config), indent=2))
+        # main prints the fruix.error/1 document; these keys make it a run's record too.
+        add_failure_fields(exc, status="failed", executor=args.executor or config.executor,
+                           store=str(config.store))
         raise
     if progress is not None:
         progress.close()
     if args.json:
-        print(json.dumps(outcome.as_dict(), indent=2))
+        emit("fruix.run/1", outcome.as_dict())
         return int(ExitCode.OK)
     print(f"run {outcome.run_id}: {outcome.status} (executor {outcome.executor})")
     print(f"result root: {outcome.result_root}")
@@ -83,64 +85,108 @@ def run_command(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _failure_document(exc: Exception, args: argparse.Namespace,
-                      config: Config) -> dict[str, Any]:
-    """The ``--json`` document of a run that failed: always complete, also for our own bugs."""
-    if isinstance(exc, FruixError):
-        error, code = str(exc), int(exc.exit_code)
-    else:
-        error, code = f"internal error: {type(exc).__name__}: {exc}", int(ExitCode.INFRASTRUCTURE)
-    return {"run_id": getattr(exc, "run_id", None), "status": "failed",
-            "executor": args.executor or config.executor,
-            "result_root": getattr(exc, "result_root", None), "store": str(config.store),
-            "phase": getattr(exc, "stage", None) or getattr(exc, "phase", None),
-            "error": error, "exit_code": code}
-
-
-def _summary(root: ResultRoot) -> dict[str, Any]:
-    meta = root.read_metadata()
-    status = root.status()
+def _summary(record: RunRecord) -> dict[str, Any]:
+    """One run as ``list --json`` gives it (``show --json`` adds to it)."""
+    meta = record.metadata
     return {
-        "run_id": root.run_id,
-        "status": status.state if not status.stale else "stale",
-        "failed_phase": status.phase,
+        "run_id": record.run_id,
+        "status": record.state,
+        "failed_phase": record.status.phase,
         "executor": meta.get("executor"),
         "executor_version": meta.get("executor_version"),
         "base_version": meta.get("base_version"),
-        "result_root": str(root.path),
+        "guest": meta.get("guest") or None,
+        "started": iso_time(record.started),
+        "finished": iso_time(record.finished),
+        "seconds": record.seconds,
+        "result_root": str(record.root.path),
+        "bundle": meta.get("bundle") or None,
     }
 
 
 def list_command(args: argparse.Namespace) -> int:
+    """The runs of the results directory, oldest first: a table, or ``fruix.run-list/1``."""
     config = _config(args)
-    runs = [_summary(r) for r in list_runs(config.results)]
+    runs = [_summary(read_run(r)) for r in list_runs(config.results)]
     if args.json:
-        print(json.dumps(runs, indent=2))
+        emit("fruix.run-list/1", {"results": str(config.results), "runs": runs})
         return int(ExitCode.OK)
     if not runs:
         print(f"no runs in {config.results}")
+        return int(ExitCode.OK)
+    rows = [("RUN ID", "STARTED (UTC)", "DURATION", "STATUS", "EXECUTOR")]
     for run in runs:
+        started = run["started"].replace("T", " ").rstrip("Z") if run["started"] else "?"
         state = run["status"] + (f" ({run['failed_phase']})" if run["failed_phase"] else "")
-        print(f"{run['run_id']}  {state:<24}  {run['executor'] or '?'}")
+        rows.append((run["run_id"], started, duration_text(run["seconds"]), state,
+                     run["executor"] or "?"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
+                         row[-1]]))
     return int(ExitCode.OK)
 
 
+def _promoted(record: RunRecord, store: Path) -> tuple[str | None, dict[str, str]]:
+    """The run's bundle and artifact objects: as its metadata records them, else (runs
+    promoted before that was recorded) the bundle in ``store`` naming the run."""
+    from fruix_core.model import ARTIFACT_KINDS
+    from fruix_core.promotion.diff import bundle_objects, bundle_of_run
+
+    meta = record.metadata
+    artifacts = {k: meta[f"artifact_{k}"] for k in ARTIFACT_KINDS if meta.get(f"artifact_{k}")}
+    if meta.get("bundle"):
+        return meta["bundle"], artifacts
+    try:
+        bundle = bundle_of_run(store, record.run_id, meta)
+        if bundle is None:
+            return None, {}
+        return str(bundle), {k: str(v) for k, v in bundle_objects(bundle).items()}
+    except FruixError:
+        return None, {}
+
+
 def show_command(args: argparse.Namespace) -> int:
+    """One run: status, timings, phases in build order, store paths; or ``fruix.run-record/1``."""
     config = _config(args)
-    root = resolve_run(config.results, args.run_id)
-    doc = _summary(root)
-    doc["metadata"] = root.read_metadata()
-    doc["logs"] = sorted(str(p) for p in root.logs.glob("*.log")) if root.logs.is_dir() else []
+    record = read_run(resolve_run(config.results, args.run_id))
+    root = record.root
+    doc = _summary(record)
+    doc["bundle"], doc["artifacts"] = _promoted(record, config.store)
+    doc["host_name"] = record.metadata.get("host_name") or None
+    doc["phases"] = [{"name": p.name, "started": iso_time(p.started),
+                      "finished": iso_time(p.finished), "seconds": p.seconds,
+                      "timing": p.timing, "log": str(p.log) if p.log else None}
+                     for p in record.phases]
+    doc["metadata"] = typed_metadata(record.metadata)
+    doc["logs"] = [phase["log"] for phase in doc["phases"] if phase["log"]]
     doc["promotion"] = str(root.promotion_file) if root.promotion_file.exists() else None
     if args.json:
-        print(json.dumps(doc, indent=2))
+        emit("fruix.run-record/1", doc)
         return int(ExitCode.OK)
     print(f"run {doc['run_id']}: {doc['status']}"
           + (f" ({doc['failed_phase']})" if doc["failed_phase"] else ""))
-    for key, value in doc["metadata"].items():
+    fields = [
+        ("executor", f"{doc['executor'] or '?'} {doc['executor_version'] or ''}".rstrip()),
+        ("guest", doc["guest"] or f"none (built on {doc['host_name'] or 'this host'})"),
+        ("started", doc["started"] or "?"),
+        ("finished", doc["finished"] or "-"),
+        ("duration", duration_text(doc["seconds"])),
+        ("result root", doc["result_root"]),
+        ("bundle", doc["bundle"] or "not promoted"),
+        *((f"  {kind}", path) for kind, path in doc["artifacts"].items()),
+    ]
+    for label, value in fields:
+        print(f"  {label:<12} {value}")
+    if doc["phases"]:
+        print("phases:")
+        width = max(len(p["name"]) for p in doc["phases"])
+        for phase in doc["phases"]:
+            print(f"  {phase['name']:<{width}}  {phase['started'] or '?':<20}  "
+                  f"{duration_text(phase['seconds']):>7}  {phase['log'] or '(no log)'}")
+    print("metadata:")
+    for key, value in record.metadata.items():
         print(f"  {key} = {value}")
-    for log_path in doc["logs"]:
-        print(f"  log: {log_path}")
     return int(ExitCode.OK)
 
 
@@ -164,7 +210,7 @@ def prune_command(args: argparse.Namespace) -> int:
     keep_last = DEFAULT_KEEP_LAST if args.keep_last is None else args.keep_last
     report = prune_runs(config, keep_last=keep_last, failed=args.failed, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        emit("fruix.prune/1", report.as_dict())
     else:
         print("\n".join(describe(report)))
     return int(ExitCode.OK)

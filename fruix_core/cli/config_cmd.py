@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from fruix_core.cli.jsonout import emit
 from fruix_core.config import Config, load_config
 from fruix_core.errors import ExitCode
 from fruix_core.plugins import check_settings
@@ -58,8 +59,8 @@ def check_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     resolved = resolved_configuration(config)
     if args.json:
-        print(json.dumps({"file": config.file, "valid": True, "configuration": resolved},
-                         indent=2))
+        emit("fruix.config-check/1",
+             {"file": config.file, "valid": True, "configuration": resolved})
         return int(ExitCode.OK)
     print(f"# {config.file or 'no config file: the defaults'}: valid")
     lines: list[str] = []

@@ -10,8 +10,8 @@ shield a run's own release has.
 from __future__ import annotations
 
 import argparse
-import json
 
+from fruix_core.cli.jsonout import emit
 from fruix_core.config import load_config
 from fruix_core.errors import ConfigError, ExitCode, UnknownPluginError, UsageError
 from fruix_core.model import GuestRequest
@@ -42,8 +42,8 @@ def release_command(args: argparse.Namespace) -> int:
     with _shielded(f"releasing guest {name}"):
         description = pm.release_configured_guest(request)
     if args.json:
-        print(json.dumps({"guest": name, "distribution": provider.distribution,
-                          "version": provider.version, "released": description}, indent=2))
+        emit("fruix.guest-release/1", {"guest": name, "distribution": provider.distribution,
+                                       "version": provider.version, "released": description})
     else:
         print(description)
     return int(ExitCode.OK)

@@ -8,6 +8,7 @@ one line on stderr and its documented exit code; nothing else escapes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -185,6 +186,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _json_failure(args: argparse.Namespace, exc: BaseException) -> None:
+    """With ``--json``, a command that raised still prints one document: ``fruix.error/1``."""
+    if getattr(args, "json", False):
+        from fruix_core.cli.jsonout import failure_document
+
+        command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+        print(json.dumps(failure_document(exc, command), indent=2), flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,13 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except FruixError as exc:
+        _json_failure(args, exc)
         print(f"fruix: error: {exc}", file=sys.stderr)
         tail = getattr(exc, "log_tail", "")
         if tail:
             print("--- last lines of the log ---", file=sys.stderr)
             print(tail, file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _json_failure(args, exc)
         print("fruix: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
@@ -209,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import structlog
 
         structlog.get_logger("fruix").debug("internal error", exc_info=True)
+        _json_failure(args, exc)
         print(f"fruix: internal error: {type(exc).__name__}: {exc} "
               "(rerun with --log-level debug for details)", file=sys.stderr)
         return int(ExitCode.INFRASTRUCTURE)

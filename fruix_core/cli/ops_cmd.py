@@ -1,23 +1,21 @@
 """``fruix store diff``, ``fruix native-build logs|report`` and ``fruix completion``.
 
-With ``--json`` each command prints exactly one document on stdout, also
-when it fails (``fruix.error/1``: ``ok`` false, ``error``, ``exit_code``);
-the schemas live in :mod:`fruix_core.schemas`.
+With ``--json`` each command prints exactly one document on stdout
+(:mod:`fruix_core.cli.jsonout`; ``main`` prints ``fruix.error/1`` when one
+fails); the schemas live in :mod:`fruix_core.schemas`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fruix_core.cli.jsonout import emit
 from fruix_core.config import Config, load_config
-from fruix_core.errors import ExitCode, FruixError
+from fruix_core.errors import ExitCode
 from fruix_core.promotion.display import shown
 
 __all__ = ["completion_command", "diff_command", "logs_command", "report_command"]
@@ -29,24 +27,6 @@ def _config(args: argparse.Namespace) -> Config:
     if store:
         config = dataclasses.replace(config, store=Path(store).absolute())
     return config
-
-
-def _print_json(document: dict[str, Any]) -> None:
-    print(json.dumps(document, indent=2))
-
-
-@contextlib.contextmanager
-def _json_failure(args: argparse.Namespace, command: str) -> Iterator[None]:
-    """With ``--json``, a failure still prints one ``fruix.error/1`` document."""
-    try:
-        yield
-    except FruixError as exc:
-        if getattr(args, "json", False):
-            _print_json({"schema": "fruix.error/1", "ok": False, "command": command,
-                         "error": str(exc), "exit_code": int(exc.exit_code),
-                         "run_id": getattr(exc, "run_id", None),
-                         "result_root": getattr(exc, "result_root", None)})
-        raise
 
 
 # -- store diff -------------------------------------------------------------------------
@@ -76,15 +56,14 @@ def diff_command(args: argparse.Namespace) -> int:
     """Print what differs between two bundles, artifact objects or runs."""
     from fruix_core.promotion.diff import diff_sides, resolve_side
 
-    with _json_failure(args, "store diff"):
-        config = _config(args)
-        a = resolve_side(args.a, store=config.store, results=config.results)
-        b = resolve_side(args.b, store=config.store, results=config.results)
-        found = diff_sides(a, b)
+    config = _config(args)
+    a = resolve_side(args.a, store=config.store, results=config.results)
+    b = resolve_side(args.b, store=config.store, results=config.results)
+    found = diff_sides(a, b)
     if args.json:
-        _print_json({"schema": "fruix.store-diff/1", "ok": True, "a": a.as_dict(),
-                     "b": b.as_dict(), "changes": [c.as_dict() for c in found.changes],
-                     "summary": {**found.summary(), "line": found.summary_line()}})
+        emit("fruix.store-diff/1", {"a": a.as_dict(), "b": b.as_dict(),
+                                    "changes": [c.as_dict() for c in found.changes],
+                                    "summary": {**found.summary(), "line": found.summary_line()}})
         return int(ExitCode.OK)
     marks = {"added": "+", "removed": "-", "changed": "~"}
     for change in found.changes:
@@ -130,12 +109,11 @@ def report_command(args: argparse.Namespace) -> int:
     from fruix_core.errors import UsageError
     from fruix_core.report import write_report
 
-    with _json_failure(args, "native-build report"):
-        config = _config(args)
-        if args.limit < 1:
-            raise UsageError(f"--limit must be 1 or more, not {args.limit}")
-        out_dir = Path(args.output) if args.output else config.results.parent / "report"
-        outcome = write_report(config.results, config.store, out_dir, args.limit)
+    config = _config(args)
+    if args.limit < 1:
+        raise UsageError(f"--limit must be 1 or more, not {args.limit}")
+    out_dir = Path(args.output) if args.output else config.results.parent / "report"
+    outcome = write_report(config.results, config.store, out_dir, args.limit)
     if args.json:
         keep = ("run_id", "status", "failed_phase", "executor", "executor_version", "guest",
                 "started", "seconds", "result_root", "bundle", "diff")
@@ -147,8 +125,7 @@ def report_command(args: argparse.Namespace) -> int:
             doc["artifacts"] = [{k: a[k] for k in ("kind", "size", "path")}
                                 for a in run["artifacts"]]
             runs.append(doc)
-        _print_json({"schema": "fruix.report/1", "ok": True, "page": shown(outcome.page),
-                     "runs": runs})
+        emit("fruix.report/1", {"page": shown(outcome.page), "runs": runs})
         return int(ExitCode.OK)
     print(f"wrote {shown(outcome.page)} ({len(outcome.runs)} runs)")
     return int(ExitCode.OK)

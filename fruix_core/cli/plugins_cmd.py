@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from fruix_core.cli.jsonout import emit
 from fruix_core.errors import ExitCode
 from fruix_core.plugins import discover
 
@@ -15,7 +15,7 @@ def list_command(*, as_json: bool) -> int:
     """Print installed plugins; broken or invalid ones are reported with why, not fatal."""
     infos = discover()
     if as_json:
-        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        emit("fruix.plugin-list/1", {"plugins": [info.as_dict() for info in infos]})
         return int(ExitCode.OK)
     if not infos:
         print("no executors or guest providers installed")
@@ -63,8 +63,8 @@ def check_command(name: str, *, config_file: str | None, as_json: bool) -> int:
                 print(result.line(), flush=True)
     ok = all_passed(results)
     if as_json:
-        print(json.dumps({"executor": name, "ok": ok, "checks": [
-            {"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]}, indent=2))
+        emit("fruix.executor-check/1", {"executor": name, "checks": [
+            {"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]}, ok=ok)
     else:
         passed = sum(r.ok for r in results)
         print(f"{name}: {passed}/{len(results)} checks passed")

@@ -8,12 +8,12 @@ when stderr is a terminal. Errors are raised as
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from fruix_core.cli.jsonout import emit
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
 from fruix_core.promotion.display import shown
@@ -83,15 +83,18 @@ def promote_command(result_root: str, store: str, *, dry_run: bool, as_json: boo
     finally:
         if line is not None:
             line.close()
+    if not dry_run:
+        from fruix_core.resultroot import ResultRoot
+
+        ResultRoot(result_root).record_promotion(outcome.bundle, outcome.artifacts)
     if as_json:
-        document = {
+        emit("fruix.promote/1", {
             "bundle": _json_path(outcome.bundle),
             "artifacts": {kind: _json_path(path) for kind, path in outcome.artifacts.items()},
             "published": [_json_path(p) for p in outcome.published],
             "reused": [_json_path(p) for p in outcome.reused],
             "dry_run": dry_run,
-        }
-        print(json.dumps(document, indent=2))
+        })
         return int(ExitCode.OK)
     published = set(outcome.published)
     verb = "would publish" if dry_run else "published"
@@ -127,13 +130,11 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
     _check_exists(paths, store)
     report = verify(Path(store), [Path(p) for p in paths] if paths else None)
     if as_json:
-        document = {
-            "ok": report.ok,
+        emit("fruix.store-verify/1", {
             "checked": [_json_path(p) for p in report.checked],
             "problems": [{"object": p.object, "path": p.path, "problem": p.problem}
                          for p in report.problems],
-        }
-        print(json.dumps(document, indent=2))
+        }, ok=report.ok)
     else:
         for problem in report.problems:
             where = f"{problem.object}/{problem.path}" if problem.path else problem.object
@@ -168,7 +169,7 @@ def gc_command(store: str, *, keep_last: int | None, dry_run: bool, as_json: boo
     report = collect_garbage(_layout(store), dry_run=dry_run,
                              keep_last=DEFAULT_KEEP_LAST if keep_last is None else keep_last)
     if as_json:
-        print(json.dumps({
+        emit("fruix.store-gc/1", {
             "dry_run": dry_run,
             "roots": [{"kind": r.kind, "name": shown(r.name), "target": shown(r.target)}
                       for r in report.roots],
@@ -176,7 +177,7 @@ def gc_command(store: str, *, keep_last: int | None, dry_run: bool, as_json: boo
             "deleted": [shown(p) for p in report.deleted],
             "pool_entries": report.pool_entries,
             "bytes_freed": report.bytes_freed,
-        }, indent=2))
+        })
         return int(ExitCode.OK)
     verb = "would delete" if dry_run else "deleted"
     for path in report.deleted:
@@ -202,7 +203,10 @@ def pin_command(store: str, target: str, *, name: str | None, remove: bool,
         root = pin(layout, target, name)
         document = {"name": shown(root.name), "target": shown(root.target)}
         text = f"pinned {shown(root.target)} as {shown(root.name)}"
-    print(json.dumps(document, indent=2) if as_json else text)
+    if as_json:
+        emit("fruix.store-pin/1", document)
+    else:
+        print(text)
     return int(ExitCode.OK)
 
 
@@ -214,8 +218,8 @@ def roots_command(store: str, *, keep_last: int | None, as_json: bool) -> int:
     roots = list_roots(_layout(store),
                        DEFAULT_KEEP_LAST if keep_last is None else keep_last)
     if as_json:
-        print(json.dumps([{"kind": r.kind, "name": shown(r.name), "target": shown(r.target)}
-                          for r in roots], indent=2))
+        emit("fruix.store-roots/1", {"roots": [
+            {"kind": r.kind, "name": shown(r.name), "target": shown(r.target)} for r in roots]})
     else:
         for root in roots:
             print(f"{root.kind:<7} {shown(root.name)} -> {shown(root.target)}")
