@@ -84,7 +84,7 @@ def test_cli_list_survives_a_broken_plugin(fake_plugins, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(fake_plugins))
     proc = fruix("executors", "list", "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    listing = {d["name"]: d for d in json.loads(proc.stdout)}
+    listing = {d["name"]: d for d in json.loads(proc.stdout)["plugins"]}
     assert set(listing["local"]) >= {"name", "kind", "version", "distribution", "description"}
     assert "broken on purpose" in listing["broken"]["error"]
     assert "Traceback" not in proc.stderr
@@ -197,7 +197,7 @@ def test_installed_outside_plugin_is_discovered_and_selected(tmp_path, toy_sourc
     listing = subprocess.run([python, "-m", "fruix_core.cli.main", "executors", "list", "--json"],
                              cwd=tmp_path, env=env, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
-    found = {d["name"]: d for d in json.loads(listing.stdout)}
+    found = {d["name"]: d for d in json.loads(listing.stdout)["plugins"]}
     assert found["throwaway"]["distribution"] == "fruix-throwaway"
     assert found["throwaway"]["version"] == "0.0.1"
 

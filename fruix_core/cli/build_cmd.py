@@ -199,7 +199,13 @@ def promote_command(args: argparse.Namespace) -> int:
     root = Path(args.result_root)
     if root.is_symlink():
         root = root.resolve()
-    return promote(str(root), str(config.store), dry_run=args.dry_run, as_json=args.json)
+    try:
+        return promote(str(root), str(config.store), dry_run=args.dry_run, as_json=args.json)
+    except BaseException as exc:
+        if root.is_dir():  # its failure document names the result root and its run
+            add_failure_fields(exc, run_id=root.absolute().name,
+                               result_root=str(root.absolute()))
+        raise
 
 
 def prune_command(args: argparse.Namespace) -> int:

@@ -16,8 +16,21 @@ __all__ = ["SCHEMAS", "load_schema", "validate_document"]
 #: ``"schema"`` value -> file name.
 SCHEMAS = {
     "fruix.error/1": "error-1.schema.json",
-    "fruix.store-diff/1": "store-diff-1.schema.json",
+    "fruix.run/1": "run-1.schema.json",
+    "fruix.run-list/1": "run-list-1.schema.json",
+    "fruix.run-record/1": "run-record-1.schema.json",
+    "fruix.promote/1": "promote-1.schema.json",
+    "fruix.prune/1": "prune-1.schema.json",
     "fruix.report/1": "report-1.schema.json",
+    "fruix.store-diff/1": "store-diff-1.schema.json",
+    "fruix.store-verify/1": "store-verify-1.schema.json",
+    "fruix.store-gc/1": "store-gc-1.schema.json",
+    "fruix.store-pin/1": "store-pin-1.schema.json",
+    "fruix.store-roots/1": "store-roots-1.schema.json",
+    "fruix.plugin-list/1": "plugin-list-1.schema.json",
+    "fruix.executor-check/1": "executor-check-1.schema.json",
+    "fruix.config-check/1": "config-check-1.schema.json",
+    "fruix.guest-release/1": "guest-release-1.schema.json",
 }
 
 

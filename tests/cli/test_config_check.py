@@ -12,6 +12,7 @@ from fruix_core.config import load_config
 from fruix_core.errors import ConfigError, ExitCode
 from fruix_core.resultroot import list_runs
 from fruix_core.runner import run_build
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import run_cli
 
 
@@ -58,6 +59,7 @@ def test_a_valid_config_is_printed_resolved(tmp_path):
     as_json = run_cli("config", "check", "--config", str(conf), "--json", cwd=tmp_path,
                       env=_env(tmp_path))
     doc = json.loads(as_json.stdout)
+    validate_document(doc)
     resolved = doc["configuration"]
     assert doc["valid"] and resolved["build"]["jobs"] == 3
     assert resolved["executors"]["host-initiated"]["keep_work"] is True

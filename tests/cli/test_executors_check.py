@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import run_cli
 from fruix_core.testkit.conformance import CHECKS
 
@@ -17,13 +18,21 @@ def _env(extra: list[Path] = ()) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
 
-@pytest.mark.parametrize("name", ["local", "host-initiated", "guest-self-hosted"])
-def test_shipped_executors_pass_every_check_with_no_config(tmp_path, name):
+@pytest.mark.parametrize(("name", "as_json"), [
+    ("local", True), ("host-initiated", False), ("guest-self-hosted", False)])
+def test_shipped_executors_pass_every_check_with_no_config(tmp_path, name, as_json):
     # As from a fresh clone: no config file, so the in-guest executors meet the
     # FreeBSD-shaped test guest with the shipped helper in its overlay.
     env = dict(_env(), XDG_CONFIG_HOME=str(tmp_path / "no-user-config"))
-    proc = run_cli("executors", "check", name, cwd=tmp_path, env=env, timeout=600)
+    proc = run_cli("executors", "check", name, *(["--json"] if as_json else []), cwd=tmp_path,
+                   env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    if as_json:
+        doc = json.loads(proc.stdout)
+        validate_document(doc)
+        assert doc["ok"] is True and doc["executor"] == name
+        assert [(c["name"], c["ok"]) for c in doc["checks"]] == [(c, True) for c in CHECKS]
+        return
     lines = proc.stdout.splitlines()
     assert [line.split()[1] for line in lines[:-1]] == list(CHECKS)
     assert all(line.startswith("ok  ") for line in lines[:-1])
@@ -41,6 +50,7 @@ def test_a_broken_plugin_fails_with_one_line(tmp_path, broken_plugins, name, che
                    env=_env([broken_plugins / name]))
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
+    validate_document(doc)
     assert doc["executor"] == name and doc["ok"] is False
     failed = {c["name"]: c["detail"] for c in doc["checks"] if not c["ok"]}
     assert words in failed[check] and "\n" not in failed[check]

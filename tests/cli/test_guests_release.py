@@ -16,6 +16,7 @@ from fruix_core.errors import ExitCode, GuestError, PluginContractError, UsageEr
 from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
 from fruix_core.model import Guest, GuestRequest
 from fruix_core.plugins import make_plugin_manager
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import run_cli
 
 SSH_TABLE = '[build]\nexecutor = "host-initiated"\nguest = "ssh"\n' \
@@ -52,6 +53,7 @@ def test_json_names_the_provider_and_its_distribution(tmp_path: Path) -> None:
     done, _ = _release(tmp_path, SSH_TABLE, "--json")
     assert done.returncode == ExitCode.OK, done.stderr
     answer = json.loads(done.stdout)
+    validate_document(answer)
     assert answer["guest"] == "ssh" and answer["distribution"] == "fruix-core"
     assert "nothing to release" in answer["released"] and answer["version"]
 

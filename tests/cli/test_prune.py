@@ -14,6 +14,7 @@ from fruix_core.promotion.layout import StoreLayout
 from fruix_core.prune import prune_runs
 from fruix_core.resultroot import ResultRoot, list_runs
 from fruix_core.runner import run_build
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import run_cli
 
 
@@ -95,6 +96,7 @@ def test_prune_cli_json_and_bad_input(fruix_workspace, toy_source):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "fruix.prune/1"
+    validate_document(doc)
     assert [r["run_id"] for r in doc["removed"]] == [outcomes[0].run_id]
     assert doc["kept"] == {outcomes[1].run_id: "latest"}
     bad = run_cli("native-build", "prune", "--keep-last", "-1", "--config", cfg,

@@ -178,7 +178,7 @@ def test_the_page_of_real_runs_shows_status_artifacts_logs_and_changes(
 
     # Fewer runs shown: the second run is still compared with the first, now off the page.
     listed = [r["run_id"] for r in json.loads(
-        sample_runs.cli("native-build", "list", "--json").stdout)]
+        sample_runs.cli("native-build", "list", "--json").stdout)["runs"]]
     limit = len(listed) - listed.index(first) - 1
     narrow = sample_runs.cli("native-build", "report", "-o", str(tmp_path / "narrow"),
                              "--limit", str(limit), "--json")

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from fruix_core.cli.store import ProgressLine, promote_command, verify_command
 from fruix_core.errors import ExitCode, PromotionInputError
 from fruix_core.promotion import Progress
+from fruix_core.schemas import validate_document
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,9 @@ def test_promote_json(result_root: Path, store: Path, capsys: pytest.CaptureFixt
     assert promote_command(str(result_root), str(store), dry_run=False, as_json=True) == 0
     out, err = capsys.readouterr()
     document = json.loads(out)
-    assert set(document) == {"bundle", "artifacts", "published", "reused", "dry_run"}
+    assert set(document) == {"schema", "ok", "bundle", "artifacts", "published", "reused",
+                             "dry_run"}
+    validate_document(document)
     assert set(document["artifacts"]) == {"world", "kernel", "headers", "bootloader"}
     assert len(document["published"]) == 5 and document["dry_run"] is False
     assert "\r" not in err  # stderr is not a terminal: no progress
@@ -64,6 +67,7 @@ def test_verify_exit_codes(result_root: Path, store: Path,
     assert document["ok"] is False and document["checked"] == [world]
     assert {"object", "path", "problem"} == set(document["problems"][0])
     assert document["problems"][0]["path"] == "bin/sh"
+    validate_document(document)
 
 
 def test_progress_line_writes_to_terminal_stream() -> None:

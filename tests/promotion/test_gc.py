@@ -111,7 +111,7 @@ def test_pins_are_roots(history, store: Path) -> None:
     assert done.returncode == 0, done.stderr
     pin(layout, outcomes[1].artifacts["kernel"].name)
     listed = _fruix("store", "roots", "--store", str(store), "--json")
-    kinds = {(r["kind"], Path(r["target"]).name) for r in json.loads(listed.stdout)}
+    kinds = {(r["kind"], Path(r["target"]).name) for r in json.loads(listed.stdout)["roots"]}
     assert ("pin", outcomes[0].bundle.name) in kinds
     assert ("latest", outcomes[4].bundle.name) in kinds
     collect_garbage(layout, keep_last=0)

@@ -98,7 +98,7 @@ def test_killed_helper_leaves_a_stale_running_status(kit, tmp_path, fruix_worksp
         listing = run_cli("native-build", "list", "--json", "--config", str(conf),
                           cwd=fruix_workspace.root)
         assert listing.returncode == 0, listing.stderr
-        runs = json.loads(listing.stdout)
+        runs = json.loads(listing.stdout)["runs"]
         assert [(r["run_id"], r["status"]) for r in runs] == [("doomed", "stale")]
     finally:
         if proc.poll() is None:

@@ -85,7 +85,7 @@ def test_failed_phase_then_resume(fruix_workspace, fruix_toy_source):
 
     listing = run_cli("native-build", "list", "--config", str(conf), "--json",
                       cwd=fruix_workspace.root)
-    assert json.loads(listing.stdout)[0]["failed_phase"] == "buildkernel"
+    assert json.loads(listing.stdout)["runs"][0]["failed_phase"] == "buildkernel"
 
     (fruix_toy_source / "fail-buildkernel").unlink()
     resumed = run_cli("native-build", "run", "--config", str(conf), "--resume", root.name,
