@@ -23,6 +23,7 @@ from fruix_core.errors import (
 from fruix_core.plugins import discover, load
 from fruix_core.resultroot import list_runs
 from fruix_core.runner import run_build
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import run_cli
 
 
@@ -141,6 +142,8 @@ def test_the_cli_json_document_is_complete_for_a_contract_error(broken_plugins, 
                    "--json", cwd=tmp_path, env=env)
     assert proc.returncode == ExitCode.INFRASTRUCTURE
     doc = json.loads(proc.stdout)
+    validate_document(doc)
+    assert doc["schema"] == "fruix.error/1" and doc["command"] == "native-build run"
     assert doc["status"] == "failed" and doc["phase"] == "prepare"
     assert doc["run_id"] and doc["result_root"]
     assert "fruix-test-returns-dict" in doc["error"] and "fruix_prepare_env" in doc["error"]
