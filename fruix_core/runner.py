@@ -245,13 +245,16 @@ class _Run:
         self.root.write_metadata(self.metadata)
 
     def provenance(self) -> dict[str, object]:
-        return {
+        values: dict[str, object] = {
             "run_id": self.request.run_id,
             "executor": self.executor.name,
             "executor_version": self.executor.version,
             "executor_distribution": self.executor.distribution,
             "core_version": CORE_VERSION,
-        } | ({"guest": self.guest_name} if self.guest_name else {})
+        }
+        if self.guest_name:
+            values["guest"] = self.guest_name
+        return values
 
     def event(self, kind: str, **fields: Any) -> None:
         from fruix_core.observers import notify
