@@ -168,7 +168,8 @@ def show_command(args: argparse.Namespace) -> int:
           + (f" ({doc['failed_phase']})" if doc["failed_phase"] else ""))
     fields = [
         ("executor", f"{doc['executor'] or '?'} {doc['executor_version'] or ''}".rstrip()),
-        ("guest", doc["guest"] or f"none (built on {doc['host_name'] or 'this host'})"),
+        ("guest", f"{doc['guest']} (host {doc['host_name'] or '?'})" if doc["guest"]
+         else f"none (built on {doc['host_name'] or 'this host'})"),
         ("started", doc["started"] or "?"),
         ("finished", doc["finished"] or "-"),
         ("duration", duration_text(doc["seconds"])),

@@ -129,6 +129,9 @@ def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_
     assert {k: metadata[k] for k in guest_metadata if k != "finished"} == \
         {k: v for k, v in guest_metadata.items() if k != "finished"}
     assert metadata["executor_distribution"] == "fruix-executor-host-initiated"
+    # The run records the guest it used and what its promotion published (show reads them).
+    assert metadata["guest"] == "ssh" and metadata["bundle"] == doc["bundle"]
+    assert {k: metadata[f"artifact_{k}"] for k in KINDS} == doc["artifacts"]
     assert metadata["source_store"] == lab.root.source_store
     assert metadata["source_signature"] == "sha256:" + tree_signature(fruix_sample_source)
     assert sorted(p.name for p in (host_root / "logs").iterdir()) == sorted(
