@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 MODULES = ["fruix_core.promotion.diff", "fruix_core.runrecord", "fruix_core.runlogs",
-           "fruix_core.report", "fruix_core.schemas", "fruix_core.cli.ops_cmd"]
+           "fruix_core.report", "fruix_core.schemas", "fruix_core.cli.ops_cmd",
+           "fruix_core.cli.jsonout"]
 
 
 @pytest.mark.parametrize("name", MODULES)
