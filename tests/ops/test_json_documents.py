@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import structlog
 
 from fruix_core.errors import ExitCode
 from fruix_core.schemas import validate_document
@@ -160,3 +161,29 @@ def test_argparse_usage_errors_stay_on_stderr(tmp_path: Path):
     proc = run_cli("native-build", "show", "--json", cwd=tmp_path)
     assert proc.returncode == ExitCode.USAGE and proc.stdout == ""
     assert "usage:" in proc.stderr
+
+
+@pytest.mark.parametrize(("fault", "code", "error"), [
+    (RuntimeError("boom"), ExitCode.INFRASTRUCTURE, "internal error: RuntimeError: boom"),
+    (KeyboardInterrupt(), ExitCode.INTERRUPTED, "interrupted"),
+])
+def test_our_own_bugs_and_interrupts_still_print_one_document(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        fault: BaseException, code: int, error: str):
+    from fruix_core.cli import main as cli
+
+    def dispatch(_args: object) -> int:
+        raise fault
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    saved = structlog.get_config()  # main configures logging for this process
+    try:
+        assert cli.main(["store", "roots", "--json"]) == code
+    finally:
+        structlog.configure(**saved)
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    validate_document(doc)
+    assert doc == {"schema": "fruix.error/1", "ok": False, "command": "store roots",
+                   "error": error, "exit_code": code, "run_id": None, "result_root": None}
+    assert "Traceback" not in err
