@@ -370,7 +370,8 @@ def test_guests_release_brings_a_kept_vm_back(lab: XapiLab, tmp_path: Path) -> N
     again = guests_release(config, "--json")  # a halted VM: reverted again, still exit 0
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout) == {
-        "schema": "fruix.guest-release/1", "ok": True, "guest": "xcpng", "distribution": "fruix-guest-xcpng",
+        "schema": "fruix.guest-release/1", "ok": True, "guest": "xcpng",
+        "distribution": "fruix-guest-xcpng",
         "version": json.loads(again.stdout)["version"],
         "released": f"VM 'build' ({vm.uuid}): halted and reverted to clean"}
     assert vm.power_state == "Halted" and vm.reverts == 2 and lab.live_sessions() == []
