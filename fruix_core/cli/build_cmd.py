@@ -45,30 +45,22 @@ def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from fruix_core.live import LiveView
+    from fruix_core.cli.progress import progress_display
     from fruix_core.runner import run_build
 
     config = _config(args)
     cancel = CancelToken()
-    progress = None
-    if sys.stderr.isatty():
-        from fruix_core.cli.store import ProgressLine
-
-        progress = ProgressLine(sys.stderr)
+    display = progress_display(getattr(args, "log_format", "console"))
     try:
-        with _signals_cancel(cancel), LiveView() as live:
+        with _signals_cancel(cancel), display:
             outcome = run_build(config, executor=args.executor, guest=args.guest,
                                 promote=False if args.no_promote else None,
-                                resume=args.resume, cancel=cancel, on_output=live.on_output,
-                                progress=progress)
+                                resume=args.resume, cancel=cancel, on_output=display.on_output,
+                                progress=display.promotion, on_event=display.on_event)
     except Exception as exc:
-        if progress is not None:
-            progress.close()
         if args.json:
             print(json.dumps(_failure_document(exc, args, config), indent=2))
         raise
-    if progress is not None:
-        progress.close()
     if args.json:
         print(json.dumps(outcome.as_dict(), indent=2))
         return int(ExitCode.OK)

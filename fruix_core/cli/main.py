@@ -191,16 +191,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fruix_core.logconfig import configure_logging
 
     configure_logging(args.log_format, args.log_level)
+    as_json = args.log_format == "json"
     try:
         return _dispatch(args)
     except FruixError as exc:
-        print(f"fruix: error: {exc}", file=sys.stderr)
         tail = getattr(exc, "log_tail", "")
+        if as_json:
+            return _json_error(str(exc), int(exc.exit_code), run_id=exc.run_id,
+                               result_root=exc.result_root, stage=exc.stage,
+                               log_tail=tail or None)
+        print(f"fruix: error: {exc}", file=sys.stderr)
         if tail:
             print("--- last lines of the log ---", file=sys.stderr)
             print(tail, file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
+        if as_json:
+            return _json_error("interrupted", int(ExitCode.INTERRUPTED))
         print("fruix: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
@@ -209,9 +216,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         import structlog
 
         structlog.get_logger("fruix").debug("internal error", exc_info=True)
-        print(f"fruix: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with --log-level debug for details)", file=sys.stderr)
+        message = (f"internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --log-level debug for details)")
+        if as_json:
+            return _json_error(message, int(ExitCode.INFRASTRUCTURE))
+        print(f"fruix: {message}", file=sys.stderr)
         return int(ExitCode.INFRASTRUCTURE)
+
+
+def _json_error(message: str, exit_code: int, **fields: object) -> int:
+    """``--log-format json``: the final error as one JSON line on stderr."""
+    from fruix_core.logconfig import json_record
+
+    print(json_record("error", message, message=message, exit_code=exit_code, **fields),
+          file=sys.stderr)
+    return exit_code
 
 
 if __name__ == "__main__":
