@@ -184,7 +184,11 @@ class TerminalProgress(_Display):
 
     def _keep(self, text: str, style: str = "") -> None:
         """A line that stays above the live area."""
-        self.console.print(text, style=style or None, markup=False, highlight=False)
+        from rich.text import Text
+
+        # The style goes on the text: print(style=...) would also colour the live area,
+        # which rich draws in the same batch.
+        self.console.print(Text(text, style=style))
 
     def on_event(self, event: RunEvent) -> None:
         ok, failed = self._marks

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -150,29 +149,6 @@ def test_phase_timeout(fruix_workspace, fruix_toy_source):
     assert proc.returncode == ExitCode.INFRASTRUCTURE
     assert "buildkernel exceeded its timeout of 1 s" in proc.stderr
     assert processes_in(fruix_toy_source) == []
-
-
-def test_live_view_on_a_terminal(fruix_workspace, fruix_toy_source):
-    conf = _config(fruix_workspace, fruix_toy_source)
-    (fruix_toy_source / "sleep-buildworld").write_text("1")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
-                             "--config", str(conf)], cwd=fruix_workspace.root,
-                            stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    proc.wait(timeout=60)
-    os.close(master)
-    assert proc.returncode == 0
-    assert b"[buildworld " in seen and b"\r\x1b[K" in seen
 
 
 @pytest.mark.parametrize(
