@@ -52,12 +52,12 @@ from fruix_core.errors import (
     UsageError,
 )
 from fruix_core.model import (
+    OBSERVED_KINDS,
     BuildRequest,
     CancelToken,
     EmittedResult,
     Guest,
     GuestRequest,
-    OBSERVED_KINDS,
     PreparedEnv,
     RunEnd,
     RunEvent,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fruix_core.__about__ import __version__
 from fruix_core.errors import ExitCode, FruixError
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INFRASTRUCTURE)
 
 
-def _json_error(message: str, exit_code: int, **fields: object) -> int:
+def _json_error(message: str, exit_code: int, **fields: Any) -> int:
     """``--log-format json``: the final error as one JSON line on stderr."""
     from fruix_core.logconfig import json_record
 

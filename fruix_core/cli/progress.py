@@ -17,6 +17,7 @@ by :func:`progress_display`:
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import sys
 import threading
 import time
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 
     from fruix_core.promotion import Progress
 
-__all__ = ["JsonProgress", "LineProgress", "TerminalProgress", "describe", "duration",
-           "progress_display"]
+__all__ = ["LINE_PREFIX", "JsonProgress", "LineProgress", "TerminalProgress", "describe",
+           "duration", "progress_display"]
 
 
 def duration(seconds: float | None) -> str:
@@ -90,6 +91,10 @@ def describe(event: RunEvent) -> str | None:
     }
     tell = lines.get(kind)
     return tell() if tell is not None else None
+
+
+#: How every line of :class:`LineProgress` begins (a UTC timestamp, then ``fruix:``).
+LINE_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ fruix: ")
 
 
 def _timestamp() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fruix_core.cli.progress import describe, duration
+from fruix_core.cli.progress import LINE_PREFIX, describe, duration
 from fruix_core.config import load_config
 from fruix_core.errors import BuildFailed, ExitCode
 from fruix_core.model import OBSERVED_KINDS, RunEvent
@@ -20,7 +20,6 @@ from fruix_core.runner import run_build
 from fruix_core.testkit import Workspace, copy_sample_source, run_cli, wait_for
 
 PHASES = ["buildworld", "buildkernel", "installworld", "distribution", "installkernel"]
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ fruix: ")
 
 
 def _cli(*args: str) -> list[str]:
@@ -121,8 +120,8 @@ def test_lines_are_in_the_file_while_the_build_goes_on(fruix_workspace: Workspac
         assert wait_for(lambda: held in err_file.read_text(), 120), err_file.read_text()
         assert proc.poll() is None  # the build is still going
         lines = err_file.read_text().splitlines()
-        assert all(STAMP.match(line) for line in lines), lines
-        told = [STAMP.sub("", line) for line in lines]
+        assert all(LINE_PREFIX.match(line) for line in lines), lines
+        told = [LINE_PREFIX.sub("", line) for line in lines]
         assert told[0].startswith("run ") and "logs in " + str(fruix_workspace.results) in told[0]
         assert [t.split(" (log ")[0] for t in told[1:]] == [
             "phase 1/5 buildworld started", told[2], "phase 2/5 buildkernel started", told[4],
@@ -135,7 +134,7 @@ def test_lines_are_in_the_file_while_the_build_goes_on(fruix_workspace: Workspac
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    told = [STAMP.sub("", line) for line in err_file.read_text().splitlines()]
+    told = [LINE_PREFIX.sub("", line) for line in err_file.read_text().splitlines()]
     finished = [t for t in told if " finished in " in t and t.startswith("phase ")]
     assert [t.split()[2] for t in finished] == PHASES
     assert any(t.startswith("promoted in ") and "bundle " + str(fruix_workspace.store) in t

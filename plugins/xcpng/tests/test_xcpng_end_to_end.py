@@ -138,6 +138,18 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
               if line.startswith("{")]
     reverted = f"VM 'build' ({vm.uuid}) was shut down and reverted to clean"
     assert events.index("guest acquired") < events.index(reverted)
+    # stderr is JSON lines only, and the progress events tell the whole story in order
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    story = [r for r in records if r.get("logger") == "fruix.progress"]
+    assert [r["kind"] for r in story if r["kind"] != "guest-step"
+            and not r["kind"].startswith("phase-")] == [
+        "run-started", "guest-acquiring", "guest-acquired", "teardown-started",
+        "teardown-finished", "import-started", "import-finished", "guest-releasing",
+        "guest-released", "promotion-started", "promotion-finished", "run-finished"]
+    steps = [r["message"] for r in story if r["kind"] == "guest-step"]
+    assert steps == [f"booting VM 'build' ({vm.uuid})…", "waiting for address…",
+                     f"waiting for SSH on {vm.address}:{vm.ssh_port}…",
+                     "shutting down VM build…", "reverting to clean…"]
 
     local_config = write_config(tmp_path / "local.toml", tmp_path / "local-run", "local", None)
     local = subprocess.run(fruix(local_config), capture_output=True, text=True, timeout=300)
