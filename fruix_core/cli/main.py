@@ -186,9 +186,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--log-format json`` a usage error is a JSON line too."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    pairs = {f"{a}={b}" for a, b in zip(words, words[1:], strict=False)}
+    if "--log-format=json" not in words and "--log-format=json" not in pairs:
+        return parser.parse_args(words)
+    import contextlib
+    import io
+
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            return parser.parse_args(words)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        lines = usage.getvalue().strip().splitlines() or ["bad usage"]
+        message = lines[-1].split(": error: ", 1)[-1]
+        raise SystemExit(_json_error(message, int(ExitCode.USAGE), usage="\n".join(lines))
+                         ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     from fruix_core.logconfig import configure_logging
 
     configure_logging(args.log_format, args.log_level)

@@ -187,6 +187,15 @@ def test_json_log_format_bad_input(fruix_workspace: Workspace, toy_source: Path)
     assert "unknown executor 'no-such'" in str(record["message"])
 
 
+@pytest.mark.parametrize("words", [("--log-format", "json"), ("--log-format=json",)])
+def test_json_log_format_usage_error(tmp_path: Path, words: tuple[str, ...]) -> None:
+    proc = run_cli(*words, "native-build", "run", "--no-such-option", cwd=tmp_path)
+    assert proc.returncode == ExitCode.USAGE and proc.stdout == ""
+    (record,) = _json_lines(proc.stderr)
+    assert record["message"] == "unrecognized arguments: --no-such-option"
+    assert record["exit_code"] == ExitCode.USAGE and "usage: fruix" in str(record["usage"])
+
+
 # -- on a terminal -------------------------------------------------------------------------------
 
 
