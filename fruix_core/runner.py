@@ -20,7 +20,8 @@ runner writes ``logs/<phase>.log``), the failure records with the stage that
 really failed, the metadata (executor entry-point name, distribution and
 version, core version, start and end of the run and of each phase),
 ``latest``, the import of an in-guest result root and the provenance checks.
-Observers (``fruix.observers``) hear about each step.
+Observers (``fruix.observers``) hear the run and phase events; the progress
+display (``on_event``) hears every step, guest, teardown, import and promotion too.
 """
 
 from __future__ import annotations
@@ -385,7 +386,9 @@ class _Run:
         self.event("import-started", guest=guest.name, host=guest.host)
         session = connect(guest)
         try:
-            fetch_tree(session, remote, incoming, verify=verify_result_root)
+            # With a progress display the import is its step; no second line on stderr.
+            fetch_tree(session, remote, incoming, verify=verify_result_root,
+                       progress=False if self.on_event is not None else None)
         finally:
             session.close()
         self.event("import-finished", guest=guest.name, host=guest.host,
