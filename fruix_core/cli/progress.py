@@ -210,6 +210,9 @@ class TerminalProgress(_Display):
                 self._phase_started = time.monotonic() if kind != "guest-step" \
                     else self._phase_started
                 self._line = self._promotion = self._log = ""
+            elif kind == "guest-acquired":
+                self._doing, self._phase_started = "preparing the build environment", \
+                    time.monotonic()
         if kind == "run-started":
             self._keep(describe(event) or "", "bold")
         elif kind == "phase-finished":
