@@ -6,11 +6,13 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
 from fruix_core.cli.progress import LINE_PREFIX, describe, duration
 from fruix_core.config import load_config
@@ -185,6 +187,45 @@ def test_json_log_format_bad_input(fruix_workspace: Workspace, toy_source: Path)
     (record,) = _json_lines(proc.stderr)
     assert record["exit_code"] == ExitCode.USAGE and "run_id" not in record
     assert "unknown executor 'no-such'" in str(record["message"])
+
+
+def test_json_log_format_interrupted(fruix_workspace: Workspace, toy_source: Path,
+                                    tmp_path: Path) -> None:
+    (toy_source / "sleep-buildworld").write_text("60")
+    config = fruix_workspace.write_config(source=toy_source, promote=False)
+    err_file = tmp_path / "stderr.txt"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(_cli("--log-format", "json", "native-build", "run", "--config",
+                                     str(config)), stdout=subprocess.DEVNULL, stderr=err,
+                                cwd=fruix_workspace.root)
+    try:
+        assert wait_for(lambda: '"kind": "phase-started"' in err_file.read_text(), 60)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == ExitCode.INTERRUPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = _json_lines(err_file.read_text())
+    assert (records[-2]["kind"], records[-2]["phase"]) == ("run-failed", "buildworld")
+    assert records[-1]["exit_code"] == ExitCode.INTERRUPTED
+    assert str(records[-1]["message"]).startswith("interrupted")
+
+
+def test_shield_warnings_are_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C during a teardown is told as a JSON log record, like every other line."""
+    from fruix_core.logconfig import configure_logging
+    from fruix_core.runner import _shielded
+
+    configure_logging("json")
+    try:
+        with _shielded("tearing down the build environment"):
+            signal.raise_signal(signal.SIGINT)  # handled before the next bytecode
+    finally:
+        structlog.reset_defaults()
+    (record,) = _json_lines(capsys.readouterr().err)
+    assert record["level"] == "warning"
+    assert str(record["event"]).startswith("still tearing down the build environment")
 
 
 @pytest.mark.parametrize("words", [("--log-format", "json"), ("--log-format=json",)])
