@@ -127,31 +127,28 @@ class LineProgress(_Display):
         self.stream = stream
         self._lock = threading.Lock()
 
-    def on_event(self, event: RunEvent) -> None:
+    def render(self, event: RunEvent) -> str | None:
         text = describe(event)
-        if text is None:
-            return
-        with self._lock:
-            self.stream.write(f"{_timestamp()} fruix: {text}\n")
-            self.stream.flush()
-
-
-class JsonProgress(_Display):
-    """One JSON object per event (``--log-format json``): ``event`` is the plain line."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self._lock = threading.Lock()
+        return None if text is None else f"{_timestamp()} fruix: {text}"
 
     def on_event(self, event: RunEvent) -> None:
-        from fruix_core.logconfig import json_record
-
-        level = "error" if event.kind in ("phase-failed", "run-failed") else "info"
-        line = json_record(level, describe(event) or event.kind, "fruix.progress",
-                           **event.as_dict())
+        line = self.render(event)
+        if line is None:
+            return
         with self._lock:
             self.stream.write(line + "\n")
             self.stream.flush()
+
+
+class JsonProgress(LineProgress):
+    """One JSON object per event (``--log-format json``): ``event`` is the plain line."""
+
+    def render(self, event: RunEvent) -> str | None:
+        from fruix_core.logconfig import json_record
+
+        level = "error" if event.kind in ("phase-failed", "run-failed") else "info"
+        return json_record(level, describe(event) or event.kind, "fruix.progress",
+                           **event.as_dict())
 
 
 class TerminalProgress(_Display):
