@@ -7,13 +7,15 @@ look like credentials are replaced before rendering.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import logging
 import sys
 from typing import Any
 
 import structlog
 
-__all__ = ["SECRET_KEYS", "configure_logging", "redact_secrets"]
+__all__ = ["SECRET_KEYS", "configure_logging", "iso_now", "json_record", "redact_secrets"]
 
 #: Event keys whose values are never rendered.
 SECRET_KEYS = ("password", "passwd", "secret", "token", "credential", "private_key", "passphrase")
@@ -28,6 +30,12 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
         if any(marker in lowered for marker in SECRET_KEYS):
             event[key] = REDACTED
     return event
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    """A logger on the *current* ``sys.stderr``: while the live progress display owns the
+    terminal it routes stderr lines above its live area."""
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def configure_logging(fmt: str = "console", level: str = "info") -> None:
@@ -52,6 +60,20 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def iso_now() -> str:
+    """Now in UTC, as the JSON log records write it (``2026-12-06T17:40:01.123456Z``)."""
+    return _dt.datetime.now(_dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def json_record(level: str, event: str, logger: str = "fruix", **fields: Any) -> str:
+    """One JSON log line written outside structlog (the final error, progress events),
+    shaped like structlog's own: ``timestamp``, ``level``, ``logger``, ``event``; fields
+    that are ``None`` are left out, credential-looking ones redacted."""
+    record = {"timestamp": iso_now(), "level": level, "logger": logger, "event": event,
+              **{key: value for key, value in fields.items() if value is not None}}
+    return json.dumps(redact_secrets(None, level, record), sort_keys=True, default=str)

@@ -17,6 +17,8 @@ from typing import Any
 
 __all__ = [
     "ARTIFACT_KINDS",
+    "OBSERVED_KINDS",
+    "PROGRESS_KINDS",
     "ArtifactEntry",
     "BaseMetadata",
     "BuildPolicy",
@@ -137,17 +139,39 @@ class Guest:
     system_root: str = "/"
     connect_timeout: float = 15.0
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by the core before release; see :meth:`step`.
+    on_step: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    def step(self, text: str) -> None:
+        """Tell the operator what releasing the guest is doing now (``"reverting…"``).
+
+        Providers call it from :func:`~fruix_core.hookspecs.GuestProviderSpec.fruix_release_guest`
+        (from any thread); it does nothing when nobody listens.
+        """
+        if self.on_step is not None:
+            self.on_step(text)
 
 
 @dataclass(frozen=True, slots=True)
 class GuestRequest:
-    """What a guest provider is asked for: its config section and the run."""
+    """What a guest provider is asked for: its config section and the run.
+
+    While acquiring, a provider reports each slow step through :meth:`step`
+    (``"booting VM build…"``, ``"waiting for address…"``, ``"waiting for
+    SSH…"``); the core shows them to the operator.
+    """
 
     provider: str
     run_id: str
     settings: Mapping[str, Any]
     config_file: str | None = None
     cancel: CancelToken | None = None
+    on_step: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    def step(self, text: str) -> None:
+        """Tell the operator what acquiring the guest is doing now; a no-op when unheard."""
+        if self.on_step is not None:
+            self.on_step(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,13 +335,24 @@ class RunEnd:
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
-    """One event of a run, as observers receive it.
+    """One event of a run, as observers and the run's progress display receive it.
 
     ``kind`` is ``run-started``, ``phase-started``, ``phase-finished``,
-    ``phase-failed``, ``run-finished`` or ``run-failed``. ``phase`` is set
-    for phase events (and names the failed stage of ``run-failed``);
-    ``seconds`` is the phase's or the run's duration once it ended; ``status``
-    is the run's status line; ``error`` the one-line message of a failure.
+    ``phase-failed``, ``run-finished`` or ``run-failed`` (observers hear these,
+    :data:`OBSERVED_KINDS`). The progress display of ``fruix native-build
+    run`` hears the rest of the story too (:data:`PROGRESS_KINDS`):
+    ``guest-acquiring``, ``guest-acquired``, ``guest-step``,
+    ``teardown-started``, ``teardown-finished``, ``import-started``,
+    ``import-finished``, ``guest-releasing``, ``guest-released``,
+    ``promotion-started`` and ``promotion-finished``.
+
+    ``phase`` is set for phase events (and names the failed stage of
+    ``run-failed``), with ``number`` and ``count`` its place among the
+    phases (``2`` of ``5``); ``seconds`` is the phase's, the step's or the
+    run's duration once it ended; ``status`` is the run's status line;
+    ``error`` the one-line message of a failure; ``guest`` and ``host`` name
+    the guest; ``message`` is a guest step's text; ``log`` a phase's log file
+    (``logs_dir`` on ``run-started``).
     """
 
     kind: str
@@ -330,9 +365,35 @@ class RunEvent:
     error: str | None = None
     result_root: str = ""
     bundle: str | None = None
+    number: int | None = None
+    count: int | None = None
+    guest: str | None = None
+    host: str | None = None
+    message: str | None = None
+    log: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "run_id": self.run_id, "executor": self.executor,
-                "executor_version": self.executor_version, "phase": self.phase,
-                "seconds": self.seconds, "status": self.status, "error": self.error,
-                "result_root": self.result_root, "bundle": self.bundle}
+        """The event as JSON-ready data; the fields added after the first six kinds only
+        when they are set, so an observer's document keeps its keys."""
+        data: dict[str, Any] = {
+            "kind": self.kind, "run_id": self.run_id, "executor": self.executor,
+            "executor_version": self.executor_version, "phase": self.phase,
+            "seconds": self.seconds, "status": self.status, "error": self.error,
+            "result_root": self.result_root, "bundle": self.bundle}
+        for key in ("number", "count", "guest", "host", "message", "log"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        return data
+
+
+#: The event kinds observers (``fruix.observers``) hear.
+OBSERVED_KINDS: tuple[str, ...] = ("run-started", "phase-started", "phase-finished",
+                                   "phase-failed", "run-finished", "run-failed")
+
+#: Every event kind, in the order a successful in-guest run sends them.
+PROGRESS_KINDS: tuple[str, ...] = (
+    "run-started", "guest-acquiring", "guest-step", "guest-acquired", "phase-started",
+    "phase-finished", "phase-failed", "teardown-started", "teardown-finished",
+    "import-started", "import-finished", "guest-releasing", "guest-released",
+    "promotion-started", "promotion-finished", "run-finished", "run-failed")

@@ -31,7 +31,7 @@ import structlog
 from fruix_core.config import Key
 from fruix_core.errors import ConfigError
 from fruix_core.hookspecs import PLUGIN_API_VERSION, hookimpl
-from fruix_core.model import RunEvent
+from fruix_core.model import OBSERVED_KINDS, RunEvent
 
 if TYPE_CHECKING:
     from fruix_core.plugins import FruixPluginManager
@@ -51,8 +51,7 @@ def notify(pm: FruixPluginManager, event: RunEvent) -> None:
                         error=f"{type(exc).__name__}: {exc}")
 
 
-EVENT_KINDS = ("run-started", "phase-started", "phase-finished", "phase-failed", "run-finished",
-               "run-failed")
+EVENT_KINDS = OBSERVED_KINDS
 
 
 class CommandObserver:

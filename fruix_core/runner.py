@@ -20,7 +20,8 @@ runner writes ``logs/<phase>.log``), the failure records with the stage that
 really failed, the metadata (executor entry-point name, distribution and
 version, core version, start and end of the run and of each phase),
 ``latest``, the import of an in-guest result root and the provenance checks.
-Observers (``fruix.observers``) hear about each step.
+Observers (``fruix.observers``) hear the run and phase events; the progress
+display (``on_event``) hears every step, guest, teardown, import and promotion too.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from fruix_core.errors import (
     UsageError,
 )
 from fruix_core.model import (
+    OBSERVED_KINDS,
     BuildRequest,
     CancelToken,
     EmittedResult,
@@ -225,7 +227,7 @@ class _Run:
 
     def __init__(self, config: Config, pm: FruixPluginManager, executor: LoadedPlugin,
                  root: ResultRoot, request: BuildRequest, logs: _PhaseLogs,
-                 guest_name: str) -> None:
+                 guest_name: str, on_event: Callable[[RunEvent], None] | None = None) -> None:
         self.config = config
         self.pm = pm
         self.executor = executor
@@ -237,6 +239,7 @@ class _Run:
         self.metadata: dict[str, object] = {}
         self.started = time.monotonic()
         self.bound = log.bind(run_id=request.run_id, executor=request.executor)
+        self.on_event = on_event
 
     # -- records ---------------------------------------------------------------------
 
@@ -257,12 +260,30 @@ class _Run:
         return values
 
     def event(self, kind: str, **fields: Any) -> None:
+        """Tell the run's progress listener every event, and observers the run and phase ones."""
         from fruix_core.observers import notify
 
-        notify(self.pm, RunEvent(kind=kind, run_id=self.request.run_id,
-                                 executor=self.executor.name,
-                                 executor_version=self.executor.version,
-                                 result_root=str(self.root.path), **fields))
+        event = RunEvent(kind=kind, run_id=self.request.run_id, executor=self.executor.name,
+                         executor_version=self.executor.version,
+                         result_root=str(self.root.path), **fields)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as exc:  # a display must not change the run: stop feeding it
+                self.on_event = None
+                self.bound.debug("progress display failed", error=f"{type(exc).__name__}: {exc}")
+        if kind in OBSERVED_KINDS:
+            notify(self.pm, event)
+
+    def guest_step(self, text: str) -> None:
+        """A guest provider's step (``booting VM…``), for the progress display."""
+        self.event("guest-step", guest=self.guest_name, message=text)
+
+    def place(self, phase: str) -> dict[str, Any]:
+        """``number``/``count`` of ``phase`` among the run's phases, and its log."""
+        names = [p.name for p in self.request.phases]
+        number = names.index(phase) + 1 if phase in names else None
+        return {"number": number, "count": len(names), "log": str(self.root.log_path(phase))}
 
     # -- the executor's stages ---------------------------------------------------------
 
@@ -275,7 +296,7 @@ class _Run:
             if cancel.cancelled:
                 raise Cancelled(cancel.reason or "interrupted")
             self.bound.info("phase started", phase=phase.name)
-            self.event("phase-started", phase=phase.name)
+            self.event("phase-started", phase=phase.name, **self.place(phase.name))
             self.stamp({f"phase_{phase.name}_started": _now()})
             began = time.monotonic()
             self.logs.start(phase.name)
@@ -287,7 +308,7 @@ class _Run:
                                       log_path=self.root.log_path(phase.name))
             except BaseException as exc:
                 self.event("phase-failed", phase=phase.name, error=str(exc) or type(exc).__name__,
-                           seconds=round(time.monotonic() - began, 3))
+                           seconds=round(time.monotonic() - began, 3), **self.place(phase.name))
                 raise
             finally:
                 self.logs.end(phase.name)
@@ -296,7 +317,8 @@ class _Run:
                             f"phase_{phase.name}_seconds": seconds})
             self.bound.info("phase finished", phase=phase.name, returncode=result.returncode,
                             seconds=seconds)
-            self.event("phase-finished", phase=phase.name, seconds=seconds)
+            self.event("phase-finished", phase=phase.name, seconds=seconds,
+                       **self.place(phase.name))
         self.stage = "stage"
         staged = self.pm.stage_artifacts(request, env)
         self.stage = "emit"
@@ -306,23 +328,36 @@ class _Run:
         return staged, emitted
 
     def teardown(self, env: PreparedEnv, end: RunEnd) -> None:
+        began = time.monotonic()
+        self.event("teardown-started", status=end.state)
         with _shielded("tearing down the build environment"):
             try:
                 self.pm.teardown_env(self.request, env, end)
                 self.bound.info("environment torn down", outcome=end.state)
+                self.event("teardown-finished", status=end.state,
+                           seconds=round(time.monotonic() - began, 3))
             except Exception as exc:  # must not hide the run's own error
                 self.bound.error("teardown failed", error=str(exc))
+                self.event("teardown-finished", status=end.state, error=str(exc),
+                           seconds=round(time.monotonic() - began, 3))
                 if end.ok:
                     self.stage = "teardown"
                     raise
 
     def release(self, guest: Guest, end: RunEnd) -> None:
+        began = time.monotonic()
+        self.event("guest-releasing", guest=guest.name, host=guest.host, status=end.state)
         with _shielded(f"releasing guest {guest.name}"):
             try:
                 self.pm.release_guest(guest, end.state)
                 self.bound.info("guest released", guest=guest.name, outcome=end.state)
+                self.event("guest-released", guest=guest.name, host=guest.host,
+                           status=end.state, seconds=round(time.monotonic() - began, 3))
             except Exception as exc:  # release must not hide the run's own error
                 self.bound.error("guest release failed", guest=guest.name, error=str(exc))
+                self.event("guest-released", guest=guest.name, host=guest.host,
+                           status=end.state, error=str(exc),
+                           seconds=round(time.monotonic() - began, 3))
                 if end.ok:
                     raise
 
@@ -350,11 +385,17 @@ class _Run:
         incoming = self.root.path / ".import"
         if incoming.exists():
             shutil.rmtree(incoming)
+        began = time.monotonic()
+        self.event("import-started", guest=guest.name, host=guest.host)
         session = connect(guest)
         try:
-            fetch_tree(session, remote, incoming, verify=verify_result_root)
+            # With a progress display the import is its step; no second line on stderr.
+            fetch_tree(session, remote, incoming, verify=verify_result_root,
+                       progress=False if self.on_event is not None else None)
         finally:
             session.close()
+        self.event("import-finished", guest=guest.name, host=guest.host,
+                   seconds=round(time.monotonic() - began, 3))
         try:
             # The METALOGs (metalog/) give the artifacts' owners, modes and flags when the
             # guest built as an unprivileged user (-DNO_ROOT).
@@ -441,12 +482,16 @@ def run_build(
     provider_plugin: Any = None,
     extra_plugins: tuple[Any, ...] = (),
     progress: Callable[[Any], None] | None = None,
+    on_event: Callable[[RunEvent], None] | None = None,
 ) -> RunOutcome:
     """Run one native base build and (by default) promote it.
 
     ``executor_plugin`` / ``provider_plugin`` bypass discovery (tests);
     ``extra_plugins`` are registered beside them (hook wrappers: tracing, timing);
-    ``progress`` receives the promotion engine's progress (files and bytes).
+    ``progress`` receives the promotion engine's progress (files and bytes);
+    ``on_event`` every :class:`~fruix_core.model.RunEvent` of the run (the
+    progress display), also the guest, teardown, import and promotion steps
+    that observers do not hear.
 
     :raises BuildFailed: a phase failed (status ``failed <phase>``).
     :raises Cancelled: Ctrl-C / SIGTERM.
@@ -483,12 +528,13 @@ def run_build(
         cancel=cancel, on_output=logs.output, executor_version=loaded.version,
         executor_distribution=loaded.distribution,
     )
-    run = _Run(config, pm, loaded, root, request, logs, guest_name)
+    run = _Run(config, pm, loaded, root, request, logs, guest_name, on_event)
     run.metadata.update(previous)
     run.stamp({**run.provenance(), "started": previous.get("started") or _now()}
               | ({"resumed": _now(), "resumed_from": resume_from} if resume_from else {}))
     run.bound.info("run started", guest=guest_name or None, resume_from=resume_from)
-    run.event("run-started")
+    run.event("run-started", guest=guest_name or None, log=str(root.logs),
+              count=len(request.phases))
 
     acquired: Guest | None = None
     released = False
@@ -506,12 +552,17 @@ def run_build(
         try:
             if guest_name:
                 run.stage = "acquire-guest"
+                run.event("guest-acquiring", guest=guest_name)
+                began = time.monotonic()
                 acquired = pm.acquire_guest(GuestRequest(
                     provider=guest_name, run_id=run_id,
                     settings=config.guest_settings(guest_name), config_file=config.file,
-                    cancel=cancel))
+                    cancel=cancel, on_step=run.guest_step))
+                acquired = _with_steps(acquired, run.guest_step)
                 request = run.request = _with_guest(request, acquired)
                 run.bound.info("guest acquired", guest=acquired.name, host=acquired.host)
+                run.event("guest-acquired", guest=acquired.name, host=acquired.host,
+                          seconds=round(time.monotonic() - began, 3))
             run.stage = "prepare"
             env = pm.prepare_env(request)
             staged, emitted = run.build(env)
@@ -547,17 +598,25 @@ def run_build(
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")
         _fail(run, failure)
-        release(RunEnd("interrupted", run.stage))
+        try:
+            release(RunEnd("interrupted", run.stage))
+        finally:
+            _failed_event(run, failure)
         raise failure from None
     except BaseException as exc:
         _fail(run, exc)
-        release(RunEnd(_state_of(exc), run.stage))
+        try:
+            release(RunEnd(_state_of(exc), run.stage))
+        finally:
+            _failed_event(run, exc)
         raise
 
     bundle = artifacts = None
     if do_promote:
         from fruix_core.promotion import promote as promote_root
 
+        began = time.monotonic()
+        run.event("promotion-started", message=str(config.store))
         try:
             promoted = promote_root(root.path, config.store, progress=progress)
         except FruixError as exc:
@@ -567,6 +626,8 @@ def run_build(
             raise
         bundle, artifacts = promoted.bundle, dict(promoted.artifacts)
         root.record_promotion(bundle, artifacts)
+        run.event("promotion-finished", bundle=str(bundle), message=str(config.store),
+                  seconds=round(time.monotonic() - began, 3))
     run.event("run-finished", status="ok", seconds=round(time.monotonic() - run.started, 3),
               bundle=str(bundle) if bundle is not None else None)
     return RunOutcome(run_id=run_id, executor=executor_name, status=str(root.status()),
@@ -580,12 +641,23 @@ def _with_guest(request: BuildRequest, guest: Guest) -> BuildRequest:
     return dataclasses.replace(request, guest=guest)
 
 
+def _with_steps(guest: Guest, step: Callable[[str], None]) -> Guest:
+    """``guest`` whose :meth:`~fruix_core.model.Guest.step` reaches the progress display."""
+    import dataclasses
+
+    return dataclasses.replace(guest, on_step=step)
+
+
 def _fail(run: _Run, exc: BaseException) -> None:
-    """Record the failure of ``run`` at its current stage and tell the observers."""
+    """Record the failure of ``run`` at its current stage (before the guest goes back)."""
     run.root.record_failure(run.stage)
     if isinstance(exc, FruixError):
         exc.run_id, exc.result_root = run.request.run_id, str(run.root.path)
         exc.stage = exc.stage or run.stage
     run.bound.info("run failed", stage=run.stage, error=str(exc))
+
+
+def _failed_event(run: _Run, exc: BaseException) -> None:
+    """Tell the observers and the display that ``run`` failed: its last event."""
     run.event("run-failed", status=str(run.root.status()), phase=run.stage, error=str(exc),
               seconds=round(time.monotonic() - run.started, 3))

@@ -46,31 +46,23 @@ def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from fruix_core.live import LiveView
+    from fruix_core.cli.progress import progress_display
     from fruix_core.runner import run_build
 
     config = _config(args)
     cancel = CancelToken()
-    progress = None
-    if sys.stderr.isatty():
-        from fruix_core.cli.store import ProgressLine
-
-        progress = ProgressLine(sys.stderr)
+    display = progress_display(getattr(args, "log_format", "console"))
     try:
-        with _signals_cancel(cancel), LiveView() as live:
+        with _signals_cancel(cancel), display:
             outcome = run_build(config, executor=args.executor, guest=args.guest,
                                 promote=False if args.no_promote else None,
-                                resume=args.resume, cancel=cancel, on_output=live.on_output,
-                                progress=progress)
+                                resume=args.resume, cancel=cancel, on_output=display.on_output,
+                                progress=display.promotion, on_event=display.on_event)
     except BaseException as exc:
-        if progress is not None:
-            progress.close()
         # main prints the fruix.error/1 document; these keys make it a run's record too.
         add_failure_fields(exc, status="failed", executor=args.executor or config.executor,
                            store=str(config.store))
         raise
-    if progress is not None:
-        progress.close()
     if args.json:
         emit("fruix.run/1", outcome.as_dict())
         return int(ExitCode.OK)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fruix_core.__about__ import __version__
 from fruix_core.errors import ExitCode, FruixError
@@ -195,24 +196,53 @@ def _json_failure(args: argparse.Namespace, exc: BaseException) -> None:
         print(json.dumps(failure_document(exc, command), indent=2), flush=True)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--log-format json`` a usage error is a JSON line too."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    pairs = {f"{a}={b}" for a, b in zip(words, words[1:], strict=False)}
+    if "--log-format=json" not in words and "--log-format=json" not in pairs:
+        return parser.parse_args(words)
+    import contextlib
+    import io
+
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            return parser.parse_args(words)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        lines = usage.getvalue().strip().splitlines() or ["bad usage"]
+        message = lines[-1].split(": error: ", 1)[-1]
+        raise SystemExit(_json_error(message, int(ExitCode.USAGE), usage="\n".join(lines))
+                         ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     from fruix_core.logconfig import configure_logging
 
     configure_logging(args.log_format, args.log_level)
+    as_json = args.log_format == "json"
     try:
         return _dispatch(args)
     except FruixError as exc:
         _json_failure(args, exc)
-        print(f"fruix: error: {exc}", file=sys.stderr)
         tail = getattr(exc, "log_tail", "")
+        if as_json:
+            return _json_error(str(exc), int(exc.exit_code), run_id=exc.run_id,
+                               result_root=exc.result_root, stage=exc.stage,
+                               log_tail=tail or None)
+        print(f"fruix: error: {exc}", file=sys.stderr)
         if tail:
             print("--- last lines of the log ---", file=sys.stderr)
             print(tail, file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt as exc:
         _json_failure(args, exc)
+        if as_json:
+            return _json_error("interrupted", int(ExitCode.INTERRUPTED))
         print("fruix: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
@@ -222,9 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         structlog.get_logger("fruix").debug("internal error", exc_info=True)
         _json_failure(args, exc)
-        print(f"fruix: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with --log-level debug for details)", file=sys.stderr)
+        message = (f"internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --log-level debug for details)")
+        if as_json:
+            return _json_error(message, int(ExitCode.INFRASTRUCTURE))
+        print(f"fruix: {message}", file=sys.stderr)
         return int(ExitCode.INFRASTRUCTURE)
+
+
+def _json_error(message: str, exit_code: int, **fields: Any) -> int:
+    """``--log-format json``: the final error as one JSON line on stderr."""
+    from fruix_core.logconfig import json_record
+
+    print(json_record("error", message, message=message, exit_code=exit_code, **fields),
+          file=sys.stderr)
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "without_progress",
     "toml_value",
     "wait_for",
     "wait_gone",
@@ -208,6 +209,14 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def without_progress(stderr: str) -> list[str]:
+    """The lines of a ``native-build run``'s stderr (off a terminal) that are not its
+    timestamped progress lines: the error line, the log tail, log records."""
+    from fruix_core.cli.progress import LINE_PREFIX
+
+    return [line for line in stderr.splitlines() if not LINE_PREFIX.match(line)]
 
 
 def processes_in(directory: Path) -> list[int]:

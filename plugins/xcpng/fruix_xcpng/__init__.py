@@ -55,7 +55,8 @@ class XcpngGuestProvider:
 
         settings = parse_settings(request.settings, file=request.config_file)
         credentials = load_credentials(settings)
-        lease = acquire(settings, credentials, run_id=request.run_id, cancel=request.cancel)
+        lease = acquire(settings, credentials, run_id=request.run_id, cancel=request.cancel,
+                        step=request.step)
         with self._lock:
             self._leases[lease.lease_id] = lease
         return Guest(
@@ -92,6 +93,7 @@ class XcpngGuestProvider:
         if lease is None:
             raise GuestError(f"no lease for VM {guest.details.get('vm_uuid', guest.name)} in "
                              "this process; shut it down and revert it by hand")
+        lease.on_step = guest.step  # the core shows each step (shutting down, reverting)
         try:
             # Once begun, release is not abandoned by one more Ctrl-C (see shield).
             release_shielded(lease, outcome)

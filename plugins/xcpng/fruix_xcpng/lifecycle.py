@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class Lease:
     learned_pins: dict[str, str] = field(default_factory=dict)
     #: what release is doing now, for the terminal
     stage: str = "not started"
+    #: tells the operator each step of a release (the core's ``Guest.step``)
+    on_step: Callable[[str], None] | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         return f"VM '{self.vm_name}' ({self.vm_uuid})"
@@ -199,9 +202,12 @@ def _check_policy(settings: XcpngSettings, state: str, label: str) -> None:
 
 
 def _power_up(xapi: XapiClient, settings: XcpngSettings, ref: str, state: str,
-              label: str, cancel: CancelToken | None) -> None:
+              label: str, cancel: CancelToken | None, step: Callable[[str], None]) -> None:
     """Bring the VM to Running (the policy was checked already)."""
     start_timeout = max(settings.timeout, settings.shutdown_timeout)
+    verb = {"Halted": "booting", "Paused": "unpausing", "Suspended": "resuming"}.get(state)
+    if verb:
+        step(f"{verb} {label}…")
     if state == "Halted":
         log.info("starting VM", vm=label)
         vm_operation(xapi, "VM.start", ref, False, False, vm_ref=ref, op="start",
@@ -283,15 +289,24 @@ def wait_for_address(xapi: XapiClient, settings: XcpngSettings, ref: str, label:
             time.sleep(wait)
 
 
+def _no_step(_text: str) -> None:
+    return None
+
+
 def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
-            cancel: CancelToken | None = None) -> Lease:
+            cancel: CancelToken | None = None,
+            step: Callable[[str], None] | None = None) -> Lease:
     """Boot (or take) the VM, find its address, wait for its sshd; the VM is released on failure.
+
+    ``step`` hears each slow step (``booting VM 'build' (uuid)…``, ``waiting for
+    address…``, ``waiting for SSH…``), and the release steps after a failure.
 
     :raises GuestError: the VM cannot be found or used, or a wait timed out.
     :raises HostKeyError: the guest's sshd shows another key than the pinned one.
     :raises Cancelled: interrupted; the VM is released first.
     """
     lease: Lease | None = None
+    step = step or _no_step
     try:
         with XapiClient(settings, credentials) as xapi:
             learned = xapi.learn_pool_certificates()
@@ -306,9 +321,9 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
                              vm_uuid=record["uuid"], vm_name=record.get("name_label", ""),
                              snapshot_ref=snapshot_ref, snapshot_uuid=snapshot_uuid,
                              snapshot_name=snapshot_name, found_state=state,
-                             master_url=xapi.url, learned_pins=learned)
+                             master_url=xapi.url, learned_pins=learned, on_step=step)
             try:
-                _power_up(xapi, settings, ref, state, label, cancel)
+                _power_up(xapi, settings, ref, state, label, cancel, step)
             except XapiFailure as exc:
                 if exc.code == "TASK_CANCELLED":
                     lease = prepared  # our own task, cancelled: clean up
@@ -329,8 +344,10 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
                 log.info("using the configured address (no agent needed)", vm=label,
                          address=lease.address)
             else:
+                step("waiting for address…")
                 lease.address = wait_for_address(xapi, settings, ref, label, cancel)
                 log.info("VM reported its address", vm=label, address=lease.address)
+        step(f"waiting for SSH on {lease.address}:{settings.ssh_port}…")
         wait_for_ssh(lease.address, settings.ssh_port, key_type=settings.host_key_type,
                      key_blob=settings.host_key_blob, timeout=settings.ssh_timeout,
                      cancel=cancel, interval=min(settings.poll_interval, 1.0))
@@ -355,6 +372,8 @@ def acquire(settings: XcpngSettings, credentials: Credentials, *, run_id: str,
 def _stage(lease: Lease, text: str) -> None:
     lease.stage = text
     log.info(text + "…", vm=lease.vm_uuid)
+    if lease.on_step is not None:
+        lease.on_step(text + "…")
 
 
 def _hard_shutdown(xapi: XapiClient, lease: Lease) -> None:

@@ -88,8 +88,11 @@ def assert_released(lab: XapiLab, vm: LabVM) -> None:
 
 
 def one_error(stderr: str) -> str:
-    """The run's single error line (no traceback)."""
-    errors = [line for line in stderr.splitlines() if line.startswith("fruix: ")]
+    """The run's single error line (no traceback); with ``--log-format json`` every line
+    of stderr is JSON and the error is the record with an ``exit_code``."""
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    errors = [f"fruix: error: {r['message']}" for r in records if "exit_code" in r]
+    errors += [line for line in stderr.splitlines() if line.startswith("fruix: ")]
     assert len(errors) == 1, stderr[-3000:]
     assert "Traceback" not in stderr
     return errors[0]
@@ -135,6 +138,18 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
               if line.startswith("{")]
     reverted = f"VM 'build' ({vm.uuid}) was shut down and reverted to clean"
     assert events.index("guest acquired") < events.index(reverted)
+    # stderr is JSON lines only, and the progress events tell the whole story in order
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    story = [r for r in records if r.get("logger") == "fruix.progress"]
+    assert [r["kind"] for r in story if r["kind"] != "guest-step"
+            and not r["kind"].startswith("phase-")] == [
+        "run-started", "guest-acquiring", "guest-acquired", "teardown-started",
+        "teardown-finished", "import-started", "import-finished", "guest-releasing",
+        "guest-released", "promotion-started", "promotion-finished", "run-finished"]
+    steps = [r["message"] for r in story if r["kind"] == "guest-step"]
+    assert steps == [f"booting VM 'build' ({vm.uuid})…", "waiting for address…",
+                     f"waiting for SSH on {vm.address}:{vm.ssh_port}…",
+                     "shutting down VM build…", "reverting to clean…"]
 
     local_config = write_config(tmp_path / "local.toml", tmp_path / "local-run", "local", None)
     local = subprocess.run(fruix(local_config), capture_output=True, text=True, timeout=300)

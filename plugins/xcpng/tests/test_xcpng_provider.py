@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -167,6 +168,33 @@ def test_paused_and_suspended_policies(lab: XapiLab, state: str, key: str, value
     guest = provider.fruix_acquire_guest(guest_request(lab, **{key: value}))
     assert vm.power_state == "Running"
     provider.fruix_release_guest(guest, "ok")
+    released(lab, vm)
+
+
+def test_steps_arrive_in_order(lab: XapiLab) -> None:
+    """Acquire and release tell each slow step through the core's step callbacks."""
+    vm = lab.add_vm("build", ip_delay=0.1)
+    steps: list[str] = []
+    provider = XcpngGuestProvider()
+    guest = provider.fruix_acquire_guest(
+        dataclasses.replace(guest_request(lab), on_step=steps.append))
+    acquired = list(steps)
+    provider.fruix_release_guest(dataclasses.replace(guest, on_step=steps.append), "ok")
+    label = f"VM 'build' ({vm.uuid})"
+    assert acquired == [f"booting {label}…", "waiting for address…",
+                        f"waiting for SSH on {vm.address}:{vm.ssh_port}…"]
+    assert steps[len(acquired):] == ["shutting down VM build…", "reverting to clean…"]
+    released(lab, vm)
+
+
+def test_steps_of_a_failed_acquire_include_its_release(lab: XapiLab) -> None:
+    vm = lab.add_vm("build", ip_delay=0.05, faults=VmFaults(ip_never=True))
+    steps: list[str] = []
+    with pytest.raises(GuestError):
+        XcpngGuestProvider().fruix_acquire_guest(
+            dataclasses.replace(guest_request(lab, ip_timeout=0.5), on_step=steps.append))
+    assert steps[:2] == [f"booting VM 'build' ({vm.uuid})…", "waiting for address…"]
+    assert steps[-1] == "reverting to clean…" and "waiting for SSH" not in " ".join(steps)
     released(lab, vm)
 
 
