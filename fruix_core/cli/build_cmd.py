@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fruix_core.config import Config, load_config
-from fruix_core.errors import ExitCode, FruixError
+from fruix_core.errors import Cancelled, ExitCode, FruixError
 from fruix_core.model import CancelToken
 from fruix_core.resultroot import ResultRoot, list_runs, resolve_run
 
@@ -44,11 +46,75 @@ def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def dry_run_command(args: argparse.Namespace, config: Config) -> int:
+    """``run --dry-run``: the checks of a run, then its plan; nothing is created."""
+    from fruix_core.plan import plan_lines
+    from fruix_core.runner import plan_build
+
+    plan = plan_build(config, executor=args.executor, guest=args.guest,
+                      promote=False if args.no_promote else None, resume=args.resume)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        print("\n".join(plan_lines(plan)))
+    return int(ExitCode.OK)
+
+
+def resume_command(args: argparse.Namespace, run_id: str) -> str:
+    """The exact command that resumes ``run_id`` with the operator's own options."""
+    words = ["fruix", "native-build", "run", "--resume", run_id]
+    for option, value in (("--config", args.config), ("--executor", args.executor),
+                          ("--guest", args.guest), ("--store", args.store)):
+        if value is not None:
+            paths = option in ("--config", "--store")
+            words += [option, os.path.abspath(value) if paths and value else value]
+    if args.no_promote:
+        words.append("--no-promote")
+    return shlex.join(words)
+
+
+def failure_line(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """Where a failed or interrupted run stands and how to go on, in one line.
+
+    ``None`` when the run failed before its result root existed (the error
+    says everything then).
+    """
+    run_id, result_root = getattr(exc, "run_id", None), getattr(exc, "result_root", None)
+    if not run_id or not result_root:
+        return None
+    stage = getattr(exc, "stage", None) or getattr(exc, "phase", None) or "prepare"
+    state = "interrupted" if isinstance(exc, Cancelled) else "failed"
+    line = f"fruix: run {run_id} {state} in {stage}"
+    log = ResultRoot(result_root).log_path(stage)
+    if log.is_file():
+        line += f"; log: {log}"
+    if stage == "promote":  # the build is complete: promote it again
+        store = f" --store {shlex.quote(os.path.abspath(args.store))}" if args.store else ""
+        config = f" --config {shlex.quote(os.path.abspath(args.config))}" if args.config else ""
+        return (f"{line}; promote it with: fruix native-build promote "
+                f"{shlex.quote(str(result_root))}{store}{config}")
+    return f"{line}; resume with: {resume_command(args, run_id)}"
+
+
+def report_failure(exc: BaseException, args: argparse.Namespace) -> None:
+    """Print :func:`failure_line` on stderr (the console log format)."""
+    line = failure_line(exc, args)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from fruix_core.live import LiveView
     from fruix_core.runner import run_build
 
     config = _config(args)
+    if getattr(args, "dry_run", False):
+        try:
+            return dry_run_command(args, config)
+        except Exception as exc:
+            if args.json:
+                print(json.dumps(_failure_document(exc, args, config), indent=2))
+            raise
     cancel = CancelToken()
     progress = None
     if sys.stderr.isatty():
@@ -64,6 +130,7 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as exc:
         if progress is not None:
             progress.close()
+        report_failure(exc, args)
         if args.json:
             print(json.dumps(_failure_document(exc, args, config), indent=2))
         raise

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="DIR", help="store directory (overrides paths.store)")
     run.add_argument("--no-promote", action="store_true", help="do not promote the result")
     run.add_argument("--resume", metavar="RUN_ID", help="restart a failed run at its phase")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything and print the plan; build and create nothing")
     _common(run)
     promote = nb_sub.add_parser("promote", help="promote a result root into the store")
     promote.add_argument("result_root", metavar="RESULT_ROOT")
