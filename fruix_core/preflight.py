@@ -96,8 +96,12 @@ def _probe(directory: Path, what: str, shown: Path, error: type[FruixError]) -> 
         raise error(f"{what} {shown} is not writable by this user (uid {os.geteuid()})")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-preflight-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        try:  # one block of data: an empty file fits on a full file system
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except FileNotFoundError:
         pass  # a store's own clean-up may remove a .tmp- file: it was created
     except OSError as exc:
@@ -202,14 +206,18 @@ def preflight(config: Config, *, executor: str, executor_plugin: Any, guest: str
         if phase != PHASES[0].name and not area.is_dir():
             raise UsageError(f"run {run_id} cannot be resumed at {phase}: its build area "
                              f"{area} is gone (pruned?); start a new run")
-    places = [("results", config.results,
-               check_writable(config.results, "results directory", WorkAreaError,
-                              create=create))]
-    if runs_in_guest(executor_plugin) is not True:  # an in-guest build area is the guest's
-        places.append(("build", config.build_root,
-                       check_writable(config.build_root, "build directory", WorkAreaError,
-                                      create=create)))
+    wanted: list[tuple[str, Path, str, type[FruixError]]] = []
     if promote:
-        places.append(("store", config.store,
-                       check_writable(config.store, "store", StoreError, create=False)))
-    return check_space(places, config)
+        wanted.append(("store", config.store, "store", StoreError))
+    wanted.append(("results", config.results, "results directory", WorkAreaError))
+    if runs_in_guest(executor_plugin) is not True:  # an in-guest build area is the guest's
+        wanted.append(("build", config.build_root, "build directory", WorkAreaError))
+    # Probe everything first: a refusal leaves no directory behind.
+    places = [(role, path, check_writable(path, what, error, create=False))
+              for role, path, what, error in wanted]
+    checks = check_space(places, config)
+    if create:  # the store is the promotion's to create, with its own layout
+        for role, path, what, error in wanted:
+            if role != "store":
+                check_writable(path, what, error, create=True)
+    return checks

@@ -152,8 +152,8 @@ def _writing(what: str) -> Iterator[None]:
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = "its file system is full" if full else "cannot write"
-        where = exc.filename or what
-        raise WorkAreaError(f"{what}: {reason} ({exc.strerror}: {where})") from None
+        where = f": {exc.filename}" if exc.filename else ""
+        raise WorkAreaError(f"{what}: {reason} ({exc.strerror}{where})") from None
 
 
 class _PhaseLogs:
@@ -587,7 +587,10 @@ def run_build(
         try:
             root.create()
         except OSError:
-            root.record_failure("prepare")
+            if start.resume_root is None and not (root.path / "status").exists():
+                shutil.rmtree(root.path, ignore_errors=True)  # nothing of it was recorded
+            else:
+                root.record_failure("prepare")
             raise
     run_id = root.run_id
     logs = _PhaseLogs(root, on_output, cancel)

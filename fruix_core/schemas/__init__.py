@@ -18,6 +18,7 @@ SCHEMAS = {
     "fruix.error/1": "error-1.schema.json",
     "fruix.store-diff/1": "store-diff-1.schema.json",
     "fruix.report/1": "report-1.schema.json",
+    "fruix.plan/1": "plan-1.schema.json",
 }
 
 
