@@ -58,6 +58,44 @@ def test_an_unwritable_store_fails_at_once_before_anything(fruix_workspace, toy_
     assert not ws.build_root.exists()
 
 
+def test_a_store_of_another_user_is_refused_to_an_unprivileged_operator(tmp_path):
+    """As ``nobody`` (``setpriv``), with root's store: the permission check answers."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from fruix_core.testkit import make_toy_source, require_tool
+
+    require_tool("setpriv", "util-linux")
+    if os.geteuid() != 0:
+        pytest.fail("this case needs root to act as 'nobody' (the CI runs as root)")
+    nobody = pwd.getpwnam("nobody")
+    place = Path(tempfile.mkdtemp(prefix="fruix-preflight-", dir="/tmp"))
+    try:
+        os.chmod(place, 0o755)
+        source = make_toy_source(place / "src")
+        (place / "store").mkdir(mode=0o755)  # root's
+        work = place / "work"
+        work.mkdir()
+        os.chown(work, nobody.pw_uid, nobody.pw_gid)
+        conf = place / "fruix.toml"
+        conf.write_text(f"[build]\nsource = {json.dumps(str(source))}\n[paths]\n"
+                        f"store = {json.dumps(str(place / 'store'))}\n"
+                        f"results = {json.dumps(str(work / 'results'))}\n"
+                        f"build_root = {json.dumps(str(work / 'build'))}\n")
+        proc = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}",
+                               f"--regid={nobody.pw_gid}", "--clear-groups", "--",
+                               *_cli("native-build", "run", "--config", str(conf))],
+                              capture_output=True, text=True, timeout=120, cwd=work,
+                              env={**os.environ, "HOME": "/nonexistent"})
+        assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
+        assert proc.stderr == (f"fruix: error: store {place / 'store'} is not writable by "
+                               f"this user (uid {nobody.pw_uid})\n")
+        assert list(work.iterdir()) == []
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
 def test_the_same_store_is_not_needed_without_promotion(fruix_workspace, toy_source):
     ws = fruix_workspace
     ws.store.mkdir()
