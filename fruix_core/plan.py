@@ -5,7 +5,8 @@ the resume point and the configuration's identity, the preflight) and
 before anything is created. Each phase's command line is the build
 profile's (:func:`~fruix_core.profile.phase_command`) with the run's build
 root; a run id not yet reserved shows as ``<run-id>``, and an in-guest
-executor's build root (chosen in the guest) as ``<guest build root>``.
+executor's build root and source (chosen in the guest) as ``<guest build
+root>`` and ``<guest source store>``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def describe_plan(config: Config, *, executor: LoadedPlugin, provider: LoadedPlu
         "config_file": config.file,
         "executor": executor_doc,
         "guest": guest_doc,
-        "source": str(source_dir),
+        "source": "<guest source store>" if in_guest else str(source_dir),
         "base": {"name": config.base.name, "version": config.base.version,
                  "arch": config.base.arch, "kernconf": config.base.kernconf},
         "make": config.make,

@@ -203,6 +203,25 @@ def test_dry_run_prints_the_plan_and_creates_nothing(fruix_workspace, toy_source
     assert "dry run: nothing was created" in text.stdout
 
 
+def test_dry_run_of_an_in_guest_executor_contacts_no_guest(fruix_workspace, toy_source):
+    ws = fruix_workspace
+    # A documentation address (RFC 5737): nothing answers there.
+    conf = ws.write_config('[guests.ssh]\nhost = "192.0.2.1"\n', source=toy_source,
+                           executor="host-initiated", guest="ssh")
+    proc = run_cli("native-build", "run", "--config", str(conf), "--dry-run", "--json",
+                   cwd=ws.root, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    validate_document(plan)
+    assert plan["executor"]["runs_in_guest"] is True and plan["guest"]["name"] == "ssh"
+    assert plan["source"] == "<guest source store>" and plan["jobs"] == 0
+    assert plan["paths"]["run_build_root"] == "<guest build root>"
+    assert plan["phases"][0]["command"] == ["bmake", "buildworld"]
+    dirs = [d for fs in plan["space"]["file_systems"] for d in fs["directories"]]
+    assert str(ws.build_root) not in dirs  # the build area is the guest's
+    assert list(ws.root.iterdir()) == [conf]
+
+
 def test_dry_run_reports_preflight_failures_the_same_way(fruix_workspace, toy_source):
     ws = fruix_workspace
     ws.store.mkdir()
