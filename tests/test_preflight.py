@@ -419,6 +419,26 @@ def test_a_results_disk_full_from_the_start_is_one_line(fruix_workspace, toy_sou
     assert "not writable: No space left on device" in proc.stderr  # the preflight's probe
 
 
+def test_a_full_disk_in_an_executor_hook_is_not_blamed_on_the_plugin(fruix_workspace,
+                                                                     toy_source):
+    import errno
+
+    from fruix_local import LocalExecutor
+
+    from fruix_core import hookimpl
+
+    class FillsTheDisk(LocalExecutor):
+        @hookimpl
+        def fruix_stage_artifacts(self, request, env):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(request.result_root))
+
+    config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
+    with pytest.raises(WorkAreaError, match="fruix_stage_artifacts: a file system is full "
+                                            r"\(No space left on device: ") as info:
+        run_build(config, executor_plugin=FillsTheDisk())
+    assert str(ResultRoot(info.value.result_root).status()) == "failed (stage)"
+
+
 # -- paths from one place --------------------------------------------------------------------
 
 
