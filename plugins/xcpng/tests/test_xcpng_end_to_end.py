@@ -88,8 +88,13 @@ def assert_released(lab: XapiLab, vm: LabVM) -> None:
 
 
 def one_error(stderr: str) -> str:
-    """The run's single error line (no traceback)."""
-    errors = [line for line in stderr.splitlines() if line.startswith("fruix: ")]
+    """The run's single error line (no traceback).
+
+    The line that says where a failed run stands and how to resume it
+    (``fruix: run ID failed in PHASE; ...``) is not an error line.
+    """
+    errors = [line for line in stderr.splitlines()
+              if line.startswith("fruix: ") and not line.startswith("fruix: run ")]
     assert len(errors) == 1, stderr[-3000:]
     assert "Traceback" not in stderr
     return errors[0]
