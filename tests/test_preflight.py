@@ -154,6 +154,15 @@ def test_a_local_executor_with_a_guest_is_refused_before_any_boot(fruix_workspac
     assert dry.returncode == ExitCode.USAGE and "uses no guest" in dry.stderr
 
 
+@pytest.mark.parametrize(("name", "in_guest"), [
+    ("local", False), ("host-initiated", True), ("guest-self-hosted", True)])
+def test_shipped_executors_declare_where_they_build(name, in_guest):
+    from fruix_core.plugins import load
+    from fruix_core.preflight import runs_in_guest
+
+    assert runs_in_guest(load("executor", name).plugin) is in_guest
+
+
 def test_an_in_guest_executor_without_a_guest_is_refused(fruix_workspace, toy_source):
     conf = fruix_workspace.write_config(source=toy_source)
     proc = run_cli("native-build", "run", "--config", str(conf), "--executor",
