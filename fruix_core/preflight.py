@@ -20,6 +20,7 @@ parent instead, and leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -92,8 +93,7 @@ def check_combination(executor: str, plugin: Any, guest: str, guest_origin: str)
 
 
 def _probe(directory: Path, what: str, shown: Path, error: type[FruixError]) -> None:
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise error(f"{what} {shown} is not writable by this user (uid {os.geteuid()})")
+    allowed = os.access(directory, os.W_OK | os.X_OK)
     try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-preflight-", dir=directory)
         try:  # one block of data: an empty file fits on a full file system
@@ -105,7 +105,11 @@ def _probe(directory: Path, what: str, shown: Path, error: type[FruixError]) -> 
     except FileNotFoundError:
         pass  # a store's own clean-up may remove a .tmp- file: it was created
     except OSError as exc:
-        raise error(f"{what} {shown} is not writable: {exc.strerror}") from None
+        who = f" by this user (uid {os.geteuid()})" if exc.errno in (errno.EACCES,
+                                                                     errno.EPERM) else ""
+        raise error(f"{what} {shown} is not writable{who}: {exc.strerror}") from None
+    if not allowed:  # the probe passed, yet the permissions say no (an ACL, a race)
+        raise error(f"{what} {shown} is not writable by this user (uid {os.geteuid()})")
 
 
 def check_writable(path: Path, what: str, error: type[FruixError], *, create: bool) -> Path:

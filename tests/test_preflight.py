@@ -52,7 +52,7 @@ def test_an_unwritable_store_fails_at_once_before_anything(fruix_workspace, toy_
                           timeout=120, cwd=ws.root)
     assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
-    assert f"store {ws.store} is not writable" in proc.stderr
+    assert f"store {ws.store} is not writable: Read-only file system" in proc.stderr
     assert float(timing.read_text()) < 2.0
     assert not ws.results.exists() or list_runs(ws.results) == []  # no result root, no guest
     assert not ws.build_root.exists()
@@ -90,7 +90,7 @@ def test_a_store_of_another_user_is_refused_to_an_unprivileged_operator(tmp_path
                               env={**os.environ, "HOME": "/nonexistent"})
         assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
         assert proc.stderr == (f"fruix: error: store {place / 'store'} is not writable by "
-                               f"this user (uid {nobody.pw_uid})\n")
+                               f"this user (uid {nobody.pw_uid}): Permission denied\n")
         assert list(work.iterdir()) == []
     finally:
         shutil.rmtree(place, ignore_errors=True)
