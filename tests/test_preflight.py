@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fruix_core.config import load_config
-from fruix_core.errors import ExitCode, UsageError, WorkAreaError
+from fruix_core.errors import BuildFailed, ExitCode, UsageError, WorkAreaError
 from fruix_core.resultroot import ResultRoot, list_runs
 from fruix_core.runner import plan_build, run_build
 from fruix_core.schemas import validate_document
@@ -245,7 +245,7 @@ def test_dry_run_reports_preflight_failures_the_same_way(fruix_workspace, toy_so
 def test_dry_run_of_a_resume_names_the_run_and_its_phase(fruix_workspace, toy_source):
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
     (toy_source / "fail-installworld").touch()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(BuildFailed) as info:
         run_build(config)
     (toy_source / "fail-installworld").unlink()
     run_id = info.value.run_id
@@ -357,7 +357,7 @@ def test_resume_with_another_source_tree_is_refused(fruix_workspace, toy_source,
 def test_resume_names_each_changed_component(fruix_workspace, toy_source):
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
     (toy_source / "fail-distribution").touch()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(BuildFailed) as info:
         run_build(config)
     (toy_source / "fail-distribution").unlink()
     import dataclasses
@@ -379,7 +379,7 @@ def test_resume_after_the_build_area_was_pruned_is_refused(fruix_workspace, toy_
 
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
     (toy_source / "fail-installkernel").touch()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(BuildFailed) as info:
         run_build(config)
     (toy_source / "fail-installkernel").unlink()
     shutil.rmtree(fruix_workspace.build_root / info.value.run_id)
