@@ -4,8 +4,13 @@ Looked up in order: ``--config FILE``; ``./fruix.toml``; the user's config
 directory (``$XDG_CONFIG_HOME/fruix/config.toml``, else
 ``~/.config/fruix/config.toml``). Every key has a default, so no file at all
 builds the bundled sample base with the ``local`` executor under ``./.fruix/``.
-Relative paths in a file are relative to that file's directory; defaults are
-relative to the working directory.
+Relative paths in a file are relative to that file's directory.
+
+The store, results and build directories default to one base directory
+(:func:`base_directory`): ``paths.base`` when set (``"xdg"``:
+``$XDG_DATA_HOME/fruix``), else ``.fruix`` beside the config file, else
+``./.fruix`` when there is no config file at all. Once a config file is used,
+no default depends on the working directory.
 
 Plugins declare the keys of their own tables (``[executors.NAME]``,
 ``[guests.NAME]``, ``[observers.NAME]``) with :class:`Key`; the core checks
@@ -25,7 +30,8 @@ from typing import Any
 from fruix_core.errors import ConfigError
 from fruix_core.model import BaseMetadata
 
-__all__ = ["Config", "Key", "find_config_file", "load_config", "read_section", "read_toml"]
+__all__ = ["Config", "Key", "base_directory", "find_config_file", "load_config", "parse_size",
+           "read_section", "read_toml", "xdg_data_directory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +67,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "kernconf": Key(str, "GENERIC", "kernel configuration (KERNCONF)"),
     },
     "paths": {
-        "store": Key(str, ".fruix/store", "store directory (operators: /frx/store)"),
-        "results": Key(str, ".fruix/results", "directory of result roots"),
-        "build_root": Key(str, ".fruix/build", "heavy object/stage work area"),
+        "base": Key(str, "", "base directory of the defaults below ('' = .fruix beside the "
+                    "config file, or ./.fruix without one; 'xdg' = $XDG_DATA_HOME/fruix)"),
+        "store": Key(str, "", "store directory ('' = <base>/store; operators: /frx/store)"),
+        "results": Key(str, "", "directory of result roots ('' = <base>/results)"),
+        "build_root": Key(str, "", "heavy object/stage work area ('' = <base>/build)"),
+        "min_free": Key((int, str), "auto", "free space a run needs on each file system it "
+                        "writes (bytes, or '20G'); 'auto' = the last successful run's sizes"),
     },
 }
 
@@ -89,6 +99,10 @@ class Config:
     store: Path = Path(".fruix/store")
     results: Path = Path(".fruix/results")
     build_root: Path = Path(".fruix/build")
+    #: The base directory the path defaults derive from (see :func:`base_directory`).
+    base_dir: Path = Path(".fruix")
+    #: Free bytes a run needs on each file system it writes; ``None``: from the last run.
+    min_free: int | None = None
     executors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     guests: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     observers: tuple[str, ...] = ()
@@ -196,6 +210,55 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
 
 
+#: Multipliers of the ``paths.min_free`` suffixes (binary: ``1K`` = 1024 bytes).
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str, *, file: str | None, key: str) -> int | None:
+    """Bytes of a size setting (``1073741824``, ``"512M"``, ``"20G"``); ``None`` for ``"auto"``."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError("must be 0 or more bytes", file=file, key=key)
+        return value
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    if value.strip() == "auto":
+        return None
+    number, suffix = text, ""
+    if text and text[-1] in _SIZE_SUFFIXES:
+        number, suffix = text[:-1], text[-1]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if not number or amount < 0 or amount != amount:
+        raise ConfigError(f"expected a size such as 20G, 512M or a number of bytes, or 'auto'; "
+                          f"got {value!r}", file=file, key=key)
+    return int(amount * _SIZE_SUFFIXES[suffix])
+
+
+def xdg_data_directory() -> Path:
+    """``$XDG_DATA_HOME/fruix``, by default ``~/.local/share/fruix``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return Path(base) / "fruix"
+
+
+def base_directory(value: str, config_dir: Path | None) -> Path:
+    """The directory the store, results and build defaults live in.
+
+    :param value: ``paths.base``: ``""`` (the default), ``"xdg"``, or a path
+        (relative to the config file's directory).
+    :param config_dir: the config file's directory; ``None`` without a file.
+    :returns: ``value`` resolved; else ``.fruix`` beside the config file; else
+        ``./.fruix`` in the working directory (no config file at all).
+    """
+    if value == "xdg":
+        return xdg_data_directory()
+    if value:
+        return _resolve(value, config_dir if config_dir is not None else Path.cwd())
+    return (config_dir if config_dir is not None else Path.cwd()) / ".fruix"
+
+
 def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     """Find, parse and validate the configuration.
 
@@ -242,12 +305,15 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     observers = build["observers"]
     if not all(isinstance(n, str) and n for n in observers):
         raise ConfigError("must be a list of observer names", file=file, key="build.observers")
-    cwd = Path.cwd()
-    # Defaults are relative to the working directory, values from a file to the file.
+    # Values from a file are relative to the file; defaults live in one base directory.
+    base_dir = base_directory(paths["base"], anchor if path is not None else None)
+    defaults = {"store": "store", "results": "results", "build_root": "build"}
+
     def path_of(key: str) -> Path:
         value = paths[key]
-        given = path is not None and key in data.get("paths", {})
-        return _resolve(value, anchor if given else cwd)
+        return _resolve(value, anchor) if value else base_dir / defaults[key]
+
+    min_free = parse_size(paths["min_free"], file=file, key="paths.min_free")
 
     source = _resolve(build["source"], anchor) if build["source"] else None
     declared = tuple((variable, str(_resolve(build[key], anchor)))
@@ -270,6 +336,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         store=path_of("store"),
         results=path_of("results"),
         build_root=path_of("build_root"),
+        base_dir=base_dir,
+        min_free=min_free,
         executors=plugin_tables["executors"],
         guests=plugin_tables["guests"],
         observers=tuple(observers),

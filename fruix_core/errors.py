@@ -22,7 +22,8 @@
     │   │   └── ConnectionLostError the connection dropped mid-operation
     │   ├── GuestError              a guest provider could not acquire / release a guest
     │   ├── PhaseTimeout            a phase ran past its timeout
-    │   └── StoreError              the store cannot be written (permissions, disk full)
+    │   ├── StoreError              the store cannot be written (permissions, disk full)
+    │   └── WorkAreaError           a results or build directory cannot be written or is full
     ├── VerificationError           exit 4: a store object does not match its identity
     └── Cancelled                   exit 130: interrupted by Ctrl-C / SIGTERM
 
@@ -60,6 +61,7 @@ __all__ = [
     "UnknownPluginError",
     "UsageError",
     "VerificationError",
+    "WorkAreaError",
 ]
 
 
@@ -219,6 +221,10 @@ class PhaseTimeout(InfrastructureError):
 
 class StoreError(InfrastructureError):
     """The store cannot be written (permissions, disk full, ...)."""
+
+
+class WorkAreaError(InfrastructureError):
+    """A results or build directory cannot be written, lacks space, or filled up."""
 
 
 class VerificationError(FruixError):

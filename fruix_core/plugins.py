@@ -18,6 +18,7 @@ never imported); ``FRUIX_TRACE_HOOKS=1`` logs every hook call.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,7 @@ from fruix_core.errors import (
     PluginLoadError,
     UnknownPluginError,
     UsageError,
+    WorkAreaError,
 )
 from fruix_core.model import (
     BuildRequest,
@@ -439,6 +441,14 @@ class FruixPluginManager:
             value = caller(**kwargs)
         except FruixError:
             raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk, not the plugin
+                where = f": {exc.filename}" if exc.filename else ""
+                raise WorkAreaError(f"{label}: {hook}: a file system is full "
+                                    f"({exc.strerror}{where})") from None
+            log.debug("hook raised", hook=hook, plugin=label, exc_info=True)
+            raise PluginContractError(label, hook, f"raised {type(exc).__name__}: {exc}"
+                                      ) from exc
         except Exception as exc:  # foreign code: name it, never let a traceback out
             log.debug("hook raised", hook=hook, plugin=label, exc_info=True)
             raise PluginContractError(label, hook, f"raised {type(exc).__name__}: {exc}"

@@ -98,12 +98,19 @@ def new_run_id(results_dir: Path, now: _dt.datetime | None = None) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Paths from a non-UTF-8 file system name are kept byte for byte.
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        # Paths from a non-UTF-8 file system name are kept byte for byte.
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a full disk leaves no half-written temporary file behind
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,12 +178,28 @@ class ResultRoot:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if self.status().state != "failed":
-                self.set_failed(phase)
+                try:
+                    self.set_failed(phase)
+                except OSError:
+                    # A full disk has no room for a new file; the old status file's own
+                    # block takes the shorter text in place.
+                    self._overwrite_status(f"failed {phase}\n")
         except OSError as exc:
             import structlog
 
             structlog.get_logger(__name__).error(
                 "cannot record failure", result_root=str(self.path), error=str(exc))
+
+    def _overwrite_status(self, text: str) -> None:
+        fd = os.open(self.path / "status", os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+            if os.fstat(fd).st_size < len(data):
+                raise OSError(errno.ENOSPC, "no room to record the failure in place")
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def status(self) -> RunStatus:
         try:

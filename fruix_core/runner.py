@@ -3,6 +3,7 @@
 ::
 
     load and check the plugins                  before anything is written
+    preflight: combination, resume, space       fruix_core.preflight; nothing written
     reserve run id, create the host result root   status: running
     acquire guest                               provider hook
     prepare-env, run-phase x N, stage-artifacts, emit-promotion   executor hooks
@@ -27,6 +28,7 @@ display (``on_event``) hears every step, guest, teardown, import and promotion t
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import posixpath
 import shutil
@@ -51,6 +53,7 @@ from fruix_core.errors import (
     PluginContractError,
     ProvenanceError,
     UsageError,
+    WorkAreaError,
 )
 from fruix_core.model import (
     OBSERVED_KINDS,
@@ -76,7 +79,7 @@ from fruix_core.resultroot import (
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["RunOutcome", "run_build"]
+__all__ = ["RunOutcome", "plan_build", "run_build"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,17 +142,42 @@ def _resume_point(config: Config, run_id: str, executor: str) -> tuple[ResultRoo
     return root, phase
 
 
-class _PhaseLogs:
-    """``logs/<phase>.log`` on the host, written from the lines executors hand over."""
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """The core's own writes (result root, logs, metadata): a failure is one clean line.
 
-    def __init__(self, root: ResultRoot, forward: Callable[[str, str], None] | None) -> None:
+    A full disk (``ENOSPC``, ``EDQUOT``) or a file system turned read-only
+    mid-run is infrastructure (exit 3), never an internal error.
+    """
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = "its file system is full" if full else "cannot write"
+        where = f": {exc.filename}" if exc.filename else ""
+        raise WorkAreaError(f"{what}: {reason} ({exc.strerror}{where})") from None
+
+
+class _PhaseLogs:
+    """``logs/<phase>.log`` on the host, written from the lines executors hand over.
+
+    Lines arrive on an executor's thread: a log that cannot be written (a
+    full disk) is not raised there — an executor's reader thread would die
+    and its command block on a full pipe — but recorded in ``failure``, and
+    the run is cancelled so the phase stops; the runner raises it.
+    """
+
+    def __init__(self, root: ResultRoot, forward: Callable[[str, str], None] | None,
+                 cancel: CancelToken | None = None) -> None:
         self.root = root
         self.forward = forward
+        self.cancel = cancel
+        self.failure: WorkAreaError | None = None
         self._files: dict[str, IO[str]] = {}
         self._lock = threading.Lock()
 
     def start(self, phase: str) -> None:
-        with self._lock:
+        with self._lock, _writing(f"log of {phase} in {self.root.path}"):
             self.root.logs.mkdir(parents=True, exist_ok=True)
             old = self._files.pop(phase, None)
             if old is not None:
@@ -158,29 +186,47 @@ class _PhaseLogs:
                                       errors="surrogateescape",
                                       buffering=1)
 
+    def _close_quietly(self, handle: IO[str]) -> None:
+        try:
+            handle.close()
+        except OSError:  # the flush of a full disk: already recorded
+            pass
+
     def end(self, phase: str) -> None:
         with self._lock:
             handle = self._files.pop(phase, None)
             if handle is not None:
-                handle.close()
+                self._close_quietly(handle)
 
     def close(self) -> None:
         with self._lock:
             for handle in self._files.values():
-                handle.close()
+                self._close_quietly(handle)
             self._files.clear()
 
     def output(self, phase: str, line: str) -> None:
         with self._lock:
-            handle = self._files.get(phase)
-            if handle is None:  # a line outside a running phase: keep it, never drop it
-                self.root.logs.mkdir(parents=True, exist_ok=True)
-                handle = open(self.root.log_path(phase), "a", encoding="utf-8",
-                              errors="surrogateescape", buffering=1)
-                self._files[phase] = handle
-            handle.write(line.rstrip("\n") + "\n")
+            if self.failure is None:
+                try:
+                    with _writing(f"log of {phase} in {self.root.path}"):
+                        handle = self._files.get(phase)
+                        if handle is None:  # a line outside a running phase: keep it
+                            self.root.logs.mkdir(parents=True, exist_ok=True)
+                            handle = open(self.root.log_path(phase), "a", encoding="utf-8",
+                                          errors="surrogateescape", buffering=1)
+                            self._files[phase] = handle
+                        handle.write(line.rstrip("\n") + "\n")
+                except WorkAreaError as exc:
+                    self.failure = exc
+                    if self.cancel is not None:
+                        self.cancel.cancel(str(exc))
         if self.forward is not None:
             self.forward(phase, line)
+
+    def check(self) -> None:
+        """Raise the failure to write a log, if there was one."""
+        if self.failure is not None:
+            raise self.failure
 
 
 #: Seconds within which a second interrupt abandons a shielded teardown or release.
@@ -245,7 +291,8 @@ class _Run:
 
     def stamp(self, values: dict[str, object]) -> None:
         self.metadata.update(values)
-        self.root.write_metadata(self.metadata)
+        with _writing(f"metadata of run {self.request.run_id}"):
+            self.root.write_metadata(self.metadata)
 
     def provenance(self) -> dict[str, object]:
         values: dict[str, object] = {
@@ -302,6 +349,7 @@ class _Run:
             self.logs.start(phase.name)
             try:
                 result = self.pm.run_phase(request, env, phase)
+                self.logs.check()
                 if not result.ok:
                     raise BuildFailed(phase.name, result.returncode,
                                       "\n".join(result.last_lines),
@@ -309,6 +357,7 @@ class _Run:
             except BaseException as exc:
                 self.event("phase-failed", phase=phase.name, error=str(exc) or type(exc).__name__,
                            seconds=round(time.monotonic() - began, 3), **self.place(phase.name))
+                self.logs.check()  # a log that could not be written is why the phase stopped
                 raise
             finally:
                 self.logs.end(phase.name)
@@ -469,6 +518,77 @@ def _plugins(config: Config, executor_name: str, guest_name: str, executor_plugi
     return pm, executor
 
 
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What a run (or a dry run) knows before it writes anything."""
+
+    pm: FruixPluginManager
+    executor: LoadedPlugin
+    guest: str
+    promote: bool
+    source_dir: Path
+    make_configuration: tuple[tuple[str, bytes], ...]
+    identity: dict[str, str]
+    checks: Any
+    resume_root: ResultRoot | None = None
+    resume_from: str | None = None
+
+
+def _start(config: Config, executor: str | None, guest: str | None, promote: bool | None,
+           resume: str | None, executor_plugin: Any = None, provider_plugin: Any = None,
+           extra_plugins: tuple[Any, ...] = (), *, create: bool) -> _Start:
+    """Plugins, the configuration's identity, the resume point and the preflight checks.
+
+    Nothing is written, except the results and build directories ``create``
+    makes when they are missing.
+    """
+    from fruix_core.preflight import preflight
+    from fruix_core.runidentity import configuration_identity, identity_changes
+
+    executor_name = executor or config.executor
+    guest_name = config.guest if guest is None else guest
+    origin = "--guest" if guest is not None else f"build.guest in {config.file}"
+    do_promote = config.promote if promote is None else promote
+    pm, loaded = _plugins(config, executor_name, guest_name, executor_plugin, provider_plugin,
+                          extra_plugins)
+    source_dir = _source_dir(config)
+    contents = read_make_configuration(config.make_configuration, config.file)
+    identity = configuration_identity(config, source_dir, contents)
+    root = resume_from = None
+    if resume:
+        root, resume_from = _resume_point(config, resume, executor_name)
+        changes = identity_changes(root.read_metadata(), identity)
+        if changes:
+            raise UsageError(f"run {root.run_id} cannot be resumed with this configuration: "
+                             + "; ".join(changes))
+    checks = preflight(config, executor=executor_name, executor_plugin=loaded.plugin,
+                       guest=guest_name, guest_origin=origin, promote=do_promote,
+                       resume=(root.run_id, resume_from) if root and resume_from else None,
+                       create=create)
+    return _Start(pm, loaded, guest_name, do_promote, source_dir, contents, identity, checks,
+                  root, resume_from)
+
+
+def plan_build(config: Config, *, executor: str | None = None, guest: str | None = None,
+               promote: bool | None = None, resume: str | None = None,
+               executor_plugin: Any = None, provider_plugin: Any = None) -> dict[str, Any]:
+    """What :func:`run_build` would do, after the same checks; nothing is created.
+
+    :returns: the ``fruix.plan/1`` document (:mod:`fruix_core.plan`).
+    :raises FruixError: what the run would fail with before its result root.
+    """
+    from fruix_core.plan import describe_plan
+
+    start = _start(config, executor, guest, promote, resume, executor_plugin, provider_plugin,
+                   create=False)
+    return describe_plan(config, executor=start.executor, provider=start.pm.provider,
+                         guest=start.guest, promote=start.promote, source_dir=start.source_dir,
+                         make_configuration=start.make_configuration,
+                         identity=start.identity, checks=start.checks,
+                         resume=(start.resume_root.run_id, start.resume_from)
+                         if start.resume_root is not None and start.resume_from else None)
+
+
 def run_build(
     config: Config,
     *,
@@ -500,23 +620,28 @@ def run_build(
         result root exists.
     """
     executor_name = executor or config.executor
-    guest_name = config.guest if guest is None else guest
     cancel = cancel or CancelToken()
-    do_promote = config.promote if promote is None else promote
-
-    pm, loaded = _plugins(config, executor_name, guest_name, executor_plugin, provider_plugin,
-                          extra_plugins)
-    source_dir = _source_dir(config)
-    config.results.mkdir(parents=True, exist_ok=True)
+    start = _start(config, executor, guest, promote, resume, executor_plugin, provider_plugin,
+                   extra_plugins, create=True)
+    pm, loaded, guest_name, do_promote = start.pm, start.executor, start.guest, start.promote
+    source_dir = start.source_dir
     previous: dict[str, str] = {}
-    if resume:
-        root, resume_from = _resume_point(config, resume, executor_name)
-        previous = root.read_metadata()
-    else:
-        root, resume_from = ResultRoot(config.results / new_run_id(config.results)), None
-    root.create()
+    with _writing(f"results directory {config.results}"):
+        if start.resume_root is not None:
+            root, resume_from = start.resume_root, start.resume_from
+            previous = root.read_metadata()
+        else:
+            root, resume_from = ResultRoot(config.results / new_run_id(config.results)), None
+        try:
+            root.create()
+        except OSError:
+            if start.resume_root is None and not (root.path / "status").exists():
+                shutil.rmtree(root.path, ignore_errors=True)  # nothing of it was recorded
+            else:
+                root.record_failure("prepare")
+            raise
     run_id = root.run_id
-    logs = _PhaseLogs(root, on_output)
+    logs = _PhaseLogs(root, on_output, cancel)
     request = BuildRequest(
         run_id=run_id, executor=executor_name, base=config.base, phases=phases_from(None),
         jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
@@ -524,14 +649,19 @@ def run_build(
         build_root=config.build_root / run_id, environment=sanitised_environment(),
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(executor_name), resume_from=resume_from,
-        make_configuration=read_make_configuration(config.make_configuration, config.file),
+        make_configuration=start.make_configuration,
         cancel=cancel, on_output=logs.output, executor_version=loaded.version,
         executor_distribution=loaded.distribution,
     )
     run = _Run(config, pm, loaded, root, request, logs, guest_name, on_event)
     run.metadata.update(previous)
-    run.stamp({**run.provenance(), "started": previous.get("started") or _now()}
-              | ({"resumed": _now(), "resumed_from": resume_from} if resume_from else {}))
+    try:
+        run.stamp({**run.provenance(), **start.identity,
+                   "started": previous.get("started") or _now()}
+                  | ({"resumed": _now(), "resumed_from": resume_from} if resume_from else {}))
+    except BaseException as exc:
+        _fail(run, exc)
+        raise
     run.bound.info("run started", guest=guest_name or None, resume_from=resume_from)
     run.event("run-started", guest=guest_name or None, log=str(root.logs),
               count=len(request.phases))
@@ -588,8 +718,9 @@ def run_build(
             raise Cancelled(cancel.reason or "interrupted")
         run.stage = "release-guest"
         release(RunEnd("ok"))
-        root.set_ok()
-        swap_latest(config.results, run_id)
+        with _writing(f"result root {root.path}"):
+            root.set_ok()
+            swap_latest(config.results, run_id)
         if not config.keep_build_area:
             from fruix_core.prune import remove_build_area
 

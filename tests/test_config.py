@@ -45,7 +45,58 @@ def test_relative_paths_are_relative_to_the_file(tmp_path, monkeypatch):
     config = load_config(conf)
     assert config.store == conf_dir / "s"
     assert config.source == conf_dir / ".." / "src"
-    assert config.results == tmp_path / ".fruix" / "results"  # default stays cwd-relative
+    # A default never depends on the working directory once a file is used.
+    assert config.results == conf_dir / ".fruix" / "results"
+    assert config.build_root == conf_dir / ".fruix" / "build"
+
+
+def test_a_user_config_puts_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    xdg = tmp_path / "xdg"
+    (xdg / "fruix").mkdir(parents=True)
+    (xdg / "fruix" / "config.toml").write_text("[build]\njobs = 2\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config()
+    assert config.base_dir == xdg / "fruix" / ".fruix"
+    for path in (config.store, config.results, config.build_root):
+        assert path.is_relative_to(xdg / "fruix"), path
+
+
+def test_paths_base_xdg_and_explicit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    conf = tmp_path / "etc" / "fruix.toml"
+    conf.parent.mkdir()
+    conf.write_text('[paths]\nbase = "xdg"\nresults = "/srv/results"\n')
+    config = load_config(conf)
+    assert config.store == tmp_path / "data" / "fruix" / "store"
+    assert config.build_root == tmp_path / "data" / "fruix" / "build"
+    assert config.results == Path("/srv/results")  # an explicit path wins
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config(conf).store == tmp_path / "home" / ".local/share/fruix/store"
+    conf.write_text('[paths]\nbase = "../var/fruix"\n')
+    config = load_config(conf)
+    assert config.store == tmp_path / "etc" / ".." / "var" / "fruix" / "store"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0", 0), ("1024", 1024), ('"512M"', 512 << 20), ('"20G"', 20 << 30), ('"1.5K"', 1536),
+    ('"2GiB"', 2 << 30), ('"auto"', None)])
+def test_min_free_sizes(tmp_path, value, expected):
+    conf = tmp_path / "fruix.toml"
+    conf.write_text(f"[paths]\nmin_free = {value}\n")
+    assert load_config(conf).min_free == expected
+
+
+@pytest.mark.parametrize("value", ['"lots"', "-1", '"G"', '"-5M"', '"nanG"'])
+def test_a_bad_min_free_names_the_key(tmp_path, value):
+    conf = tmp_path / "fruix.toml"
+    conf.write_text(f"[paths]\nmin_free = {value}\n")
+    with pytest.raises(ConfigError, match="paths.min_free"):
+        load_config(conf)
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,10 @@ def test_the_cli_json_document_is_complete_for_a_contract_error(broken_plugins, 
     assert doc["status"] == "failed" and doc["phase"] == "prepare"
     assert doc["run_id"] and doc["result_root"]
     assert "fruix-test-returns-dict" in doc["error"] and "fruix_prepare_env" in doc["error"]
-    assert "Traceback" not in proc.stderr and len(without_progress(proc.stderr)) == 1
+    # The line saying where the run stands and how to resume it, and the error.
+    where, error = without_progress(proc.stderr)
+    assert "Traceback" not in proc.stderr and error.startswith("fruix: error: ")
+    assert where.startswith(f"fruix: run {doc['run_id']} failed in prepare; resume with: ")
 
 
 def test_executors_list_marks_plugins_that_fail_to_validate(broken_plugins):

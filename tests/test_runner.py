@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fruix_local import LocalExecutor
 
 from fruix_core import hookimpl
 from fruix_core.config import load_config
@@ -12,6 +13,16 @@ from fruix_core.errors import BuildFailed, Cancelled, GuestError
 from fruix_core.model import Guest
 from fruix_core.resultroot import ResultRoot, list_runs
 from fruix_core.runner import run_build
+
+
+class GuestBoundLocal(LocalExecutor):
+    """The local build, declared as building in a guest so the runner hands it one."""
+
+    fruix_runs_in_guest = True
+
+
+#: run_build's arguments for a run in the recording provider's guest.
+IN_GUEST = {"guest": "recording", "executor_plugin": GuestBoundLocal()}
 
 
 class RecordingProvider:
@@ -43,7 +54,7 @@ def _config(ws, source):
 
 def test_guest_released_after_success(fruix_workspace, toy_source):
     provider = RecordingProvider()
-    outcome = run_build(_config(fruix_workspace, toy_source), guest="recording",
+    outcome = run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                         provider_plugin=provider)
     assert outcome.status == "ok" and outcome.guest == "recording"
     assert provider.acquired == [outcome.run_id]
@@ -54,7 +65,7 @@ def test_guest_released_after_a_failed_phase(fruix_workspace, toy_source):
     (toy_source / "fail-installworld").touch()
     provider = RecordingProvider(fail_release=True)
     with pytest.raises(BuildFailed) as info:  # the release error does not hide it
-        run_build(_config(fruix_workspace, toy_source), guest="recording",
+        run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                   provider_plugin=provider)
     assert info.value.phase == "installworld"
     assert provider.released == [("g1", "failed")]
@@ -74,7 +85,7 @@ def test_guest_released_when_cancelled(fruix_workspace, toy_source):
             threading.Timer(0.2, cancel.cancel).start()
 
     with pytest.raises(Cancelled):
-        run_build(_config(fruix_workspace, toy_source), guest="recording",
+        run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                   provider_plugin=provider, cancel=cancel, on_output=cancel_when_sleeping)
     assert provider.released == [("g1", "interrupted")]
     (root,) = list_runs(fruix_workspace.results)
@@ -84,7 +95,7 @@ def test_guest_released_when_cancelled(fruix_workspace, toy_source):
 def test_failed_acquire_releases_nothing_and_records_it(fruix_workspace, toy_source):
     provider = RecordingProvider(fail_acquire=True)
     with pytest.raises(GuestError, match="no guest today"):
-        run_build(_config(fruix_workspace, toy_source), guest="recording",
+        run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                   provider_plugin=provider)
     assert provider.released == []
     (root,) = list_runs(fruix_workspace.results)
@@ -94,7 +105,7 @@ def test_failed_acquire_releases_nothing_and_records_it(fruix_workspace, toy_sou
 def test_release_failure_after_success_is_reported(fruix_workspace, toy_source):
     provider = RecordingProvider(fail_release=True)
     with pytest.raises(GuestError, match="release went wrong"):
-        run_build(_config(fruix_workspace, toy_source), guest="recording",
+        run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                   provider_plugin=provider)
 
 
@@ -149,7 +160,7 @@ def test_one_interrupt_during_release_is_answered_and_release_finishes(fruix_wor
 
     provider = InterruptedRelease(count=1)
     with capture_logs() as logs:
-        outcome = run_build(_config(fruix_workspace, toy_source), guest="recording",
+        outcome = run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                             provider_plugin=provider)
     assert outcome.status == "ok" and provider.finished
     assert any(e["event"].startswith("still releasing guest g1") for e in logs)
@@ -160,7 +171,7 @@ def test_two_quick_interrupts_abandon_the_release(fruix_workspace, toy_source):
 
     provider = InterruptedRelease(count=2)
     with capture_logs() as logs, pytest.raises(Cancelled) as info:
-        run_build(_config(fruix_workspace, toy_source), guest="recording",
+        run_build(_config(fruix_workspace, toy_source), **IN_GUEST,
                   provider_plugin=provider)
     assert not provider.finished and info.value.stage == "release-guest"
     assert ResultRoot(fruix_workspace.results / info.value.run_id).status().state == "failed"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
+import shlex
 import signal
 import sys
 from collections.abc import Iterator
@@ -13,9 +15,9 @@ from typing import Any
 
 from fruix_core.cli.jsonout import add_failure_fields, emit
 from fruix_core.config import Config, load_config
-from fruix_core.errors import ExitCode, FruixError
+from fruix_core.errors import Cancelled, ExitCode, FruixError
 from fruix_core.model import CancelToken
-from fruix_core.resultroot import list_runs, resolve_run
+from fruix_core.resultroot import ResultRoot, list_runs, resolve_run
 from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run, typed_metadata
 
 __all__ = ["dispatch", "dispatch_store"]
@@ -45,11 +47,82 @@ def _signals_cancel(cancel: CancelToken) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def dry_run_command(args: argparse.Namespace, config: Config) -> int:
+    """``run --dry-run``: the checks of a run, then its plan; nothing is created."""
+    from fruix_core.plan import plan_lines
+    from fruix_core.runner import plan_build
+
+    plan = plan_build(config, executor=args.executor, guest=args.guest,
+                      promote=False if args.no_promote else None, resume=args.resume)
+    if args.json:
+        emit(plan["schema"], {k: v for k, v in plan.items() if k not in ("schema", "ok")})
+    else:
+        print("\n".join(plan_lines(plan)))
+    return int(ExitCode.OK)
+
+
+def resume_command(args: argparse.Namespace, run_id: str) -> str:
+    """The exact command that resumes ``run_id`` with the operator's own options."""
+    words = ["fruix", "native-build", "run", "--resume", run_id]
+    for option, value in (("--config", args.config), ("--executor", args.executor),
+                          ("--guest", args.guest), ("--store", args.store)):
+        if value is not None:
+            paths = option in ("--config", "--store")
+            words += [option, os.path.abspath(value) if paths and value else value]
+    if args.no_promote:
+        words.append("--no-promote")
+    return shlex.join(words)
+
+
+def failure_line(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """Where a failed or interrupted run stands and how to go on, in one line.
+
+    ``None`` when the run failed before its result root existed (the error
+    says everything then).
+    """
+    run_id, result_root = getattr(exc, "run_id", None), getattr(exc, "result_root", None)
+    if not run_id or not result_root:
+        return None
+    stage = getattr(exc, "stage", None) or getattr(exc, "phase", None) or "prepare"
+    state = "interrupted" if isinstance(exc, Cancelled) else "failed"
+    line = f"fruix: run {run_id} {state} in {stage}"
+    log = ResultRoot(result_root).log_path(stage)
+    if log.is_file():
+        line += f"; log: {log}"
+    how, command = next_command(exc, args)
+    return f"{line}; {how}: {command}"
+
+
+def next_command(exc: BaseException, args: argparse.Namespace) -> tuple[str, str]:
+    """How to go on after ``exc`` ended a run whose result root exists, and the command."""
+    run_id, result_root = str(getattr(exc, "run_id", "")), str(getattr(exc, "result_root", ""))
+    if getattr(exc, "stage", None) == "promote":  # the build is complete: promote it again
+        store = f" --store {shlex.quote(os.path.abspath(args.store))}" if args.store else ""
+        config = f" --config {shlex.quote(os.path.abspath(args.config))}" if args.config else ""
+        return ("promote it with", f"fruix native-build promote {shlex.quote(result_root)}"
+                f"{store}{config}")
+    return "resume with", resume_command(args, run_id)
+
+
+def report_failure(exc: BaseException, args: argparse.Namespace) -> None:
+    """Print :func:`failure_line` on stderr. With ``--log-format json`` stderr stays one
+    record per event: the line's ``resume`` command joins the final error record instead."""
+    line = failure_line(exc, args)
+    if line is None:
+        return
+    if getattr(args, "log_format", "console") == "json":
+        exc.__dict__["resume_command"] = next_command(exc, args)[1]
+        return
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from fruix_core.cli.progress import progress_display
     from fruix_core.runner import run_build
 
     config = _config(args)
+    if getattr(args, "dry_run", False):
+        return dry_run_command(args, config)
     cancel = CancelToken()
     display = progress_display(getattr(args, "log_format", "console"))
     try:
@@ -59,6 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
                                 resume=args.resume, cancel=cancel, on_output=display.on_output,
                                 progress=display.promotion, on_event=display.on_event)
     except BaseException as exc:
+        report_failure(exc, args)
         # main prints the fruix.error/1 document; these keys make it a run's record too.
         add_failure_fields(exc, status="failed", executor=args.executor or config.executor,
                            store=str(config.store))

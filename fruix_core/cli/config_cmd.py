@@ -32,8 +32,9 @@ def resolved_configuration(config: Config) -> dict[str, Any]:
         },
         "base": {"name": config.base.name, "version": config.base.version,
                  "arch": config.base.arch, "kernconf": config.base.kernconf},
-        "paths": {"store": str(config.store), "results": str(config.results),
-                  "build_root": str(config.build_root)},
+        "paths": {"base": str(config.base_dir), "store": str(config.store),
+                  "results": str(config.results), "build_root": str(config.build_root),
+                  "min_free": "auto" if config.min_free is None else config.min_free},
         **plugin_tables,
     }
 

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="DIR", help="store directory (overrides paths.store)")
     run.add_argument("--no-promote", action="store_true", help="do not promote the result")
     run.add_argument("--resume", metavar="RUN_ID", help="restart a failed run at its phase")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything and print the plan; build and create nothing")
     _common(run)
     promote = nb_sub.add_parser("promote", help="promote a result root into the store")
     promote.add_argument("result_root", metavar="RESULT_ROOT")
@@ -233,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if as_json:
             return _json_error(str(exc), int(exc.exit_code), run_id=exc.run_id,
                                result_root=exc.result_root, stage=exc.stage,
-                               log_tail=tail or None)
+                               log_tail=tail or None,
+                               resume=getattr(exc, "resume_command", None))
         print(f"fruix: error: {exc}", file=sys.stderr)
         if tail:
             print("--- last lines of the log ---", file=sys.stderr)

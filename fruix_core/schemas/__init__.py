@@ -31,6 +31,7 @@ SCHEMAS = {
     "fruix.executor-check/1": "executor-check-1.schema.json",
     "fruix.config-check/1": "config-check-1.schema.json",
     "fruix.guest-release/1": "guest-release-1.schema.json",
+    "fruix.plan/1": "plan-1.schema.json",
 }
 
 

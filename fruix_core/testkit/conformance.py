@@ -4,8 +4,9 @@ Any installed executor can be run through it. It builds with the bundled
 sample base and a toy base (fast, easy to break or to hang), on this machine
 and, for in-guest executors, in a local test guest: a real OpenSSH sshd on
 loopback serving guest system roots laid out like Fruix guests, reached
-through the ``ssh`` guest provider. Every executor gets the guest; one that
-builds locally simply does not use it. The checks, in order:
+through the ``ssh`` guest provider. Every executor gets the guest, except one
+that declares it builds on this machine (``fruix_runs_in_guest = False``),
+which the core would refuse with a guest. The checks, in order:
 
 ``load``
     the plugin loads, targets this plugin API and its hooks fit their specifications;
@@ -163,7 +164,8 @@ class ConformanceLab:
             for entry in taken_in.iterdir() if taken_in.is_dir() else ():
                 if entry.is_dir() and not entry.is_symlink():
                     (ws.results / entry.name).mkdir(parents=True, exist_ok=True)
-        return load_config(ws.write_config(text, source=source, executor=name, guest="ssh",
+        return load_config(ws.write_config(text, source=source, executor=name,
+                                           guest="" if _builds_here(name) else "ssh",
                                            jobs=2, **build))
 
     # -- observations ----------------------------------------------------------------------
@@ -191,6 +193,14 @@ class ConformanceLab:
 
         root = self.toy_guest.results_dir / run_id
         return str(ResultRoot(root).status()) if root.is_dir() else None
+
+
+def _builds_here(executor: str) -> bool:
+    """Whether the installed executor declares it builds on this machine (no guest)."""
+    from fruix_core.plugins import load
+    from fruix_core.preflight import runs_in_guest
+
+    return runs_in_guest(load("executor", executor).plugin) is False
 
 
 # -- the checks ----------------------------------------------------------------------------

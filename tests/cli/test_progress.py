@@ -176,6 +176,9 @@ def test_json_log_format_failure(fruix_workspace: Workspace, toy_source: Path) -
     assert "phase buildkernel failed" in str(final["message"])
     assert final["run_id"] == records[0]["run_id"] and final["stage"] == "buildkernel"
     assert "failing on purpose" in str(final["log_tail"])
+    # the console's "resume with:" line is a key of the error record here
+    assert final["resume"] == (f"fruix native-build run --resume {final['run_id']} "
+                               f"--config {config}")
     assert [r["kind"] for r in records[:-1]][-2:] == ["teardown-finished", "run-failed"]
 
 

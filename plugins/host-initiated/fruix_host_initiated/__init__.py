@@ -145,6 +145,8 @@ class HostInitiatedExecutor:
     name = NAME
     fruix_plugin_api = PLUGIN_API_VERSION
     fruix_settings = SCHEMA
+    #: Builds in a guest: a run without a guest provider is refused before anything starts.
+    fruix_runs_in_guest = True
 
     @staticmethod
     def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:

@@ -78,6 +78,8 @@ class LocalExecutor:
 
     name = "local"
     fruix_plugin_api = PLUGIN_API_VERSION
+    #: Builds on this machine: a configured guest is refused before anything starts.
+    fruix_runs_in_guest = False
     #: ``[executors.local]`` has no keys: every setting of a local build is in ``[build]``.
     fruix_settings: dict[str, Key] = {}
 

@@ -89,10 +89,15 @@ def assert_released(lab: XapiLab, vm: LabVM) -> None:
 
 def one_error(stderr: str) -> str:
     """The run's single error line (no traceback); with ``--log-format json`` every line
-    of stderr is JSON and the error is the record with an ``exit_code``."""
+    of stderr is JSON and the error is the record with an ``exit_code``.
+
+    The line that says where a failed run stands and how to resume it
+    (``fruix: run ID failed in PHASE; ...``) is not an error line.
+    """
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     errors = [f"fruix: error: {r['message']}" for r in records if "exit_code" in r]
-    errors += [line for line in stderr.splitlines() if line.startswith("fruix: ")]
+    errors += [line for line in stderr.splitlines()
+               if line.startswith("fruix: ") and not line.startswith("fruix: run ")]
     assert len(errors) == 1, stderr[-3000:]
     assert "Traceback" not in stderr
     return errors[0]

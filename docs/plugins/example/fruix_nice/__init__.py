@@ -67,6 +67,7 @@ class NiceExecutor:
 
     fruix_plugin_api = PLUGIN_API_VERSION
     fruix_settings = SETTINGS
+    fruix_runs_in_guest = False
 
     @staticmethod
     def fruix_check_settings(table: Mapping[str, Any], *, file: str | None) -> None:
