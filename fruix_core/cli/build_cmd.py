@@ -83,6 +83,46 @@ def run_command(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def attach_command(args: argparse.Namespace) -> int:
+    """``native-build attach RUN_ID``: follow a guest run to its end, import and promote it."""
+    from fruix_core.attach import attach_build, attach_point
+    from fruix_core.errors import BuildFailed
+    from fruix_core.live import LiveView
+
+    config = _config(args)
+    point = attach_point(config, args.run_id)
+    if point is None:
+        root = resolve_run(config.results, args.run_id)
+        if args.json:
+            print(json.dumps({**_summary(root), "attached": False}, indent=2))
+        else:
+            print(f"run {root.run_id} is already ok; nothing to attach")
+        return int(ExitCode.OK)
+    cancel = CancelToken()
+    try:
+        with _signals_cancel(cancel), LiveView() as live:
+            outcome = attach_build(config, point, promote=False if args.no_promote else None,
+                                   cancel=cancel, on_output=live.on_output)
+    except BuildFailed:
+        print(f"fruix: the guest's run failed; once fixed, continue it with: fruix "
+              f"native-build run --resume {point.root.run_id} --executor {point.executor}",
+              file=sys.stderr)
+        raise
+    if args.json:
+        print(json.dumps({**outcome.as_dict(), "attached": True}, indent=2))
+        return int(ExitCode.OK)
+    print(f"run {outcome.run_id}: {outcome.status} (attached at {point.phase}, executor "
+          f"{outcome.executor})")
+    print(f"result root: {outcome.result_root}")
+    if outcome.bundle is not None:
+        print(f"bundle: {outcome.bundle}")
+        for kind, path in (outcome.artifacts or {}).items():
+            print(f"  {kind}: {path}")
+    else:
+        print("not promoted (--no-promote)")
+    return int(ExitCode.OK)
+
+
 def _failure_document(exc: Exception, args: argparse.Namespace,
                       config: Config) -> dict[str, Any]:
     """The ``--json`` document of a run that failed: always complete, also for our own bugs."""
@@ -172,7 +212,8 @@ def prune_command(args: argparse.Namespace) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {"run": run_command, "promote": promote_command, "list": list_command,
-                "show": show_command, "prune": prune_command, "helper": helper_command}
+                "show": show_command, "prune": prune_command, "helper": helper_command,
+                "attach": attach_command}
     return handlers[args.action](args)
 
 

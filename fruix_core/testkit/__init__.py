@@ -15,7 +15,8 @@ Fixtures:
 ``fruix_toy_source``
     a toy base whose phases are shell one-liners; a file ``fail-<phase>`` in it
     makes that phase fail, ``sleep-<phase>`` makes it sleep (the file's content in
-    seconds, 60 when empty; with a background child, for cancel tests).
+    seconds, 60 when empty; with a background child, for cancel tests), and
+    ``wait-<phase>`` makes it wait until a file ``go-<phase>`` appears (a barrier).
 ``fruix_sshd`` / ``fruix_guest_root``
     a real OpenSSH sshd on loopback and a Fruix guest system root (see
     :mod:`fruix_core.testkit.sshd` and :mod:`fruix_core.testkit.guest`).
@@ -47,6 +48,7 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "run_host_killed_in_phase",
     "toml_value",
     "wait_for",
     "wait_gone",
@@ -153,6 +155,8 @@ TOY_MAKEFILE = textwrap.dedent("""\
     \t@if [ -f fail-$(PHASE) ]; then echo "toy: $(PHASE) failing on purpose"; exit 7; fi
     \t@if [ -f sleep-$(PHASE) ]; then s=$$(cat sleep-$(PHASE)); echo "toy: $(PHASE) sleeping"; \\
     \t  sleep $${s:-60} & sleep $${s:-60}; fi
+    \t@if [ -f wait-$(PHASE) ]; then echo "toy: $(PHASE) waiting for go-$(PHASE)"; \\
+    \t  while [ ! -f go-$(PHASE) ]; do sleep 0.1; done; fi
     buildworld:
     \t@$(MAKE) -s check PHASE=buildworld
     \tmkdir -p $(OBJ) && cp world.txt $(OBJ)/world.txt && echo built world
@@ -208,6 +212,33 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+#: A host process that SIGKILLs itself on the first line ``phase`` prints in the guest
+#: (the command lines the host and the helper write first start with "#").
+_KILLED_HOST = """\
+import os, signal, sys
+from fruix_core.config import load_config
+from fruix_core.runner import run_build
+
+def output(phase, line):
+    if phase == sys.argv[2] and not line.startswith("#"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run_build(load_config(sys.argv[1]), on_output=output)
+"""
+
+
+def run_host_killed_in_phase(config: Path, phase: str, *, cwd: Path,
+                             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a build whose host process is SIGKILLed once ``phase`` runs in the guest.
+
+    Deterministic: the kill comes with the phase's first line of output, so
+    the phase has started in the guest and the host has not seen it end.
+    The result root is left ``running`` with a dead pid (stale).
+    """
+    return subprocess.run([sys.executable, "-c", _KILLED_HOST, str(config), phase], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def processes_in(directory: Path) -> list[int]:

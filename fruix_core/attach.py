@@ -1,0 +1,194 @@
+"""``fruix native-build attach``: take up a guest run whose host process went away.
+
+A run in a guest goes on when the host that drives it is killed or loses its
+connection for good: the guest's phase runs detached, and the host result
+root is left ``running`` with a dead pid (stale) or ``failed <phase>``. At
+the start of every in-guest run the core records in the host result root's
+``metadata`` how to reach the guest again (:func:`guest_record`: address,
+user, the pinned host key or known-hosts file, the key file's path, never a
+secret; the guest's result root is ``result_root``). :func:`attach_build`
+reads it back and continues the run where it was::
+
+    refuse a live run (its pid is alive), a run with nothing to attach, or an
+        executor without ``fruix_attach_phase``
+    connect with the recorded host-key check        prepare-env (``attaching``)
+    follow the phase that was running               ``fruix_attach_phase``
+    run the remaining phases, stage, emit           as ``--resume`` would
+    import, provenance, metadata, ok, latest        the runner's own steps
+    promote                                         unless ``--no-promote``
+
+The guest provider is not asked again: a provider would boot or revert a VM,
+and the guest must stay as the run left it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fruix_core.config import Config
+from fruix_core.errors import Cancelled, UsageError
+from fruix_core.model import CancelToken, Guest, PreparedEnv, RunEnd
+from fruix_core.profile import phases_from
+from fruix_core.resultroot import ResultRoot, resolve_run
+from fruix_core.runner import (
+    RunOutcome,
+    _conclude,
+    _fail,
+    _now,
+    _PhaseLogs,
+    _plugins,
+    _promoted,
+    _request,
+    _Run,
+    _source_dir,
+    _state_of,
+)
+
+__all__ = ["AttachPoint", "attach_build", "attach_point", "guest_from_record", "guest_record"]
+
+#: Metadata keys of the guest connection, and the :class:`Guest` field each one holds.
+_GUEST_FIELDS = (("guest_name", "name"), ("guest_provider", "provider"), ("guest_host", "host"),
+                 ("guest_port", "port"), ("guest_user", "user"),
+                 ("guest_identity_file", "identity_file"), ("guest_known_hosts", "known_hosts"),
+                 ("guest_host_key", "host_key"), ("guest_system_root", "system_root"),
+                 ("guest_connect_timeout", "connect_timeout"))
+
+
+def guest_record(guest: Guest) -> dict[str, object]:
+    """The ``metadata`` lines that let ``attach`` reach ``guest`` again (no secrets).
+
+    ``details`` (a provider's own data) is left out: it may hold anything.
+    """
+    values = {key: getattr(guest, attr) for key, attr in _GUEST_FIELDS}
+    return {key: value for key, value in values.items() if value not in (None, "")}
+
+
+def guest_from_record(metadata: Mapping[str, str]) -> Guest | None:
+    """The guest :func:`guest_record` described, or ``None`` when the run had none.
+
+    Trust on first use is never granted again: the host key must be the one
+    pinned or in the known-hosts file, as when the run started.
+    """
+    if not metadata.get("guest_host"):
+        return None
+    values: dict[str, Any] = {attr: metadata[key] for key, attr in _GUEST_FIELDS
+                              if key in metadata}
+    try:
+        values["port"] = int(values.get("port", 22))
+        values["connect_timeout"] = float(values.get("connect_timeout", 15.0))
+    except ValueError as exc:
+        raise UsageError(f"the run's recorded guest is unreadable: {exc}") from None
+    values.setdefault("name", values["host"])
+    values.setdefault("provider", "")
+    return Guest(**values, trust_on_first_use=False)
+
+
+class AttachPoint:
+    """Where an unfinished run is taken up: its result root, guest, executor and phase."""
+
+    def __init__(self, root: ResultRoot, guest: Guest, executor: str, phase: str,
+                 metadata: dict[str, str]) -> None:
+        self.root = root
+        self.guest = guest
+        self.executor = executor
+        self.phase = phase
+        self.metadata = metadata
+
+
+def attach_point(config: Config, run_id: str) -> AttachPoint | None:
+    """The run to attach to, or ``None`` when it already finished ``ok``.
+
+    :raises RunNotFoundError: no such run.
+    :raises UsageError: the run is live, ran on no guest, or stopped after its phases.
+    """
+    root = resolve_run(config.results, run_id)
+    status = root.status()
+    name = root.run_id
+    if status.state == "ok":
+        return None
+    if status.state == "running" and not status.stale:
+        raise UsageError(f"run {name} is live (pid {status.pid} on {status.host or '?'}); "
+                         "attach only to a run whose host process is gone")
+    if status.state not in ("running", "failed"):
+        raise UsageError(f"run {name} has no readable status; nothing to attach to")
+    metadata = root.read_metadata()
+    executor = metadata.get("executor") or ""
+    guest = guest_from_record(metadata)
+    if guest is None:
+        raise UsageError(f"run {name} did not run in a guest (executor '{executor or '?'}'); "
+                         f"continue it with: fruix native-build run --resume {name}")
+    known = [p.name for p in phases_from(None)]
+    if status.state == "failed":
+        phase = status.phase or ""
+    else:
+        started = [p for p in known if f"phase_{p}_started" in metadata]
+        phase = started[-1] if started else known[0]
+        if started and all(f"phase_{p}_finished" in metadata for p in known):
+            phase = "stage"
+    if phase not in known:
+        raise UsageError(f"run {name} stopped at {phase or 'an unknown stage'}, not in a "
+                         f"phase; continue it with: fruix native-build run --resume {name}")
+    return AttachPoint(root, guest, executor, phase, metadata)
+
+
+def attach_build(
+    config: Config,
+    point: AttachPoint,
+    *,
+    promote: bool | None = None,
+    cancel: CancelToken | None = None,
+    on_output: Callable[[str, str], None] | None = None,
+    executor_plugin: Any = None,
+    extra_plugins: tuple[Any, ...] = (),
+    progress: Callable[[Any], None] | None = None,
+) -> RunOutcome:
+    """Follow the run of ``point`` to its end in the guest, then import and promote it.
+
+    :raises UsageError: the executor cannot attach (no ``fruix_attach_phase``).
+    :raises BuildFailed: the phase (or a later one) failed in the guest; the
+        status says ``failed <phase>``.
+    :raises Cancelled: Ctrl-C / SIGTERM (the guest's phase is stopped).
+    :raises FruixError: the guest is unreachable, its host key changed, ...
+    """
+    cancel = cancel or CancelToken()
+    do_promote = config.promote if promote is None else promote
+    pm, loaded = _plugins(config, point.executor, "", executor_plugin, None, extra_plugins)
+    root = point.root
+    if not pm.can_attach():
+        raise UsageError(f"executor '{loaded.name}' cannot follow a phase it did not start "
+                         "(no fruix_attach_phase); continue the run with: fruix native-build "
+                         f"run --resume {root.run_id}")
+    root.set_running()  # this process carries the run now
+    logs = _PhaseLogs(root, on_output)
+    request = _request(config, root, loaded, _source_dir(config), point.phase, cancel, logs,
+                       guest=point.guest, attaching=True)
+    run = _Run(config, pm, loaded, root, request, logs, point.guest.name)
+    run.metadata.update(point.metadata)
+    run.stamp({"attached": _now(), "attached_at": point.phase})
+    run.bound.info("attaching", guest=point.guest.name, phase=point.phase)
+    run.event("run-started")
+    run.stage = point.phase  # a failure before the phase keeps the run attachable there
+    try:
+        env: PreparedEnv | None = None
+        end = RunEnd("failed", "prepare")
+        try:
+            env = pm.prepare_env(request)
+            staged, emitted = run.build(env)
+            end = RunEnd("ok")
+        except BaseException as exc:
+            end = RunEnd(_state_of(exc), run.stage)
+            raise
+        finally:
+            logs.close()
+            if env is not None:
+                run.teardown(env, end)
+        _conclude(run, env, staged, emitted, lambda end: None)  # no provider: nothing to release
+    except (KeyboardInterrupt, SystemExit):
+        failure = Cancelled("interrupted")
+        _fail(run, failure)
+        raise failure from None
+    except BaseException as exc:
+        _fail(run, exc)
+        raise
+    return _promoted(run, do_promote, progress)
