@@ -243,7 +243,7 @@ def follow_script(run_dir: str, name: str, offset: int) -> str:
             f"( while [ ! -f {_q(rc)} ] && kill -0 $$ 2>/dev/null; do "
             f"p=$(cat {_q(pid)} 2>/dev/null); "
             f'if [ -n "$p" ]; then kill -0 "$p" 2>/dev/null || '
-            f"{{ [ -f {_q(rc)} ] || echo 255 > {_q(rc)}; }}; fi; sleep 1; done; "
+            f"{{ [ -f {_q(rc)} ] || echo 255 > {_q(rc)}; }}; fi; sleep 0.2; done; "
             "kill $$ 2>/dev/null ) & "
             f"exec tail -c +{start} -f {_q(log)}")
 
