@@ -87,7 +87,7 @@ def test_attach_point_refusals(tmp_path: Path) -> None:
 
 
 def test_an_executor_without_fruix_attach_phase_cannot_be_attached(tmp_path: Path) -> None:
-    from fruix_local import LocalExecutor   # builds on this machine: nothing to take up
+    from fruix_local import LocalExecutor  # builds on this machine: nothing to take up
 
     config = _config(tmp_path)
     _run(config, "r", "failed buildworld")

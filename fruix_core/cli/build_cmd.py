@@ -90,7 +90,13 @@ def attach_command(args: argparse.Namespace) -> int:
     from fruix_core.live import LiveView
 
     config = _config(args)
-    point = attach_point(config, args.run_id)
+    try:
+        point = attach_point(config, args.run_id)
+    except FruixError as exc:
+        if args.json:
+            print(json.dumps(_failure_document(exc, argparse.Namespace(executor=None), config),
+                             indent=2))
+        raise
     if point is None:
         root = resolve_run(config.results, args.run_id)
         if args.json:
@@ -103,10 +109,14 @@ def attach_command(args: argparse.Namespace) -> int:
         with _signals_cancel(cancel), LiveView() as live:
             outcome = attach_build(config, point, promote=False if args.no_promote else None,
                                    cancel=cancel, on_output=live.on_output)
-    except BuildFailed:
-        print(f"fruix: the guest's run failed; once fixed, continue it with: fruix "
-              f"native-build run --resume {point.root.run_id} --executor {point.executor}",
-              file=sys.stderr)
+    except Exception as exc:
+        if isinstance(exc, BuildFailed):
+            print(f"fruix: the guest's run failed; once fixed, continue it with: fruix "
+                  f"native-build run --resume {point.root.run_id} --executor {point.executor}",
+                  file=sys.stderr)
+        if args.json:
+            failure = _failure_document(exc, argparse.Namespace(executor=point.executor), config)
+            print(json.dumps({**failure, "attached": True}, indent=2))
         raise
     if args.json:
         print(json.dumps({**outcome.as_dict(), "attached": True}, indent=2))

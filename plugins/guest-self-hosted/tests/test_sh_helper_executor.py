@@ -22,7 +22,14 @@ import pytest
 from fruix_core.errors import ExitCode
 from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.resultroot import ResultRoot
-from fruix_core.testkit import Workspace, run_cli, run_host_killed_in_phase, wait_for
+from fruix_core.testkit import (
+    Workspace,
+    live_processes,
+    run_cli,
+    run_host_killed_in_phase,
+    wait_for,
+    wait_gone,
+)
 from fruix_core.testkit.guest import make_base_system, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
@@ -239,3 +246,30 @@ def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> N
     assert text.count("waiting for go-buildworld") == 1 and "built world" in text
     done = run_cli("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root)
     assert done.returncode == 0 and "nothing to attach" in done.stdout
+
+
+def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path, sleep_buildworld="3518")
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=False)
+    run_id = _killed_in(ws, conf, "buildworld")
+    assert wait_for(lambda: live_processes("sleep 3518"))   # the helper went on, hostless
+    host_log = ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: host_log.exists() and "taken up by attach"
+                        in host_log.read_text() and "sleeping" in host_log.read_text(),
+                        seconds=60)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert wait_gone("sleep 3518") == []
+    assert str(ResultRoot(ws.results / run_id).status()) == "failed (buildworld)"
+    assert (guest.results_dir / run_id / "status").read_text() == "failed buildworld\n"

@@ -621,9 +621,12 @@ def test_attach_records_a_failure_in_the_guest_and_says_how_to_resume(toy_lab: L
     (source / "go-buildworld").write_text("")
     conf = toy_lab.config()
     run_id = _killed_in(toy_lab, conf, "buildworld")
-    proc = _attach(toy_lab, run_id, conf)
+    proc = _attach(toy_lab, run_id, conf, "--json")
     assert proc.returncode == ExitCode.BUILD_FAILED, proc.stderr
     assert f"fruix native-build run --resume {run_id}" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert (doc["run_id"], doc["status"], doc["phase"], doc["exit_code"], doc["attached"]) == \
+        (run_id, "failed", "installworld", ExitCode.BUILD_FAILED, True)
     assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (installworld)"
     assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed installworld\n"
 
@@ -659,3 +662,27 @@ def test_attach_refuses_a_run_without_a_guest(tmp_path, fruix_workspace,
     missing = run_cli("native-build", "attach", "no-such-run", "--config", str(conf),
                       cwd=fruix_workspace.root)
     assert missing.returncode == ExitCode.USAGE and "no run" in missing.stderr
+
+
+def test_interrupting_attach_stops_the_phase_in_the_guest(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3517")
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "buildworld")
+    assert wait_for(lambda: live_processes("sleep 3517"))   # the phase went on, hostless
+    host_log = toy_lab.ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: host_log.exists() and "attached to the detached phase"
+                        in host_log.read_text() and "sleeping" in host_log.read_text(),
+                        seconds=60)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert wait_gone("sleep 3517") == []
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
