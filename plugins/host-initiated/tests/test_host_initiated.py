@@ -631,20 +631,26 @@ def test_attach_records_a_failure_in_the_guest_and_says_how_to_resume(toy_lab: L
     assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed installworld\n"
 
 
-def test_attach_refuses_a_changed_host_key(toy_lab: Lab, tmp_path: Path) -> None:
+def test_attach_refuses_a_changed_host_key_then_takes_up_the_failed_run(toy_lab: Lab, tmp_path: Path) -> None:
     (toy_lab.root.source_dir / "wait-buildworld").write_text("")
     conf = toy_lab.config()
     run_id = _killed_in(toy_lab, conf, "buildworld")
     impostor = SshServer(tmp_path / "impostor")
     impostor._write_files()
     known = toy_lab.server.known_hosts
-    known.write_text(known.read_text().split()[0] + " " + impostor.host_key_line + "\n")
+    genuine = known.read_text()
+    known.write_text(genuine.split()[0] + " " + impostor.host_key_line + "\n")
     proc = _attach(toy_lab, run_id, conf)
     assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
     assert "does not match" in proc.stderr and "Traceback" not in proc.stderr
-    # Still attachable once the key question is settled: the run failed where it was.
+    # The run failed where it was, and the guest's phase went on: once the key question
+    # is settled, attach takes it up from there.
     assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
-    (toy_lab.root.source_dir / "go-buildworld").write_text("")  # let the guest's phase end
+    known.write_text(genuine)
+    (toy_lab.root.source_dir / "go-buildworld").write_text("")
+    again = _attach(toy_lab, run_id, conf)
+    assert again.returncode == 0, again.stderr
+    assert ResultRoot(toy_lab.ws.results / run_id).status().state == "ok"
 
 
 def test_attach_refuses_a_run_without_a_guest(tmp_path, fruix_workspace,
