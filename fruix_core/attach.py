@@ -24,6 +24,7 @@ and the guest must stay as the run left it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fruix_core.config import Config
@@ -84,16 +85,15 @@ def guest_from_record(metadata: Mapping[str, str]) -> Guest | None:
     return Guest(**values, trust_on_first_use=False)
 
 
+@dataclass(frozen=True, slots=True)
 class AttachPoint:
     """Where an unfinished run is taken up: its result root, guest, executor and phase."""
 
-    def __init__(self, root: ResultRoot, guest: Guest, executor: str, phase: str,
-                 metadata: dict[str, str]) -> None:
-        self.root = root
-        self.guest = guest
-        self.executor = executor
-        self.phase = phase
-        self.metadata = metadata
+    root: ResultRoot
+    guest: Guest
+    executor: str
+    phase: str
+    metadata: dict[str, str]
 
 
 def attach_point(config: Config, run_id: str) -> AttachPoint | None:
@@ -174,6 +174,11 @@ def attach_build(
         end = RunEnd("failed", "prepare")
         try:
             env = pm.prepare_env(request)
+            recorded = point.metadata.get("result_root")
+            if recorded and env.result_root != recorded:
+                raise UsageError(f"run {root.run_id}: its guest result root was {recorded}, but "
+                                 f"the executor's settings now give {env.result_root}; attach "
+                                 f"with the settings the run started with")
             staged, emitted = run.build(env)
             end = RunEnd("ok")
         except BaseException as exc:

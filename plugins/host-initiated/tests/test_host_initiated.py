@@ -631,7 +631,8 @@ def test_attach_records_a_failure_in_the_guest_and_says_how_to_resume(toy_lab: L
     assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed installworld\n"
 
 
-def test_attach_refuses_a_changed_host_key_then_takes_up_the_failed_run(toy_lab: Lab, tmp_path: Path) -> None:
+def test_attach_refuses_a_changed_host_key_then_takes_up_the_failed_run(toy_lab: Lab,
+                                                                        tmp_path: Path) -> None:
     (toy_lab.root.source_dir / "wait-buildworld").write_text("")
     conf = toy_lab.config()
     run_id = _killed_in(toy_lab, conf, "buildworld")
@@ -692,3 +693,14 @@ def test_interrupting_attach_stops_the_phase_in_the_guest(toy_lab: Lab) -> None:
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert wait_gone("sleep 3517") == []
     assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
+
+
+def test_attach_refuses_settings_that_moved_the_guest_result_root(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "wait-buildworld").write_text("")
+    run_id = _killed_in(toy_lab, toy_lab.config(), "buildworld")
+    moved = toy_lab.config(executor_extra='results_dir = "/var/lib/fruix/elsewhere"')
+    proc = _attach(toy_lab, run_id, moved)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "guest result root was" in proc.stderr and "Traceback" not in proc.stderr
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
+    (toy_lab.root.source_dir / "go-buildworld").write_text("")  # let the guest's phase end
