@@ -17,19 +17,23 @@ reads it back and continues the run where it was::
     import, provenance, metadata, ok, latest        the runner's own steps
     promote                                         unless ``--no-promote``
 
+A run whose host went away after its phases (while staging, emitting or
+importing) is imported as it is when the guest's result root says ``ok``.
+
 The guest provider is not asked again: a provider would boot or revert a VM,
 and the guest must stay as the run left it.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fruix_core.config import Config
 from fruix_core.errors import Cancelled, UsageError
-from fruix_core.model import CancelToken, Guest, PreparedEnv, RunEnd
+from fruix_core.model import CancelToken, EmittedResult, Guest, PreparedEnv, RunEnd
 from fruix_core.profile import phases_from
 from fruix_core.resultroot import ResultRoot, resolve_run
 from fruix_core.runner import (
@@ -46,7 +50,13 @@ from fruix_core.runner import (
     _state_of,
 )
 
-__all__ = ["AttachPoint", "attach_build", "attach_point", "guest_from_record", "guest_record"]
+__all__ = ["IMPORT", "AttachPoint", "attach_build", "attach_point", "guest_from_record",
+           "guest_record"]
+
+#: The attach point of a run whose phases all ended: only its import is left.
+IMPORT = "import"
+#: Stages after the phases: a run that stopped there is imported if the guest says ``ok``.
+_AFTER_PHASES = ("stage", "emit", IMPORT, "teardown", "release-guest")
 
 #: Metadata keys of the guest connection, and the :class:`Guest` field each one holds.
 _GUEST_FIELDS = (("guest_name", "name"), ("guest_provider", "provider"), ("guest_host", "host"),
@@ -125,8 +135,10 @@ def attach_point(config: Config, run_id: str) -> AttachPoint | None:
         started = [p for p in known if f"phase_{p}_started" in metadata]
         phase = started[-1] if started else known[0]
         if started and all(f"phase_{p}_finished" in metadata for p in known):
-            phase = "stage"
-    if phase not in known:
+            phase = IMPORT
+    if phase in _AFTER_PHASES:
+        phase = IMPORT
+    elif phase not in known:
         raise UsageError(f"run {name} stopped at {phase or 'an unknown stage'}, not in a "
                          f"phase; continue it with: fruix native-build run --resume {name}")
     return AttachPoint(root, guest, executor, phase, metadata)
@@ -155,7 +167,7 @@ def attach_build(
     do_promote = config.promote if promote is None else promote
     pm, loaded = _plugins(config, point.executor, "", executor_plugin, None, extra_plugins)
     root = point.root
-    if not pm.can_attach():
+    if point.phase != IMPORT and not pm.can_attach():
         raise UsageError(f"executor '{loaded.name}' cannot follow a phase it did not start "
                          "(no fruix_attach_phase); continue the run with: fruix native-build "
                          f"run --resume {root.run_id}")
@@ -170,6 +182,9 @@ def attach_build(
     run.event("run-started")
     run.stage = point.phase  # a failure before the phase keeps the run attachable there
     try:
+        if point.phase == IMPORT:
+            _conclude(run, None, None, _finished_in_guest(run, point), _nothing)
+            return _promoted(run, do_promote, progress)
         env: PreparedEnv | None = None
         end = RunEnd("failed", "prepare")
         try:
@@ -188,7 +203,7 @@ def attach_build(
             logs.close()
             if env is not None:
                 run.teardown(env, end)
-        _conclude(run, env, staged, emitted, lambda end: None)  # no provider: nothing to release
+        _conclude(run, env, staged, emitted, _nothing)
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")
         _fail(run, failure)
@@ -197,3 +212,28 @@ def attach_build(
         _fail(run, exc)
         raise
     return _promoted(run, do_promote, progress)
+
+
+def _nothing(end: RunEnd) -> None:
+    """No guest provider was asked, so there is no guest to release."""
+
+
+def _finished_in_guest(run: _Run, point: AttachPoint) -> EmittedResult:
+    """The guest's result root of a run whose phases ended, if the guest says it is ``ok``.
+
+    :raises UsageError: the guest's status is not ``ok`` (its staging did not finish).
+    """
+    from fruix_core.transport.ssh import connect
+
+    remote = point.metadata.get("result_root") or ""
+    session = connect(point.guest)
+    try:
+        status = session.read_file(posixpath.join(remote, "status")).decode(
+            "utf-8", "replace").strip()
+    finally:
+        session.close()
+    if status != "ok":
+        raise UsageError(f"run {point.root.run_id} stopped after its phases, and the guest's "
+                         f"result root {remote} says '{status}', not ok; continue it with: "
+                         f"fruix native-build run --resume {point.root.run_id}")
+    return EmittedResult(result_root=remote, in_guest=True)

@@ -547,17 +547,23 @@ def _request(config: Config, root: ResultRoot, loaded: LoadedPlugin, source_dir:
     )
 
 
-def _conclude(run: _Run, env: PreparedEnv, staged: StagedArtifacts,
+def _conclude(run: _Run, env: PreparedEnv | None, staged: StagedArtifacts | None,
               emitted: EmittedResult, release: Callable[[RunEnd], None]) -> None:
-    """After the executor's stages: import, provenance, metadata, guest, ``ok``, ``latest``."""
+    """After the executor's stages: import, provenance, metadata, guest, ``ok``, ``latest``.
+
+    ``env`` is ``None`` when only the import is left (``attach`` of a run whose
+    phases ended): the imported metadata is then the build's.
+    """
     config, root, request = run.config, run.root, run.request
     guest_metadata: dict[str, str] = {}
     if emitted.in_guest:
         guest_metadata = run.import_from_guest(emitted)
     run.check_provenance(emitted)
     run.stage = "emit"
-    final = {**guest_metadata, **run.metadata, **build_metadata(request, env, staged),
-             **run.provenance(), "finished": _now(),
+    # Without an environment, the guest's final metadata is the build's (not the host's
+    # snapshot of it taken while the phases ran).
+    built = build_metadata(request, env, staged) if env is not None else guest_metadata
+    final = {**guest_metadata, **run.metadata, **built, **run.provenance(), "finished": _now(),
              "run_seconds": round(time.monotonic() - run.started, 3)}
     run.metadata = {}
     run.stamp(final)

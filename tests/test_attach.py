@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from fruix_core.attach import attach_build, attach_point, guest_from_record, guest_record
+from fruix_core.attach import (
+    IMPORT,
+    attach_build,
+    attach_point,
+    guest_from_record,
+    guest_record,
+)
 from fruix_core.config import Config
 from fruix_core.errors import PluginContractError, RunNotFoundError, UsageError
 from fruix_core.hookspecs import hookimpl
@@ -66,6 +72,12 @@ def test_attach_point_takes_up_the_failed_or_last_started_phase(tmp_path: Path) 
     point = attach_point(config, "r2")
     assert point.phase == "buildkernel" and point.guest.host == GUEST.host
     assert point.executor == "host-initiated"
+    # After the phases (staging, import): only the import is left.
+    _run(config, "r3", "failed emit")
+    assert attach_point(config, "r3").phase == IMPORT
+    done = {f"phase_{p.name}_{w}": "t" for p in phases_from(None) for w in ("started", "finished")}
+    _run(config, "r4", f"running pid={_dead_pid()} host={os.uname().nodename}", **done)
+    assert attach_point(config, "r4").phase == IMPORT
 
 
 def test_attach_point_refusals(tmp_path: Path) -> None:
@@ -75,9 +87,9 @@ def test_attach_point_refusals(tmp_path: Path) -> None:
     _run(config, "live", f"running pid={os.getpid()} host={os.uname().nodename}")
     with pytest.raises(UsageError, match="is live"):
         attach_point(config, "live")
-    _run(config, "late", "failed import")
-    with pytest.raises(UsageError, match="not in a phase.*--resume late"):
-        attach_point(config, "late")
+    _run(config, "early", "failed prepare")
+    with pytest.raises(UsageError, match="not in a phase.*--resume early"):
+        attach_point(config, "early")
     root = _run(config, "local", "failed buildworld")
     root.write_metadata({"executor": "local"})
     with pytest.raises(UsageError, match="did not run in a guest"):

@@ -215,17 +215,25 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
 
 
 #: A host process that SIGKILLs itself on the first line ``phase`` prints in the guest
-#: (the command lines the host and the helper write first start with "#").
+#: (the command lines the host and the helper write first start with "#"), or, for
+#: "import", once the executor's teardown returned: just before the core's import.
 _KILLED_HOST = """\
 import os, signal, sys
 from fruix_core.config import load_config
+from fruix_core.hookspecs import hookimpl
 from fruix_core.runner import run_build
 
 def output(phase, line):
     if phase == sys.argv[2] and not line.startswith("#"):
         os.kill(os.getpid(), signal.SIGKILL)
 
-run_build(load_config(sys.argv[1]), on_output=output)
+class KillBeforeImport:
+    @hookimpl(trylast=True)
+    def fruix_teardown_env(self, request, env, outcome):
+        if sys.argv[2] == "import" and outcome.ok:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run_build(load_config(sys.argv[1]), on_output=output, extra_plugins=(KillBeforeImport(),))
 """
 
 
@@ -235,7 +243,9 @@ def run_host_killed_in_phase(config: Path, phase: str, *, cwd: Path,
 
     Deterministic: the kill comes with the phase's first line of output, so
     the phase has started in the guest and the host has not seen it end.
-    The result root is left ``running`` with a dead pid (stale).
+    ``phase`` ``"import"`` kills the host after the phases, the staging and
+    the executor's teardown, just before the core imports the guest's result
+    root. The result root is left ``running`` with a dead pid (stale).
     """
     return subprocess.run([sys.executable, "-c", _KILLED_HOST, str(config), phase], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)

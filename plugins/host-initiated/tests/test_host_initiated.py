@@ -704,3 +704,29 @@ def test_attach_refuses_settings_that_moved_the_guest_result_root(toy_lab: Lab) 
     assert "guest result root was" in proc.stderr and "Traceback" not in proc.stderr
     assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
     (toy_lab.root.source_dir / "go-buildworld").write_text("")  # let the guest's phase end
+
+
+def test_attach_imports_a_run_whose_host_died_before_the_import(toy_lab: Lab) -> None:
+    conf = toy_lab.config(promote=True)
+    run_id = _killed_in(toy_lab, conf, "import")
+    assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "ok\n"
+    proc = _attach(toy_lab, run_id, conf, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(KINDS)
+    host_root = Path(doc["result_root"])
+    assert (host_root / "artifacts/world/bin/sh").is_file()
+    metadata = ResultRoot(host_root).read_metadata()
+    assert metadata["attached_at"] == "import" and metadata["status_value"] == "ok"
+    assert metadata["phase_buildworld_started"]     # the host's own stamps are kept
+    guest_metadata = ResultRoot(toy_lab.guest_run_root(run_id)).read_metadata()
+    assert all(metadata[k] == v for k, v in guest_metadata.items() if k != "finished")
+
+
+def test_attach_after_the_phases_needs_the_guest_to_say_ok(toy_lab: Lab) -> None:
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "import")
+    (toy_lab.guest_run_root(run_id) / "status").write_text("failed stage\n")
+    proc = _attach(toy_lab, run_id, conf)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "says 'failed stage', not ok" in proc.stderr and f"--resume {run_id}" in proc.stderr
