@@ -273,3 +273,19 @@ def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Pa
     assert wait_gone("sleep 3518") == []
     assert str(ResultRoot(ws.results / run_id).status()) == "failed (buildworld)"
     assert (guest.results_dir / run_id / "status").read_text() == "failed buildworld\n"
+
+
+def test_attach_imports_a_run_whose_host_died_before_the_import(freebsd_sshd,
+                                                               tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path)
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=True)
+    run_id = _killed_in(ws, conf, "import")
+    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(KINDS)
+    metadata = ResultRoot(Path(doc["result_root"])).read_metadata()
+    assert metadata["attached_at"] == "import" and metadata["helper_version"]
