@@ -730,3 +730,25 @@ def test_attach_after_the_phases_needs_the_guest_to_say_ok(toy_lab: Lab) -> None
     proc = _attach(toy_lab, run_id, conf)
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert "says 'failed stage', not ok" in proc.stderr and f"--resume {run_id}" in proc.stderr
+
+
+def test_a_detached_phase_killed_in_the_guest_fails_the_run(toy_lab: Lab) -> None:
+    # No exit-status file will ever come: the follow notices the phase's process is gone.
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3519")
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(toy_lab.config())], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: bool(live_processes("sleep 3519")), seconds=60)
+        (pid_file,) = (toy_lab.root.path / "var/tmp/fruix-native-builds").glob(
+            "*/phases/buildworld.pid")
+        os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.BUILD_FAILED, err
+    assert "exit status 255" in err
+    assert str(ResultRoot(toy_lab.ws.results / toy_lab.only_run_id()).status()) == \
+        "failed (buildworld)"
