@@ -107,6 +107,33 @@ class ExecutorSpec:
             ``firstresult``: the first non-``None`` answer is used.
         """
 
+    @hookspec(firstresult=True)
+    def fruix_attach_phase(
+        self, request: BuildRequest, env: PreparedEnv, phase: Phase
+    ) -> PhaseResult | None:
+        """Follow a phase an earlier host process started in the guest, to its end.
+
+        Optional. Called by ``fruix native-build attach`` instead of
+        :func:`fruix_run_phase` for the one phase the run was in when its host
+        process went away (``request.attaching`` is true and ``phase`` is
+        ``request.resume_from``; :func:`fruix_prepare_env` ran first and must
+        have left that phase alone). The phase may still be running or may
+        have ended meanwhile: wait for its end, hand its whole output (from
+        its first line) to ``request.output``, and honour ``request.cancel``
+        and ``request.phase_timeout`` like :func:`fruix_run_phase`. The
+        remaining phases are then run with :func:`fruix_run_phase`. An
+        executor without this hook cannot be attached to; ``attach`` refuses
+        and points at ``--resume``.
+
+        :param request: the run (``attaching`` set).
+        :param env: what :func:`fruix_prepare_env` returned.
+        :param phase: the phase to follow.
+        :returns: the phase's :class:`~fruix_core.model.PhaseResult`, or ``None``
+            when the phase never started in the guest (the core then runs it
+            with :func:`fruix_run_phase`). ``firstresult``: the first
+            non-``None`` answer is used.
+        """
+
     # -- result root ---------------------------------------------------------------
 
     @hookspec(firstresult=True)

@@ -209,6 +209,9 @@ class BuildRequest:
     on_output: Callable[[str, str], None] | None = None
     executor_version: str = ""
     executor_distribution: str = ""
+    #: ``fruix native-build attach``: the run's ``resume_from`` phase may still be running
+    #: in the guest, started by an earlier host process; preparing must leave it alone.
+    attaching: bool = False
 
     def output(self, phase: str, line: str) -> None:
         """Hand one line of ``phase``'s output to the core (log file and live view)."""

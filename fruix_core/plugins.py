@@ -496,13 +496,33 @@ class FruixPluginManager:
     def run_phase(self, request: BuildRequest, env: PreparedEnv, phase: Phase) -> PhaseResult:
         result = self._call("fruix_run_phase", self.executor, PhaseResult, request=request,
                             env=env, phase=phase)
+        return self._phase_result("fruix_run_phase", result, phase)
+
+    def _phase_result(self, hook: str, result: Any, phase: Phase) -> PhaseResult:
+        label = self.executor.label if self.executor else "?"
+        if not isinstance(result, PhaseResult):
+            raise PluginContractError(label, hook, f"returned a {type(result).__name__}; it "
+                                                   "must return a PhaseResult")
         if result.phase != phase.name or not isinstance(result.returncode, int) or \
                 isinstance(result.returncode, bool):
             raise PluginContractError(
-                self.executor.label if self.executor else "?", "fruix_run_phase",
+                label, hook,
                 f"returned a PhaseResult for phase {result.phase!r} with return code "
                 f"{result.returncode!r}; expected phase {phase.name!r} and an integer")
         return result
+
+    def can_attach(self) -> bool:
+        """Whether the executor implements the optional ``fruix_attach_phase``."""
+        executor = self.executor
+        return executor is not None and "fruix_attach_phase" in _implemented(executor.plugin)
+
+    def attach_phase(self, request: BuildRequest, env: PreparedEnv,
+                     phase: Phase) -> PhaseResult | None:
+        """The followed phase's result, or ``None`` when it never started in the guest."""
+        result: object = self._call("fruix_attach_phase", self.executor, None,
+                                    request=request, env=env, phase=phase)
+        return None if result is None else self._phase_result("fruix_attach_phase", result,
+                                                              phase)
 
     def stage_artifacts(self, request: BuildRequest, env: PreparedEnv) -> StagedArtifacts:
         staged = self._call("fruix_stage_artifacts", self.executor, StagedArtifacts,

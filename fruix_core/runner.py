@@ -348,7 +348,10 @@ class _Run:
             began = time.monotonic()
             self.logs.start(phase.name)
             try:
-                result = self.pm.run_phase(request, env, phase)
+                result = None
+                if request.attaching and phase.name == request.resume_from:
+                    result = self.pm.attach_phase(request, env, phase)  # None: never started
+                result = result or self.pm.run_phase(request, env, phase)
                 self.logs.check()
                 if not result.ok:
                     raise BuildFailed(phase.name, result.returncode,
@@ -619,7 +622,6 @@ def run_build(
         error carries ``run_id``, ``result_root`` and ``stage`` once the
         result root exists.
     """
-    executor_name = executor or config.executor
     cancel = cancel or CancelToken()
     start = _start(config, executor, guest, promote, resume, executor_plugin, provider_plugin,
                    extra_plugins, create=True)
@@ -642,17 +644,8 @@ def run_build(
             raise
     run_id = root.run_id
     logs = _PhaseLogs(root, on_output, cancel)
-    request = BuildRequest(
-        run_id=run_id, executor=executor_name, base=config.base, phases=phases_from(None),
-        jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
-        results_dir=config.results, result_root=root.path,
-        build_root=config.build_root / run_id, environment=sanitised_environment(),
-        environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
-        settings=config.executor_settings(executor_name), resume_from=resume_from,
-        make_configuration=start.make_configuration,
-        cancel=cancel, on_output=logs.output, executor_version=loaded.version,
-        executor_distribution=loaded.distribution,
-    )
+    request = _request(config, root, loaded, source_dir, resume_from, cancel, logs,
+                       make_configuration=start.make_configuration)
     run = _Run(config, pm, loaded, root, request, logs, guest_name, on_event)
     run.metadata.update(previous)
     try:
@@ -693,6 +686,9 @@ def run_build(
                 run.bound.info("guest acquired", guest=acquired.name, host=acquired.host)
                 run.event("guest-acquired", guest=acquired.name, host=acquired.host,
                           seconds=round(time.monotonic() - began, 3))
+                from fruix_core.attach import guest_record
+
+                run.stamp(guest_record(acquired))  # what attach needs to come back
             run.stage = "prepare"
             env = pm.prepare_env(request)
             staged, emitted = run.build(env)
@@ -704,28 +700,7 @@ def run_build(
             logs.close()
             if env is not None:
                 run.teardown(env, end)
-        guest_metadata: dict[str, str] = {}
-        if emitted.in_guest:
-            guest_metadata = run.import_from_guest(emitted)
-        run.check_provenance(emitted)
-        run.stage = "emit"
-        final = {**guest_metadata, **run.metadata, **build_metadata(request, env, staged),
-                 **run.provenance(), "finished": _now(),
-                 "run_seconds": round(time.monotonic() - run.started, 3)}
-        run.metadata = {}
-        run.stamp(final)
-        if cancel.cancelled:  # a Ctrl-C during the teardown or the import
-            raise Cancelled(cancel.reason or "interrupted")
-        run.stage = "release-guest"
-        release(RunEnd("ok"))
-        with _writing(f"result root {root.path}"):
-            root.set_ok()
-            swap_latest(config.results, run_id)
-        if not config.keep_build_area:
-            from fruix_core.prune import remove_build_area
-
-            remove_build_area(config, run_id)
-        run.bound.info("run finished", result_root=str(root.path))
+        _conclude(run, env, staged, emitted, release)
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")
         _fail(run, failure)
@@ -742,6 +717,66 @@ def run_build(
             _failed_event(run, exc)
         raise
 
+    return _promoted(run, do_promote, progress)
+
+
+def _request(config: Config, root: ResultRoot, loaded: LoadedPlugin, source_dir: Path,
+             resume_from: str | None, cancel: CancelToken, logs: _PhaseLogs,
+             **more: Any) -> BuildRequest:
+    """The executor's view of a run (``more``: ``guest``, ``attaching``,
+    ``make_configuration`` when the caller already read it)."""
+    return BuildRequest(
+        run_id=root.run_id, executor=loaded.name, base=config.base, phases=phases_from(None),
+        jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
+        results_dir=config.results, result_root=root.path,
+        build_root=config.build_root / root.run_id, environment=sanitised_environment(),
+        environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
+        settings=config.executor_settings(loaded.name), resume_from=resume_from,
+        cancel=cancel, on_output=logs.output, executor_version=loaded.version,
+        executor_distribution=loaded.distribution,
+        **({"make_configuration": read_make_configuration(config.make_configuration,
+                                                          config.file)} | more),
+    )
+
+
+def _conclude(run: _Run, env: PreparedEnv | None, staged: StagedArtifacts | None,
+              emitted: EmittedResult, release: Callable[[RunEnd], None]) -> None:
+    """After the executor's stages: import, provenance, metadata, guest, ``ok``, ``latest``.
+
+    ``env`` is ``None`` when only the import is left (``attach`` of a run whose
+    phases ended): the imported metadata is then the build's.
+    """
+    config, root, request = run.config, run.root, run.request
+    guest_metadata: dict[str, str] = {}
+    if emitted.in_guest:
+        guest_metadata = run.import_from_guest(emitted)
+    run.check_provenance(emitted)
+    run.stage = "emit"
+    # Without an environment, the guest's final metadata is the build's (not the host's
+    # snapshot of it taken while the phases ran).
+    built = build_metadata(request, env, staged) if env is not None else guest_metadata
+    final = {**guest_metadata, **run.metadata, **built, **run.provenance(), "finished": _now(),
+             "run_seconds": round(time.monotonic() - run.started, 3)}
+    run.metadata = {}
+    run.stamp(final)
+    if request.cancel.cancelled:  # a Ctrl-C during the teardown or the import
+        raise Cancelled(request.cancel.reason or "interrupted")
+    run.stage = "release-guest"
+    release(RunEnd("ok"))
+    with _writing(f"result root {root.path}"):
+        root.set_ok()
+        swap_latest(config.results, root.run_id)
+    if not config.keep_build_area:
+        from fruix_core.prune import remove_build_area
+
+        remove_build_area(config, root.run_id)
+    run.bound.info("run finished", result_root=str(root.path))
+
+
+def _promoted(run: _Run, do_promote: bool, progress: Callable[[Any], None] | None
+              ) -> RunOutcome:
+    """Promote a run that ended ``ok`` (unless told not to); what the command reports."""
+    root, config = run.root, run.config
     bundle = artifacts = None
     if do_promote:
         from fruix_core.promotion import promote as promote_root
@@ -751,7 +786,7 @@ def run_build(
         try:
             promoted = promote_root(root.path, config.store, progress=progress)
         except FruixError as exc:
-            exc.run_id, exc.result_root, exc.stage = run_id, str(root.path), "promote"
+            exc.run_id, exc.result_root, exc.stage = root.run_id, str(root.path), "promote"
             run.event("run-failed", status="ok", phase="promote", error=str(exc),
                       seconds=round(time.monotonic() - run.started, 3))
             raise
@@ -761,9 +796,10 @@ def run_build(
                   seconds=round(time.monotonic() - began, 3))
     run.event("run-finished", status="ok", seconds=round(time.monotonic() - run.started, 3),
               bundle=str(bundle) if bundle is not None else None)
-    return RunOutcome(run_id=run_id, executor=executor_name, status=str(root.status()),
-                      result_root=root.path, store=config.store, guest=guest_name,
-                      bundle=bundle, artifacts=artifacts, executor_version=loaded.version)
+    return RunOutcome(run_id=root.run_id, executor=run.executor.name,
+                      status=str(root.status()), result_root=root.path, store=config.store,
+                      guest=run.guest_name, bundle=bundle, artifacts=artifacts,
+                      executor_version=run.executor.version)
 
 
 def _with_guest(request: BuildRequest, guest: Guest) -> BuildRequest:

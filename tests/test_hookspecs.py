@@ -30,7 +30,8 @@ HOOKS = sorted(_hooks())
 
 def test_the_hooks_are_the_declared_lifecycle():
     assert HOOKS == sorted([
-        "fruix_prepare_env", "fruix_run_phase", "fruix_stage_artifacts", "fruix_emit_promotion",
+        "fruix_prepare_env", "fruix_run_phase", "fruix_attach_phase", "fruix_stage_artifacts",
+        "fruix_emit_promotion",
         "fruix_teardown_env", "fruix_acquire_guest", "fruix_release_guest",
         "fruix_release_configured_guest", "fruix_observe"])
 

@@ -151,6 +151,52 @@ def run_command(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def attach_command(args: argparse.Namespace) -> int:
+    """``native-build attach RUN_ID``: follow a guest run to its end, import and promote it."""
+    from fruix_core.attach import attach_build, attach_point
+    from fruix_core.cli.progress import progress_display
+    from fruix_core.errors import BuildFailed
+
+    config = _config(args)
+    point = attach_point(config, args.run_id)  # a refusal: main prints fruix.error/1
+    if point is None:
+        record = read_run(resolve_run(config.results, args.run_id))
+        if args.json:
+            emit("fruix.run-list/1", {"results": str(config.results),
+                                      "runs": [_summary(record)], "attached": False})
+        else:
+            print(f"run {record.run_id} is already ok; nothing to attach")
+        return int(ExitCode.OK)
+    cancel = CancelToken()
+    display = progress_display(getattr(args, "log_format", "console"))
+    try:
+        with _signals_cancel(cancel), display:
+            outcome = attach_build(config, point, promote=False if args.no_promote else None,
+                                   cancel=cancel, on_output=display.on_output,
+                                   progress=display.promotion, on_event=display.on_event)
+    except BaseException as exc:
+        if isinstance(exc, BuildFailed):
+            print(f"fruix: the guest's run failed; once fixed, continue it with: fruix "
+                  f"native-build run --resume {point.root.run_id} --executor {point.executor}",
+                  file=sys.stderr)
+        add_failure_fields(exc, status="failed", executor=point.executor,
+                           store=str(config.store), attached=True)
+        raise
+    if args.json:
+        emit("fruix.run/1", {**outcome.as_dict(), "attached": True})
+        return int(ExitCode.OK)
+    print(f"run {outcome.run_id}: {outcome.status} (attached at {point.phase}, executor "
+          f"{outcome.executor})")
+    print(f"result root: {outcome.result_root}")
+    if outcome.bundle is not None:
+        print(f"bundle: {outcome.bundle}")
+        for kind, path in (outcome.artifacts or {}).items():
+            print(f"  {kind}: {path}")
+    else:
+        print("not promoted (--no-promote)")
+    return int(ExitCode.OK)
+
+
 def _summary(record: RunRecord) -> dict[str, Any]:
     """One run as ``list --json`` gives it (``show --json`` adds to it)."""
     meta = record.metadata
@@ -291,7 +337,8 @@ def prune_command(args: argparse.Namespace) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {"run": run_command, "promote": promote_command, "list": list_command,
-                "show": show_command, "prune": prune_command, "helper": helper_command}
+                "show": show_command, "prune": prune_command, "helper": helper_command,
+                "attach": attach_command}
     return handlers[args.action](args)
 
 

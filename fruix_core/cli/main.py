@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="check everything and print the plan; build and create nothing")
     _common(run)
+    attach = nb_sub.add_parser(
+        "attach", help="take up a guest run whose host process went away; import its result")
+    attach.add_argument("run_id", metavar="RUN_ID", help="run id (or latest)")
+    attach.add_argument("--store", metavar="DIR", help="store directory (overrides paths.store)")
+    attach.add_argument("--no-promote", action="store_true", help="do not promote the result")
+    _common(attach)
     promote = nb_sub.add_parser("promote", help="promote a result root into the store")
     promote.add_argument("result_root", metavar="RESULT_ROOT")
     promote.add_argument("--store", metavar="DIR", help="store directory")

@@ -15,7 +15,8 @@ Fixtures:
 ``fruix_toy_source``
     a toy base whose phases are shell one-liners; a file ``fail-<phase>`` in it
     makes that phase fail, ``sleep-<phase>`` makes it sleep (the file's content in
-    seconds, 60 when empty; with a background child, for cancel tests).
+    seconds, 60 when empty; with a background child, for cancel tests), and
+    ``wait-<phase>`` makes it wait until a file ``go-<phase>`` appears (a barrier).
 ``fruix_sshd`` / ``fruix_guest_root``
     a real OpenSSH sshd on loopback and a Fruix guest system root (see
     :mod:`fruix_core.testkit.sshd` and :mod:`fruix_core.testkit.guest`).
@@ -48,6 +49,7 @@ __all__ = [
     "require_tool",
     "run_cli",
     "without_progress",
+    "run_host_killed_in_phase",
     "toml_value",
     "wait_for",
     "wait_gone",
@@ -154,6 +156,8 @@ TOY_MAKEFILE = textwrap.dedent("""\
     \t@if [ -f fail-$(PHASE) ]; then echo "toy: $(PHASE) failing on purpose"; exit 7; fi
     \t@if [ -f sleep-$(PHASE) ]; then s=$$(cat sleep-$(PHASE)); echo "toy: $(PHASE) sleeping"; \\
     \t  sleep $${s:-60} & sleep $${s:-60}; fi
+    \t@if [ -f wait-$(PHASE) ]; then echo "toy: $(PHASE) waiting for go-$(PHASE)"; \\
+    \t  while [ ! -f go-$(PHASE) ]; do sleep 0.1; done; fi
     buildworld:
     \t@$(MAKE) -s check PHASE=buildworld
     \tmkdir -p $(OBJ) && cp world.txt $(OBJ)/world.txt && echo built world
@@ -217,6 +221,43 @@ def without_progress(stderr: str) -> list[str]:
     from fruix_core.cli.progress import LINE_PREFIX
 
     return [line for line in stderr.splitlines() if not LINE_PREFIX.match(line)]
+
+
+#: A host process that SIGKILLs itself on the first line ``phase`` prints in the guest
+#: (the command lines the host and the helper write first start with "#"), or, for
+#: "import", once the executor's teardown returned: just before the core's import.
+_KILLED_HOST = """\
+import os, signal, sys
+from fruix_core.config import load_config
+from fruix_core.hookspecs import hookimpl
+from fruix_core.runner import run_build
+
+def output(phase, line):
+    if phase == sys.argv[2] and not line.startswith("#"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+class KillBeforeImport:
+    @hookimpl(trylast=True)
+    def fruix_teardown_env(self, request, env, outcome):
+        if sys.argv[2] == "import" and outcome.ok:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run_build(load_config(sys.argv[1]), on_output=output, extra_plugins=(KillBeforeImport(),))
+"""
+
+
+def run_host_killed_in_phase(config: Path, phase: str, *, cwd: Path,
+                             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a build whose host process is SIGKILLed once ``phase`` runs in the guest.
+
+    Deterministic: the kill comes with the phase's first line of output, so
+    the phase has started in the guest and the host has not seen it end.
+    ``phase`` ``"import"`` kills the host after the phases, the staging and
+    the executor's teardown, just before the core imports the guest's result
+    root. The result root is left ``running`` with a dead pid (stale).
+    """
+    return subprocess.run([sys.executable, "-c", _KILLED_HOST, str(config), phase], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def processes_in(directory: Path) -> list[int]:

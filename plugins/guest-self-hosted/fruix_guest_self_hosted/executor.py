@@ -6,6 +6,7 @@ with the same options (see :mod:`fruix_guest_self_hosted.helper`)::
     HELPER --version                          prepare-env: refuse a missing or other helper
     HELPER --prepare --run-id ID [--resume]   prepare-env: check the guest, open the run
     HELPER --phase NAME --run-id ID           run-phase, once per phase
+    HELPER --follow NAME --run-id ID          attach-phase: a phase an earlier host started
     HELPER --finish --run-id ID               stage-artifacts: stage, promotion.scm, status ok
 
 ``fruix_run_phase`` hands each output line to the core (the host's
@@ -269,7 +270,8 @@ class GuestSelfHostedExecutor:
         return step, outcome
 
     def _prepare_run(self, state: _State, request: BuildRequest) -> dict[str, Any]:
-        step = ["--prepare"] + (["--resume"] if request.resume_from is not None else [])
+        step = ["--prepare"] + (["--resume"] if request.resume_from is not None else []) + \
+            (["--attach"] if request.attaching else [])
         done, outcome = self._step(state, request, self._argv(state, request, *step),
                                    timeout=float(state.settings["check_timeout"]))
         summary = done.summary
@@ -288,12 +290,31 @@ class GuestSelfHostedExecutor:
         state: _State = env.session
         request.output(phase.name, f"# {phase.name}, run by the self-hosted helper in guest "
                                    f"{state.guest.name}")
+        result = self._phase_step(request, env, phase, "--phase")
+        assert result is not None
+        return result
+
+    @hookimpl
+    def fruix_attach_phase(self, request: BuildRequest, env: PreparedEnv,
+                           phase: Phase) -> PhaseResult | None:
+        """Follow a phase an earlier host started (``--follow``); ``None`` if it never ran."""
+        state: _State = env.session
+        request.output(phase.name, f"# {phase.name}, followed in guest {state.guest.name} "
+                                   "(the self-hosted helper's run, taken up by attach)")
+        return self._phase_step(request, env, phase, "--follow")
+
+    def _phase_step(self, request: BuildRequest, env: PreparedEnv, phase: Phase,
+                    step: str) -> PhaseResult | None:
+        """The helper's ``--phase`` or ``--follow`` of ``phase``, as a :class:`PhaseResult`."""
+        state: _State = env.session
         # The helper enforces the phase timeout; the host's is a safety net behind it.
         limit = request.phase_timeout + 60 if request.phase_timeout else None
         done, outcome = self._step(state, request,
-                                   self._argv(state, request, "--phase", phase.name),
+                                   self._argv(state, request, step, phase.name),
                                    phase=phase.name, timeout=limit)
         summary = done.summary or {}
+        if summary.get("status") == "not-started" and step == "--follow":
+            return None
         if outcome.timed_out:
             raise PhaseTimeout(phase.name, request.phase_timeout or 0)
         if done.ended is not None and done.ended.phase == phase.name and \

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -18,8 +21,16 @@ import pytest
 
 from fruix_core.errors import ExitCode
 from fruix_core.promotion.layout import MANIFEST_FILE
-from fruix_core.testkit import Workspace, run_cli
-from fruix_core.testkit.guest import make_base_system
+from fruix_core.resultroot import ResultRoot
+from fruix_core.testkit import (
+    Workspace,
+    live_processes,
+    run_cli,
+    run_host_killed_in_phase,
+    wait_for,
+    wait_gone,
+)
+from fruix_core.testkit.guest import make_base_system, make_guest_root
 from fruix_core.testkit.sshd import SshServer
 
 from .conftest import make_toy_guest
@@ -168,3 +179,113 @@ def test_jobs_come_from_the_guest(tmp_path: Path) -> None:
     assert (root / "metadata").read_text().count("build_jobs=3\n") == 1
     assert (root / "logs/buildworld.log").read_text().splitlines()[1].startswith(
         "# bmake -j3 buildworld")
+
+
+# -- the host went away; the helper went on; fruix native-build attach takes it up -----------
+
+
+def _killed_in(ws: Workspace, conf: Path, phase: str) -> str:
+    proc = run_host_killed_in_phase(conf, phase, cwd=ws.root)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (run_id,) = [p.name for p in ws.results.iterdir() if not p.name.startswith(".")
+                 and p.name != "latest"]
+    status = ResultRoot(ws.results / run_id).status()
+    assert status.state == "running" and status.stale, status
+    return run_id
+
+
+def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_reference,
+                                                    tmp_path: Path) -> None:
+    from fruix_core.sample import sample_base_path
+
+    guest = make_guest_root(tmp_path / "guest", sample_base_path())
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=True)
+    run_id = _killed_in(ws, conf, "buildkernel")
+    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["run_id"] == run_id and doc["status"] == "ok" and doc["attached"] is True
+    root = Path(doc["result_root"])
+    assert kit.signatures(root) == local_reference
+    assert sorted(doc["artifacts"]) == sorted(KINDS)
+    assert (guest.results_dir / run_id / "status").read_text() == "ok\n"
+    log = (root / "logs/buildkernel.log").read_text()
+    assert "taken up by attach" in log and "buildkernel" in log
+
+
+def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path, wait_buildworld="")
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=False)
+    run_id = _killed_in(ws, conf, "buildworld")
+    host_log = ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def following() -> bool:
+            text = host_log.read_text() if host_log.exists() else ""
+            return "taken up by attach" in text and "waiting for go-buildworld" in text
+
+        assert wait_for(following, seconds=60)
+        again = run_cli("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root)
+        assert again.returncode == ExitCode.USAGE and "is live" in again.stderr
+        (guest.source_dir / "go-buildworld").write_text("")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"run {run_id}: ok (attached at buildworld" in out
+    text = host_log.read_text()
+    assert text.count("waiting for go-buildworld") == 1 and "built world" in text
+    done = run_cli("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root)
+    assert done.returncode == 0 and "nothing to attach" in done.stdout
+
+
+def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path, sleep_buildworld="3518")
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=False)
+    run_id = _killed_in(ws, conf, "buildworld")
+    assert wait_for(lambda: live_processes("sleep 3518"))   # the helper went on, hostless
+    host_log = ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: host_log.exists() and "taken up by attach"
+                        in host_log.read_text() and "sleeping" in host_log.read_text(),
+                        seconds=60)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert wait_gone("sleep 3518") == []
+    assert str(ResultRoot(ws.results / run_id).status()) == "failed (buildworld)"
+    assert (guest.results_dir / run_id / "status").read_text() == "failed buildworld\n"
+
+
+def test_attach_imports_a_run_whose_host_died_before_the_import(freebsd_sshd,
+                                                               tmp_path: Path) -> None:
+    guest = make_toy_guest(tmp_path)
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, freebsd_sshd, guest.path, promote=True)
+    run_id = _killed_in(ws, conf, "import")
+    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(KINDS)
+    metadata = ResultRoot(Path(doc["result_root"])).read_metadata()
+    assert metadata["attached_at"] == "import" and metadata["helper_version"]

@@ -96,8 +96,9 @@ SCHEMA: dict[str, Key] = {
     "check_overlay": Key(bool, True, "refuse a guest without /usr/include and /usr/share/mk"),
     "keep_work": Key(bool, False, "keep the guest's work area after a successful run"),
     "keepalive": Key((int, float), 15, "seconds of silence before a keepalive probe"),
-    "detach": Key(bool, False, "run each phase detached in the guest; a dropped connection "
-                               "is reconnected and the phase followed on"),
+    "detach": Key(bool, True, "run each phase detached in the guest; a dropped connection "
+                              "is reconnected and the phase followed on (false: the phase "
+                              "runs in the SSH session and ends with it)"),
 }
 
 #: Lines of a detached phase's output kept for the failure message.
@@ -272,31 +273,63 @@ class HostInitiatedExecutor:
 
     def _run_detached(self, request: BuildRequest, env: PreparedEnv, phase: Phase,
                       argv: list[str], extra: Mapping[str, str], guest_log: str) -> PhaseResult:
-        """Run ``phase`` detached in the guest; follow its log, reconnecting when needed.
+        """Run ``phase`` detached in the guest and follow it (:meth:`_follow_detached`).
 
         The phase runs in its own session (:func:`scripts.detached_start_script`),
-        so neither a dropped connection nor sshd's hang-up stops it. The log is
-        followed by byte offset (of the UTF-8 lines received); after a drop the
-        host reconnects with backoff and goes on from there. Cancel and the
-        phase timeout stop the phase's process group in the guest. Every line
-        goes to the core (``request.output``) once; the guest's result root gets
-        its own copy of the log, as for an attached phase.
+        so neither a dropped connection nor sshd's hang-up stops it, nor the
+        end of this host process: ``fruix native-build attach`` can take it up.
         """
         from fruix_core.api import shell_script
 
         state: _State = env.session
+        run_dir = posixpath.join(env.build_root, "phases")
+        command = shell_script(argv, env={**dict(env.environment), **extra}, cwd=env.source_dir)
+        head = f"# {' '.join(argv)}"
+        request.output(phase.name, head)
+        state.session.check_output(
+            scripts.detached_start_script(command, run_dir, phase.name),
+            what=f"starting {phase.name}")
+        return self._follow_detached(request, env, phase, guest_log, head)
+
+    @hookimpl
+    def fruix_attach_phase(self, request: BuildRequest, env: PreparedEnv,
+                           phase: Phase) -> PhaseResult | None:
+        """Follow a detached phase an earlier host process started; ``None`` if none did."""
+        state: _State = env.session
+        run_dir = posixpath.join(env.build_root, "phases")
+        started = state.session.check_output(scripts.detached_started_script(run_dir, phase.name),
+                                             what=f"looking for {phase.name} in the guest")
+        if started.strip() != b"started":
+            return None  # it never ran detached (or ran attached and died with its session)
+        guest = request.guest
+        head = f"# {phase.name}: attached to the detached phase in guest " \
+               f"{guest.name if guest else '?'}"
+        request.output(phase.name, head)
+        log.info("following a detached phase", phase=phase.name)
+        guest_log = posixpath.join(env.result_root, "logs", f"{phase.name}.log")
+        return self._follow_detached(request, env, phase, guest_log, head)
+
+    def _follow_detached(self, request: BuildRequest, env: PreparedEnv, phase: Phase,
+                         guest_log: str, head: str) -> PhaseResult:
+        """Follow a detached phase's log to its end, reconnecting when needed.
+
+        The log is followed by byte offset (of the UTF-8 lines received), from
+        its start; after a drop the host reconnects with backoff and goes on
+        from there. Cancel and the phase timeout stop the phase's process
+        group in the guest. Every line goes to the core (``request.output``)
+        once; the guest's result root gets its own copy of the log (``head``
+        first), as for an attached phase.
+        """
+        state: _State = env.session
         guest = request.guest
         assert guest is not None
         run_dir = posixpath.join(env.build_root, "phases")
-        command = shell_script(argv, env={**dict(env.environment), **extra}, cwd=env.source_dir)
         started = time.monotonic()
         received = 0
         returncode: int | None = None
         tail: list[str] = []
         with tempfile.TemporaryFile("w+b") as spool:
-            def line(text: str) -> None:
-                spool.write(text.encode("utf-8", "replace") + b"\n")
-                request.output(phase.name, text)
+            spool.write(head.encode("utf-8", "replace") + b"\n")
 
             def on_line(text: str) -> None:
                 nonlocal received, returncode
@@ -305,12 +338,9 @@ class HostInitiatedExecutor:
                     return
                 received += len(text.encode("utf-8")) + 1
                 tail[:] = [*tail[-(TAIL_LINES - 1):], text]
-                line(text)
+                spool.write(text.encode("utf-8", "replace") + b"\n")
+                request.output(phase.name, text)
 
-            line(f"# {' '.join(argv)}")
-            state.session.check_output(
-                scripts.detached_start_script(command, run_dir, phase.name),
-                what=f"starting {phase.name}")
             attempt = 0
             while returncode is None:
                 left = None

@@ -24,6 +24,7 @@ __all__ = [
     "LAYOUT_BEGIN",
     "RC_MARKER",
     "detached_start_script",
+    "detached_started_script",
     "detached_stop_script",
     "follow_script",
     "guest_path",
@@ -218,6 +219,12 @@ def detached_start_script(command: str, run_dir: str, name: str) -> str:
             f'echo "pid $(cat {_q(pid)})"')
 
 
+def detached_started_script(run_dir: str, name: str) -> str:
+    """Print ``started`` when a detached phase ``name`` was started under ``run_dir``."""
+    _log, pid, _rc = _detached_files(run_dir, name)
+    return f"if [ -s {_q(pid)} ]; then echo started; else echo absent; fi"
+
+
 def follow_script(run_dir: str, name: str, offset: int) -> str:
     """Print the log from byte ``offset`` as it grows; return once the exit status exists.
 
@@ -226,13 +233,17 @@ def follow_script(run_dir: str, name: str, offset: int) -> str:
     the last poll come with :func:`follow_script` run again once ``.rc`` exists
     (it then prints the rest and ``@@fruix-rc@@ <status>`` on a line of its own).
     """
-    log, _pid, rc = _detached_files(run_dir, name)
+    log, pid, rc = _detached_files(run_dir, name)
     start = int(offset) + 1
     return (f"if [ -f {_q(rc)} ]; then tail -c +{start} {_q(log)}; "
             f'echo; echo "{RC_MARKER} $(cat {_q(rc)})"; exit 0; fi; '
             # $$ in the watcher is this shell's pid, which exec makes tail's (and csh
-            # would read the '!' of $! as a history event).
-            f"( while [ ! -f {_q(rc)} ] && kill -0 $$ 2>/dev/null; do sleep 1; done; "
+            # would read the '!' of $! as a history event). A phase whose process is
+            # gone without a status (the guest killed it) ends with status 255.
+            f"( while [ ! -f {_q(rc)} ] && kill -0 $$ 2>/dev/null; do "
+            f"p=$(cat {_q(pid)} 2>/dev/null); "
+            f'if [ -n "$p" ]; then kill -0 "$p" 2>/dev/null || '
+            f"{{ [ -f {_q(rc)} ] || echo 255 > {_q(rc)}; }}; fi; sleep 0.2; done; "
             "kill $$ 2>/dev/null ) & "
             f"exec tail -c +{start} -f {_q(log)}")
 

@@ -32,6 +32,7 @@ from fruix_core.testkit import (
     live_processes,
     make_tree_writable,
     run_cli,
+    run_host_killed_in_phase,
     wait_for,
     wait_gone,
 )
@@ -103,6 +104,22 @@ def _store_is_empty(ws: Workspace) -> bool:
 # -- the full chain ----------------------------------------------------------------------------
 
 
+def _local_result_root(tmp_path: Path, source: Path) -> Path:
+    """The result root of a ``local`` build of ``source``: the reference artifacts."""
+    local_ws = Workspace(tmp_path / "local")
+    local_ws.root.mkdir()
+    conf = local_ws.write_config(source=source, promote=False, jobs=2)
+    local = run_cli("native-build", "run", "--config", str(conf), "--json", cwd=local_ws.root)
+    assert local.returncode == 0, local.stderr
+    return Path(json.loads(local.stdout)["result_root"])
+
+
+def _assert_same_trees(result_root: Path, local_root: Path) -> None:
+    for kind in KINDS:
+        assert tree_signature(result_root / "artifacts" / kind) == \
+            tree_signature(local_root / "artifacts" / kind), kind
+
+
 def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_sample_source):
     lab = _lab(tmp_path, fruix_workspace, fruix_sample_source)
     try:
@@ -138,15 +155,8 @@ def test_full_chain_matches_the_local_executor(tmp_path, fruix_workspace, fruix_
         f"{p}.log" for p in ("buildworld", "buildkernel", "installworld", "distribution",
                              "installkernel"))
 
-    local_ws = Workspace(tmp_path / "local")
-    local_ws.root.mkdir()
-    conf = local_ws.write_config(source=fruix_sample_source, promote=False, jobs=2)
-    local = run_cli("native-build", "run", "--config", str(conf), "--json", cwd=local_ws.root)
-    assert local.returncode == 0, local.stderr
-    local_root = Path(json.loads(local.stdout)["result_root"])
-    for kind in KINDS:
-        assert tree_signature(host_root / "artifacts" / kind) == \
-            tree_signature(local_root / "artifacts" / kind), kind
+    local_root = _local_result_root(tmp_path, fruix_sample_source)
+    _assert_same_trees(host_root, local_root)
     local_meta = ResultRoot(local_root).read_metadata()
     for key, value in local_meta.items():
         if key.startswith(("sha256_", "size_")):
@@ -267,9 +277,10 @@ def test_bad_executor_setting_names_the_key(toy_lab: Lab) -> None:
     assert "executors.host-initiated.work_dir" in proc.stderr
 
 
-def test_sshd_killed_mid_phase(toy_lab: Lab) -> None:
+def test_sshd_killed_mid_attached_phase(toy_lab: Lab) -> None:
+    # detach = false: the phase runs in the SSH session and ends with it.
     (toy_lab.root.source_dir / "sleep-buildworld").write_text("308")
-    conf = toy_lab.config()
+    conf = toy_lab.config(executor_extra="detach = false")
     proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
                              "--config", str(conf)], cwd=toy_lab.ws.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -390,10 +401,10 @@ def test_cancel_between_phases_leaves_nothing_and_both_statuses_agree(toy_lab: L
     assert wait_for(lambda: _sessions_gone(toy_lab))
 
 
-def test_conformance(fruix_executor_conformance) -> None:
+def test_conformance_with_attached_phases(fruix_executor_conformance) -> None:
     from fruix_core.testkit.conformance import all_passed
 
-    results = fruix_executor_conformance("host-initiated")
+    results = fruix_executor_conformance("host-initiated", {"detach": False})
     assert all_passed(results), "\n".join(r.line() for r in results)
 
 
@@ -457,11 +468,7 @@ def test_full_chain_as_an_unprivileged_guest_user(tmp_path, fruix_workspace,
         shutil.rmtree(top, ignore_errors=True)
 
 
-# -- detached phases: a dropped connection does not fail the run -------------------------
-
-
-def _detached_config(lab: Lab, **build) -> Path:
-    return lab.config(executor_extra="detach = true", **build)
+# -- detached phases (the default): a dropped connection does not fail the run -------------
 
 
 def _guest_phase_log(lab: Lab, phase: str) -> list[Path]:
@@ -474,7 +481,7 @@ def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
     # reconnects and follows the phase on; the run completes ok.
     (toy_lab.root.source_dir / "sleep-buildworld").write_text("3")
     proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
-                             "--config", str(_detached_config(toy_lab)), "--json"],
+                             "--config", str(toy_lab.config()), "--json"],
                             cwd=toy_lab.ws.root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -506,7 +513,7 @@ def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
 
 def test_detached_phase_timeout_stops_the_guest_process_group(toy_lab: Lab) -> None:
     (toy_lab.root.source_dir / "sleep-buildworld").write_text("347")
-    proc = toy_lab.run(config=_detached_config(toy_lab, phase_timeout=2))
+    proc = toy_lab.run(phase_timeout=2)
     assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
     assert "timed out" in proc.stderr or "timeout" in proc.stderr
     assert wait_gone("sleep 347") == []
@@ -516,11 +523,235 @@ def test_detached_phase_timeout_stops_the_guest_process_group(toy_lab: Lab) -> N
 
 def test_conformance_detached_in_a_freebsd_shaped_guest(tmp_path: Path,
                                                         fruix_executor_conformance) -> None:
-    # The whole contract with detach = true, in a guest with dash as sh, bsdtar and bmake
+    # The whole contract with detached phases (the default), in a guest with dash as sh,
+    # bsdtar and bmake
     # and no Python: cancel during and between phases, the phase timeout and resume
     # stop or continue the detached process groups.
     from fruix_core.testkit.conformance import all_passed
 
-    results = fruix_executor_conformance("host-initiated", {"detach": True},
+    results = fruix_executor_conformance("host-initiated", {},
                                          base_system=make_base_system(tmp_path / "base"))
     assert all_passed(results), "\n".join(r.line() for r in results)
+
+
+# -- fruix native-build attach: the host went away, the guest went on ----------------------
+
+
+def _attach(lab: Lab, run_id: str, conf: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("native-build", "attach", run_id, "--config", str(conf), *extra,
+                   cwd=lab.ws.root, timeout=300)
+
+
+def _killed_in(lab: Lab, conf: Path, phase: str) -> str:
+    """Start a run whose host process is SIGKILLed once ``phase`` runs in the guest."""
+    proc = run_host_killed_in_phase(conf, phase, cwd=lab.ws.root)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_id = lab.only_run_id()
+    status = ResultRoot(lab.ws.results / run_id).status()
+    assert status.state == "running" and status.stale, status
+    return run_id
+
+
+def test_attach_imports_a_run_whose_host_was_killed(tmp_path, fruix_workspace,
+                                                    fruix_sample_source) -> None:
+    # The host dies in buildkernel; the detached phase goes on in the guest. attach
+    # follows it, runs the remaining phases and imports the result as a run would.
+    lab = _lab(tmp_path, fruix_workspace, fruix_sample_source)
+    try:
+        conf = lab.config(promote=True)
+        run_id = _killed_in(lab, conf, "buildkernel")
+        proc = _attach(lab, run_id, conf, "--json")
+    finally:
+        lab.server.stop()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["run_id"] == run_id and doc["status"] == "ok" and doc["attached"] is True
+    assert sorted(doc["artifacts"]) == sorted(KINDS)
+    host_root = Path(doc["result_root"])
+    assert ResultRoot(host_root).status().state == "ok"
+    assert (fruix_workspace.results / "latest").resolve() == host_root.resolve()
+    metadata = ResultRoot(host_root).read_metadata()
+    assert metadata["attached_at"] == "buildkernel"
+    assert metadata["guest_host"] == lab.server.host
+    assert metadata["guest_identity_file"] == str(lab.server.client_key)  # a path, never a key
+    assert not any("PRIVATE KEY" in value for value in metadata.values())
+    assert (lab.guest_run_root(run_id) / "status").read_text() == "ok\n"
+    local_root = _local_result_root(tmp_path, fruix_sample_source)
+    _assert_same_trees(host_root, local_root)
+    assert "attached to the detached phase" in (host_root / "logs/buildkernel.log").read_text()
+
+
+def test_attach_follows_a_phase_still_running(toy_lab: Lab) -> None:
+    source = toy_lab.root.source_dir
+    (source / "wait-buildworld").write_text("")
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "buildworld")
+    host_log = toy_lab.ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The barrier holds the phase: attach is following it when its log says so.
+        def following() -> bool:
+            text = host_log.read_text() if host_log.exists() else ""
+            return "attached to the detached phase" in text and "waiting for go-buildworld" in text
+
+        assert wait_for(following, seconds=60)
+        # While attach follows, the run is live: a second attach is refused.
+        again = _attach(toy_lab, run_id, conf)
+        assert again.returncode == ExitCode.USAGE
+        assert "is live" in again.stderr and "Traceback" not in again.stderr
+        (source / "go-buildworld").write_text("")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"run {run_id}: ok (attached at buildworld" in out
+    log_text = host_log.read_text()
+    assert log_text.count("waiting for go-buildworld") == 1 and "built world" in log_text
+    assert ResultRoot(toy_lab.ws.results / run_id).status().state == "ok"
+    # Nothing to do once it is ok.
+    done = _attach(toy_lab, "latest", conf)
+    assert done.returncode == 0 and "nothing to attach" in done.stdout
+
+
+def test_attach_records_a_failure_in_the_guest_and_says_how_to_resume(toy_lab: Lab) -> None:
+    source = toy_lab.root.source_dir
+    (source / "wait-buildworld").write_text("")
+    (source / "fail-installworld").write_text("")
+    (source / "go-buildworld").write_text("")
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "buildworld")
+    proc = _attach(toy_lab, run_id, conf, "--json")
+    assert proc.returncode == ExitCode.BUILD_FAILED, proc.stderr
+    assert f"fruix native-build run --resume {run_id}" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert (doc["run_id"], doc["status"], doc["phase"], doc["exit_code"], doc["attached"]) == \
+        (run_id, "failed", "installworld", ExitCode.BUILD_FAILED, True)
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (installworld)"
+    assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "failed installworld\n"
+
+
+def test_attach_refuses_a_changed_host_key_then_takes_up_the_failed_run(toy_lab: Lab,
+                                                                        tmp_path: Path) -> None:
+    (toy_lab.root.source_dir / "wait-buildworld").write_text("")
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "buildworld")
+    impostor = SshServer(tmp_path / "impostor")
+    impostor._write_files()
+    known = toy_lab.server.known_hosts
+    genuine = known.read_text()
+    known.write_text(genuine.split()[0] + " " + impostor.host_key_line + "\n")
+    proc = _attach(toy_lab, run_id, conf)
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stderr
+    assert "does not match" in proc.stderr and "Traceback" not in proc.stderr
+    # The run failed where it was, and the guest's phase went on: once the key question
+    # is settled, attach takes it up from there.
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
+    known.write_text(genuine)
+    (toy_lab.root.source_dir / "go-buildworld").write_text("")
+    again = _attach(toy_lab, run_id, conf)
+    assert again.returncode == 0, again.stderr
+    assert ResultRoot(toy_lab.ws.results / run_id).status().state == "ok"
+
+
+def test_attach_refuses_a_run_without_a_guest(tmp_path, fruix_workspace,
+                                             fruix_toy_source) -> None:
+    conf = fruix_workspace.write_config(source=fruix_toy_source, promote=False)
+    first = run_cli("native-build", "run", "--config", str(conf), "--json",
+                    cwd=fruix_workspace.root)
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    ResultRoot(fruix_workspace.results / run_id).set_failed("buildkernel")
+    proc = run_cli("native-build", "attach", run_id, "--config", str(conf),
+                   cwd=fruix_workspace.root)
+    assert proc.returncode == ExitCode.USAGE
+    assert "did not run in a guest" in proc.stderr and f"--resume {run_id}" in proc.stderr
+    missing = run_cli("native-build", "attach", "no-such-run", "--config", str(conf),
+                      cwd=fruix_workspace.root)
+    assert missing.returncode == ExitCode.USAGE and "no run" in missing.stderr
+
+
+def test_interrupting_attach_stops_the_phase_in_the_guest(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3517")
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "buildworld")
+    assert wait_for(lambda: live_processes("sleep 3517"))   # the phase went on, hostless
+    host_log = toy_lab.ws.results / run_id / "logs/buildworld.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
+                             "attach", run_id, "--config", str(conf)], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: host_log.exists() and "attached to the detached phase"
+                        in host_log.read_text() and "sleeping" in host_log.read_text(),
+                        seconds=60)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert wait_gone("sleep 3517") == []
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
+
+
+def test_attach_refuses_settings_that_moved_the_guest_result_root(toy_lab: Lab) -> None:
+    (toy_lab.root.source_dir / "wait-buildworld").write_text("")
+    run_id = _killed_in(toy_lab, toy_lab.config(), "buildworld")
+    moved = toy_lab.config(executor_extra='results_dir = "/var/lib/fruix/elsewhere"')
+    proc = _attach(toy_lab, run_id, moved)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "guest result root was" in proc.stderr and "Traceback" not in proc.stderr
+    assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
+    (toy_lab.root.source_dir / "go-buildworld").write_text("")  # let the guest's phase end
+
+
+def test_attach_imports_a_run_whose_host_died_before_the_import(toy_lab: Lab) -> None:
+    conf = toy_lab.config(promote=True)
+    run_id = _killed_in(toy_lab, conf, "import")
+    assert (toy_lab.guest_run_root(run_id) / "status").read_text() == "ok\n"
+    proc = _attach(toy_lab, run_id, conf, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(KINDS)
+    host_root = Path(doc["result_root"])
+    assert (host_root / "artifacts/world/bin/sh").is_file()
+    metadata = ResultRoot(host_root).read_metadata()
+    assert metadata["attached_at"] == "import" and metadata["status_value"] == "ok"
+    assert metadata["phase_buildworld_started"]     # the host's own stamps are kept
+    guest_metadata = ResultRoot(toy_lab.guest_run_root(run_id)).read_metadata()
+    assert all(metadata[k] == v for k, v in guest_metadata.items() if k != "finished")
+
+
+def test_attach_after_the_phases_needs_the_guest_to_say_ok(toy_lab: Lab) -> None:
+    conf = toy_lab.config()
+    run_id = _killed_in(toy_lab, conf, "import")
+    (toy_lab.guest_run_root(run_id) / "status").write_text("failed stage\n")
+    proc = _attach(toy_lab, run_id, conf)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "says 'failed stage', not ok" in proc.stderr and f"--resume {run_id}" in proc.stderr
+
+
+def test_a_detached_phase_killed_in_the_guest_fails_the_run(toy_lab: Lab) -> None:
+    # No exit-status file will ever come: the follow notices the phase's process is gone.
+    (toy_lab.root.source_dir / "sleep-buildworld").write_text("3519")
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
+                             "--config", str(toy_lab.config())], cwd=toy_lab.ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: bool(live_processes("sleep 3519")), seconds=60)
+        (pid_file,) = (toy_lab.root.path / "var/tmp/fruix-native-builds").glob(
+            "*/phases/buildworld.pid")
+        os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.BUILD_FAILED, err
+    assert "exit status 255" in err
+    assert str(ResultRoot(toy_lab.ws.results / toy_lab.only_run_id()).status()) == \
+        "failed (buildworld)"
