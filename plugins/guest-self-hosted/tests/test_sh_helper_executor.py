@@ -22,6 +22,7 @@ import pytest
 from fruix_core.errors import ExitCode
 from fruix_core.promotion.layout import MANIFEST_FILE
 from fruix_core.resultroot import ResultRoot
+from fruix_core.schemas import validate_document
 from fruix_core.testkit import (
     Workspace,
     live_processes,
@@ -246,6 +247,12 @@ def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> N
     assert text.count("waiting for go-buildworld") == 1 and "built world" in text
     done = run_cli("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root)
     assert done.returncode == 0 and "nothing to attach" in done.stdout
+    as_json = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
+                      cwd=ws.root)
+    doc = json.loads(as_json.stdout)
+    validate_document(doc)
+    assert as_json.returncode == 0 and doc["attached"] is False
+    assert [r["run_id"] for r in doc["runs"]] == [run_id] and doc["runs"][0]["status"] == "ok"
 
 
 def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Path) -> None:
