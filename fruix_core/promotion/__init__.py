@@ -49,7 +49,18 @@ _EXPORTS = {
     "write_promotion": "schema",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Problem",
+    "Progress",
+    "PromotionOutcome",
+    "VerifyReport",
+    "dumps_promotion",
+    "promote",
+    "read_promotion",
+    "tree_signature",
+    "verify",
+    "write_promotion",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -244,7 +244,7 @@ def _verify_artifact_fast(path: Path, inodes: VerifiedInodes) -> list[Problem] |
     return problems
 
 
-def _verify_artifact(path: Path, inodes: VerifiedInodes | None = None) -> Iterator[Problem]:
+def _verify_artifact(path: Path, verified: VerifiedInodes | None = None) -> Iterator[Problem]:
     obj = shown(path)
     yield from _verify_header(path)
     record = read_object_record(path / OBJECT_FILE)
@@ -253,7 +253,7 @@ def _verify_artifact(path: Path, inodes: VerifiedInodes | None = None) -> Iterat
     # Walk in NAR order while streaming the manifest alongside (a merge join).
     fd, _st = open_regular_at(os.fspath(manifest_path))
     with os.fdopen(fd, "rb") as stream:
-        merge = _Merge(obj, parse_manifest(stream, shown(manifest_path)), problems, inodes)
+        merge = _Merge(obj, parse_manifest(stream, shown(manifest_path)), problems, verified)
 
         def observe(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             if not stat.S_ISREG(st.st_mode):

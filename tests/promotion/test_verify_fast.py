@@ -154,3 +154,14 @@ def test_cli_fast_flag(promoted: PromotionOutcome, store: Path, no_margin: None,
     _same_size_rewrite(promoted.artifacts["kernel"] / "boot/kernel/kernel")
     assert verify_command([], str(store), as_json=False, fast=True) == ExitCode.VERIFICATION
     assert "content differs" in capsys.readouterr().out
+
+
+def test_records_off_with_the_stat_cache(promoted: PromotionOutcome, store: Path,
+                                        no_margin: None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(statcache.DISABLE_ENV, "off")
+    assert verify(store).ok
+    assert not _verified(store).exists()
+    with seams.installed("walk.reading", seen := Reads()):
+        report = verify(store, fast=True)
+    assert report.ok and report.trusted == () and b"bin/cat" in seen.files
