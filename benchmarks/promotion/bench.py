@@ -117,8 +117,12 @@ def promote_argv(root: Path, store: Path) -> list[str]:
 
 
 def old_promote_argv(root: Path, store: Path) -> list[str]:
-    """The same command run from another engine's source (``PYTHONPATH`` first on the path)."""
-    return [sys.executable, "-m", "fruix_core.cli.main", "native-build", "promote", str(root),
+    """The same command run from another engine's source (``PYTHONPATH`` first on the path).
+
+    ``-P``: the current directory (this checkout, when run from it) must not
+    come before ``PYTHONPATH``, or this engine would run in the other's place.
+    """
+    return [sys.executable, "-P", "-m", "fruix_core.cli.main", "native-build", "promote", str(root),
             "--store", str(store), "--json"]
 
 
@@ -268,7 +272,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--old-engine", type=Path, metavar="DIR",
                         help="directory holding another version's fruix_core to pair with")
+    parser.add_argument("--engines-only", action="store_true",
+                        help="with --old-engine: only the engine pairs (no tools, no floors)")
     args = parser.parse_args()
+    if args.engines_only and not args.old_engine:
+        parser.error("--engines-only needs --old-engine")
     work: Path = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     a, b = work / "root-a", work / "root-b"
@@ -287,18 +295,23 @@ def main() -> None:
     previous = work / "previous-a"
     for path in (held, nix_held, scratch, previous):
         remove(path)
-    outcome = promote_json(a, held)
-    objects = [outcome["artifacts"][kind] for kind in KINDS]
-    keep = set(os.listdir(held))
-    promote_json(a, held)  # the stat cache is recorded once the trees are settled
-    cached_a = set(records(held))
-    if not cached_a:
-        raise SystemExit("the stat cache recorded nothing for A: are its trees still changing?")
-    subprocess.run(["nix-store", "--store", str(nix_held), "--add", *trees(a)], check=True,
-                   capture_output=True)
-    nix_a = set(os.listdir(nix_held / "nix/store"))
-    previous.mkdir()
-    subprocess.run(["cp", "-a", *trees(a), str(previous)], check=True)
+    objects: list[str] = []
+    keep: set[str] = set()
+    cached_a: set[str] = set()
+    nix_a: set[str] = set()
+    if not args.engines_only:
+        outcome = promote_json(a, held)
+        objects = [outcome["artifacts"][kind] for kind in KINDS]
+        keep = set(os.listdir(held))
+        promote_json(a, held)  # the stat cache is recorded once the trees are settled
+        cached_a = set(records(held))
+        if not cached_a:
+            raise SystemExit("the stat cache recorded nothing for A: are its trees still changing?")
+        subprocess.run(["nix-store", "--store", str(nix_held), "--add", *trees(a)], check=True,
+                       capture_output=True)
+        nix_a = set(os.listdir(nix_held / "nix/store"))
+        previous.mkdir()
+        subprocess.run(["cp", "-a", *trees(a), str(previous)], check=True)
     old: Path | None = args.old_engine.absolute() if args.old_engine else None
     old_env = {**NONE, "PYTHONPATH": str(old)} if old else {}
     old_held, new_held = work / "store-held-old", work / "store-held-new"
@@ -362,6 +375,24 @@ def main() -> None:
         forget_b()
         remove(scratch)
 
+    def engine_pairs(results: Results, flip: bool) -> None:
+        if old is None:
+            return
+        results.pair("engine: fresh promote, new / old",
+                     Step("fresh promote (new engine)", promote_argv(a, scratch), env=NONE,
+                          before=clear, after=clear),
+                     Step("fresh promote (old engine)", old_promote_argv(a, scratch),
+                          env=old_env, before=clear, after=clear), flip)
+        results.pair("engine: re-promote, new / old",
+                     Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
+                     Step("re-promote (old engine)", old_promote_argv(a, old_held),
+                          env=old_env), flip)
+        results.pair("engine: rebuild promote, new / old",
+                     Step("rebuild promote (new engine)", promote_argv(b, new_held),
+                          env=NONE, after=forget_engine_b(new_held)),
+                     Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
+                          env=old_env, after=forget_engine_b(old_held)), flip)
+
     results = Results()
     cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,
                 after=clear)
@@ -371,6 +402,9 @@ def main() -> None:
               flush=True)
         fresh = Step("fresh promote", promote_argv(a, scratch), env=NONE, before=clear,
                      after=clear)
+        if args.engines_only:
+            engine_pairs(results, flip)
+            continue
         results.pair("fresh promote / cp -a", fresh, cp_a, flip)
         results.pair("fresh promote / nix-store --add", fresh,
                      Step("nix-store --add", ["nix-store", "--store", str(scratch), "--add",
@@ -408,21 +442,7 @@ def main() -> None:
                                                   "--store", str(held), *objects]),
                      Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
                                                       *objects]), flip)
-        if old is not None:
-            results.pair("engine: fresh promote, new / old",
-                         Step("fresh promote (new engine)", promote_argv(a, scratch), env=NONE,
-                              before=clear, after=clear),
-                         Step("fresh promote (old engine)", old_promote_argv(a, scratch),
-                              env=old_env, before=clear, after=clear), flip)
-            results.pair("engine: re-promote, new / old",
-                         Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
-                         Step("re-promote (old engine)", old_promote_argv(a, old_held),
-                              env=old_env), flip)
-            results.pair("engine: rebuild promote, new / old",
-                         Step("rebuild promote (new engine)", promote_argv(b, new_held),
-                              env=NONE, after=forget_engine_b(new_held)),
-                         Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
-                              env=old_env, after=forget_engine_b(old_held)), flip)
+        engine_pairs(results, flip)
         print("  floors", flush=True)
         every = f"find {' '.join(trees(a))} -type f -print0 | xargs -0 "
         results.add("floor: cat every byte", Step("", [every + "cat > /dev/null"],
