@@ -20,7 +20,16 @@ scale (to show peak RSS does not grow). Pairs, each round:
   removed first (every byte hashed again);
 - promote of B into the store holding A vs ``nix-store --add`` of B into the
   Nix store holding A, and vs ``rsync -a --link-dest=<copy of A>`` of B;
-- ``fruix store verify`` of A's four objects vs ``nix-hash`` of them.
+- ``fruix store verify`` of A's four objects vs ``nix-hash`` of them, and
+  ``store verify --fast`` (right after the full one recorded what it hashed).
+
+With ``--old-engine DIR`` (a directory holding another version's
+``fruix_core`` package, e.g. ``git archive REV fruix_core | tar -x -C DIR``),
+each round also pairs this engine with that one, each run with its own
+``PYTHONPATH``, on the same trees (issue 12: store v2 must not be more than
+5 % slower than the engine before it): fresh promote of A, re-promote of A
+into the store holding it, and promote of B into the store holding A (each
+engine its own store).
 
 Floors, measured in the same rounds on A: ``cat`` of every byte (every name,
 as the NAR archives each), ``sha256sum`` of every byte (one hash of
@@ -31,6 +40,7 @@ everything), ``tar c | tar x``, ``cp -a``, and ``cp -a --attributes-only``
 Usage::
 
     python benchmarks/promotion/bench.py --work DIR [--scale 1.0] [--rounds 5] [--json OUT]
+        [--old-engine DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -106,9 +116,20 @@ def promote_argv(root: Path, store: Path) -> list[str]:
     return [str(FRUIX), "native-build", "promote", str(root), "--store", str(store), "--json"]
 
 
-def promote_json(root: Path, store: Path) -> dict:
-    out = subprocess.run(promote_argv(root, store), check=True, capture_output=True,
-                         env={**os.environ, **NONE}).stdout
+def old_promote_argv(root: Path, store: Path) -> list[str]:
+    """The same command run from another engine's source (``PYTHONPATH`` first on the path).
+
+    ``-P``: the current directory (this checkout, when run from it) must not
+    come before ``PYTHONPATH``, or this engine would run in the other's place.
+    """
+    return [sys.executable, "-P", "-m", "fruix_core.cli.main", "native-build", "promote", str(root),
+            "--store", str(store), "--json"]
+
+
+def promote_json(root: Path, store: Path, old: Path | None = None) -> dict:
+    argv = old_promote_argv(root, store) if old else promote_argv(root, store)
+    env = {**os.environ, **NONE, **({"PYTHONPATH": str(old)} if old else {})}
+    out = subprocess.run(argv, check=True, capture_output=True, env=env).stdout
     return json.loads(out)
 
 
@@ -249,7 +270,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--old-engine", type=Path, metavar="DIR",
+                        help="directory holding another version's fruix_core to pair with")
+    parser.add_argument("--engines-only", action="store_true",
+                        help="with --old-engine: only the engine pairs (no tools, no floors)")
     args = parser.parse_args()
+    if args.engines_only and not args.old_engine:
+        parser.error("--engines-only needs --old-engine")
     work: Path = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     a, b = work / "root-a", work / "root-b"
@@ -268,18 +295,51 @@ def main() -> None:
     previous = work / "previous-a"
     for path in (held, nix_held, scratch, previous):
         remove(path)
-    outcome = promote_json(a, held)
-    objects = [outcome["artifacts"][kind] for kind in KINDS]
-    keep = set(os.listdir(held))
-    promote_json(a, held)  # the stat cache is recorded once the trees are settled
-    cached_a = set(records(held))
-    if not cached_a:
-        raise SystemExit("the stat cache recorded nothing for A: are its trees still changing?")
-    subprocess.run(["nix-store", "--store", str(nix_held), "--add", *trees(a)], check=True,
-                   capture_output=True)
-    nix_a = set(os.listdir(nix_held / "nix/store"))
-    previous.mkdir()
-    subprocess.run(["cp", "-a", *trees(a), str(previous)], check=True)
+    objects: list[str] = []
+    keep: set[str] = set()
+    cached_a: set[str] = set()
+    nix_a: set[str] = set()
+    if not args.engines_only:
+        outcome = promote_json(a, held)
+        objects = [outcome["artifacts"][kind] for kind in KINDS]
+        keep = set(os.listdir(held))
+        promote_json(a, held)  # the stat cache is recorded once the trees are settled
+        cached_a = set(records(held))
+        if not cached_a:
+            raise SystemExit("the stat cache recorded nothing for A: are its trees still changing?")
+        subprocess.run(["nix-store", "--store", str(nix_held), "--add", *trees(a)], check=True,
+                       capture_output=True)
+        nix_a = set(os.listdir(nix_held / "nix/store"))
+        previous.mkdir()
+        subprocess.run(["cp", "-a", *trees(a), str(previous)], check=True)
+    old: Path | None = args.old_engine.absolute() if args.old_engine else None
+    old_env = {**NONE, "PYTHONPATH": str(old)} if old else {}
+    old_held, new_held = work / "store-held-old", work / "store-held-new"
+    if old is not None:
+        if not (old / "fruix_core").is_dir():
+            raise SystemExit(f"{old}: no fruix_core package there")
+        for path in (old_held, new_held):
+            remove(path)
+        promote_json(a, old_held, old)
+        promote_json(a, new_held)
+        promote_json(a, new_held)  # its stat cache, as for the store holding A above
+    held_names = {path: set(os.listdir(path)) for path in (old_held, new_held)
+                  if path.exists()}
+    held_records = {path: set(records(path)) for path in held_names}
+
+    def forget_engine_b(store: Path) -> Callable[[], None]:
+        def forget() -> None:
+            keep_here = held_names[store]
+            for name in os.listdir(store):
+                if name not in keep_here:
+                    remove(store / name)
+            for name in os.listdir(store / ".links"):
+                if os.lstat(store / ".links" / name).st_nlink == 1:
+                    os.unlink(store / ".links" / name)
+            for name in records(store):
+                if name not in held_records[store]:
+                    os.unlink(store / ".cache" / name)
+        return forget
 
     def clear() -> None:
         remove(scratch)
@@ -315,6 +375,24 @@ def main() -> None:
         forget_b()
         remove(scratch)
 
+    def engine_pairs(results: Results, flip: bool) -> None:
+        if old is None:
+            return
+        results.pair("engine: fresh promote, new / old",
+                     Step("fresh promote (new engine)", promote_argv(a, scratch), env=NONE,
+                          before=clear, after=clear),
+                     Step("fresh promote (old engine)", old_promote_argv(a, scratch),
+                          env=old_env, before=clear, after=clear), flip)
+        results.pair("engine: re-promote, new / old",
+                     Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
+                     Step("re-promote (old engine)", old_promote_argv(a, old_held),
+                          env=old_env), flip)
+        results.pair("engine: rebuild promote, new / old",
+                     Step("rebuild promote (new engine)", promote_argv(b, new_held),
+                          env=NONE, after=forget_engine_b(new_held)),
+                     Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
+                          env=old_env, after=forget_engine_b(old_held)), flip)
+
     results = Results()
     cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,
                 after=clear)
@@ -324,6 +402,9 @@ def main() -> None:
               flush=True)
         fresh = Step("fresh promote", promote_argv(a, scratch), env=NONE, before=clear,
                      after=clear)
+        if args.engines_only:
+            engine_pairs(results, flip)
+            continue
         results.pair("fresh promote / cp -a", fresh, cp_a, flip)
         results.pair("fresh promote / nix-store --add", fresh,
                      Step("nix-store --add", ["nix-store", "--store", str(scratch), "--add",
@@ -355,6 +436,13 @@ def main() -> None:
                                                   str(held), *objects]),
                      Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
                                                       *objects]), flip)
+        # After the full verify above recorded what it hashed (A's objects are settled).
+        results.pair("store verify --fast / nix-hash",
+                     Step("store verify --fast", [str(FRUIX), "store", "verify", "--fast",
+                                                  "--store", str(held), *objects]),
+                     Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
+                                                      *objects]), flip)
+        engine_pairs(results, flip)
         print("  floors", flush=True)
         every = f"find {' '.join(trees(a))} -type f -print0 | xargs -0 "
         results.add("floor: cat every byte", Step("", [every + "cat > /dev/null"],
@@ -373,6 +461,7 @@ def main() -> None:
     load_after = os.getloadavg()
     document: dict[str, object] = {
         "scale": args.scale, "rounds": args.rounds, "trees": tree_stats(a),
+        "old_engine": str(old) if old else None,
         "machine": {**machine(work), "load_average_before": load_before,
                     "load_average_after": load_after},
         **results.summary(),

@@ -152,6 +152,7 @@ def make_headers(root: Path, content: Content, scale: float) -> None:
     for i in range(_n(4_600, scale)):
         sub = ("", "sys/", "net/", "netinet/", "machine/", "c++/v1/")[i % 6]
         _write(root, f"usr/include/{sub}h{i:04d}.h", content, rng.randint(500, 12_500))
+    _write(root, "usr/include/sys/param.h", content, 12_000)
 
 
 def make_bootloader(root: Path, content: Content, scale: float) -> None:
@@ -165,7 +166,8 @@ def make_bootloader(root: Path, content: Content, scale: float) -> None:
 
 MAKERS = {"world": make_world, "kernel": make_kernel, "headers": make_headers,
           "bootloader": make_bootloader}
-KEY = {"world": "bin/sh", "kernel": "boot/kernel/kernel", "bootloader": "boot/loader"}
+KEY = {"world": "bin/sh", "kernel": "boot/kernel/kernel", "bootloader": "boot/loader",
+       "headers": "usr/include/sys/param.h"}
 
 
 def generate(out: Path, *, scale: float = 1.0, variant: int = 0, run_id: str = "bench",

@@ -385,6 +385,6 @@ def dispatch_store(args: argparse.Namespace) -> int:
         return commands.export_tar_command(args.object, store, args.output)
     if args.action == "roots":
         return commands.roots_command(store, keep_last=args.keep_last, as_json=args.json)
-    return commands.verify_command(list(args.paths), store, as_json=args.json)
+    return commands.verify_command(list(args.paths), store, as_json=args.json, fast=args.fast)
 
 

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = st_sub.add_parser("verify", help="re-hash store objects against their identity")
     verify.add_argument("paths", nargs="*", metavar="STORE_PATH")
     verify.add_argument("--store", metavar="DIR", help="store directory")
+    verify.add_argument("--fast", action="store_true",
+                        help="trust files whose stat is unchanged since a full verify hashed them")
     _common(verify)
     gc = st_sub.add_parser("gc", help="delete store objects no root reaches")
     gc.add_argument("--store", metavar="DIR", help="store directory")

@@ -120,15 +120,17 @@ def _check_exists(paths: list[str], store: str) -> None:
         raise UsageError(f"{shown(store)}: no such store directory")
 
 
-def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
+def verify_command(paths: list[str], store: str, *, as_json: bool, fast: bool = False) -> int:
     """Verify the given store objects (all of ``store`` when ``paths`` is empty).
+
+    ``fast`` trusts files whose stat is unchanged since a full verify hashed them.
 
     :returns: :attr:`ExitCode.OK` when clean, :attr:`ExitCode.VERIFICATION` otherwise.
     :raises UsageError: (exit 2) when a named store path or the store does not exist: a
         mistyped name is the operator's, not a corrupt store.
     """
     _check_exists(paths, store)
-    report = verify(Path(store), [Path(p) for p in paths] if paths else None)
+    report = verify(Path(store), [Path(p) for p in paths] if paths else None, fast=fast)
     if as_json:
         emit("fruix.store-verify/1", {
             "checked": [_json_path(p) for p in report.checked],
@@ -140,7 +142,8 @@ def verify_command(paths: list[str], store: str, *, as_json: bool) -> int:
             where = f"{problem.object}/{problem.path}" if problem.path else problem.object
             print(f"{where}: {problem.problem}")
         bad = len({p.object for p in report.problems})
-        print(f"checked {len(report.checked)} store objects: "
+        trusted = f" ({len(report.trusted)} from unchanged stat)" if fast else ""
+        print(f"checked {len(report.checked)} store objects{trusted}: "
               + ("all clean" if report.ok else f"{bad} with problems"))
     return int(ExitCode.OK if report.ok else ExitCode.VERIFICATION)
 

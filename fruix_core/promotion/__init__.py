@@ -24,11 +24,30 @@ terminals and logs), ``seams`` (named points for deterministic tests).
 
 from __future__ import annotations
 
-from fruix_core.promotion.ingest import Progress
-from fruix_core.promotion.nar import tree_signature
-from fruix_core.promotion.schema import dumps_promotion, read_promotion, write_promotion
-from fruix_core.promotion.store import PromotionOutcome, promote
-from fruix_core.promotion.verify import Problem, VerifyReport, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fruix_core.promotion.ingest import Progress
+    from fruix_core.promotion.nar import tree_signature
+    from fruix_core.promotion.schema import dumps_promotion, read_promotion, write_promotion
+    from fruix_core.promotion.store import PromotionOutcome, promote
+    from fruix_core.promotion.verify import Problem, VerifyReport, verify
+
+#: Public name -> submodule. Imported on first use, so a command that reads
+#: ``promotion.scm`` or hashes one tree does not load the whole engine at start-up.
+_EXPORTS = {
+    "Problem": "verify",
+    "Progress": "ingest",
+    "PromotionOutcome": "store",
+    "VerifyReport": "verify",
+    "dumps_promotion": "schema",
+    "promote": "store",
+    "read_promotion": "schema",
+    "tree_signature": "nar",
+    "verify": "verify",
+    "write_promotion": "schema",
+}
 
 __all__ = [
     "Problem",
@@ -42,3 +61,12 @@ __all__ = [
     "verify",
     "write_promotion",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -13,6 +13,7 @@
     STORE/.roots/<name>             explicit GC roots (symlinks to store objects)
     STORE/.roots/.results/<h>       results directories that promoted into this store
     STORE/.cache/<fingerprint>      stat-cache records (see statcache)
+    STORE/.cache/verified-inodes    store files a full verify hashed (verify --fast)
 
 Dot-prefixed entries are the store's own bookkeeping, never objects.
 """

@@ -51,8 +51,8 @@ import structlog
 
 from fruix_core.promotion.safeio import DIR_FLAGS, FILE_FLAGS
 
-__all__ = ["CACHE_VERSION", "DISABLE_ENV", "RACY_MARGIN_NS", "CachedTree", "StatCache",
-           "TreeFingerprint"]
+__all__ = ["CACHE_VERSION", "DISABLE_ENV", "RACY_MARGIN_NS", "VERIFIED_FILE", "CachedTree",
+           "StatCache", "TreeFingerprint", "VerifiedInodes"]
 
 log = structlog.get_logger(__name__)
 
@@ -149,24 +149,9 @@ class StatCache:
         """The record for ``fingerprint``, or ``None`` (absent, foreign or damaged)."""
         if not fingerprint or not self.enabled:
             return None
-        dir_fd = self._open_dir(create=False)
-        if dir_fd is None:
+        data = self._read(fingerprint, _MAX_RECORD)
+        if data is None:
             return None
-        try:
-            fd = os.open(fingerprint, FILE_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            return None
-        finally:
-            os.close(dir_fd)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner:
-                return None
-            data = os.read(fd, _MAX_RECORD + 1)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         return self._parse(data, fingerprint, kind)
 
     def _parse(self, data: bytes, fingerprint: str, kind: str) -> CachedTree | None:
@@ -203,27 +188,143 @@ class StatCache:
             "files": tree.files,
         }
         fields["check"] = _checksum(fields)
-        data = json.dumps(fields, sort_keys=True).encode("ascii")
+        self._write(fingerprint, json.dumps(fields, sort_keys=True).encode("ascii"))
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Replace the cache file ``name`` atomically (failures only cost speed)."""
         try:
             dir_fd = self._open_dir(create=True)
         except OSError:
             return
         if dir_fd is None:
             return
-        temp = f".new-{os.getpid()}-{fingerprint}"
+        temp = f".new-{os.getpid()}-{name}"
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dir_fd)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=dir_fd)
             try:
-                os.write(fd, data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
-            os.rename(temp, fingerprint, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as err:
             log.warning("store.statcache.not_recorded", error=err.strerror)
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _read(self, name: str, limit: int) -> bytes | None:
+        """The cache file ``name`` if it is a regular file of the store's owner, else ``None``."""
+        dir_fd = self._open_dir(create=False)
+        if dir_fd is None:
+            return None
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self._owner:
+                return None
+            parts = []
+            total = 0
+            while total <= limit:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            return b"".join(parts)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+
+#: Name of the file of verified store inodes inside ``STORE/.cache``.
+VERIFIED_FILE = "verified-inodes"
+_INODE = struct.Struct("<QQIqqq32s")
+_VERIFIED_MAGIC = b"fruix-verified-inodes-1\n"
+_MAX_VERIFIED = 64 << 20
+
+
+class VerifiedInodes:
+    """Store files a full check found right: ``store verify --fast`` trusts their stat.
+
+    A full ``store verify`` records, for every regular file of the store whose
+    content it hashed and found equal to its manifest line or pool name, the
+    inode's device, number, mode, size, modification and change times
+    (nanoseconds) with that SHA-256. ``--fast`` answers a file whose ``lstat``
+    still gives exactly those values from the record instead of reading it;
+    any write, ``chmod``, new link or unlink of the inode sets a new change
+    time, so only a change that leaves the change time as it was (the clock
+    set back by the superuser, a raw write to the device, a write through a
+    mapping made before the check) goes unnoticed. Inodes changed within
+    :data:`RACY_MARGIN_NS` of the check are not recorded.
+
+    The file is ``STORE/.cache/verified-inodes``, written and trusted like
+    the stat-cache records (store owner only, checksum, this store's device
+    and inode); anything else in its place is ignored, never trusted.
+    """
+
+    def __init__(self, store: os.PathLike[str] | str) -> None:
+        self._cache = StatCache(store)
+        self.started_ns = time.time_ns()
+        #: (dev, ino) -> (mode, size, mtime_ns, ctime_ns, sha256 bytes)
+        self.known: dict[tuple[int, int], tuple[int, int, int, int, bytes]] = {}
+        self.confirmed: dict[tuple[int, int], tuple[int, int, int, int, bytes]] = {}
+
+    def load(self) -> None:
+        """Read the records (none when absent, damaged or not this store's)."""
+        if not self._cache.enabled:
+            return
+        data = self._cache._read(VERIFIED_FILE, _MAX_VERIFIED)
+        if data is None:
+            return
+        header, _, body = data.partition(b"\n\n")
+        try:
+            fields = json.loads(header[len(_VERIFIED_MAGIC):].decode("ascii"))
+            if (not header.startswith(_VERIFIED_MAGIC) or not isinstance(fields, dict)
+                    or fields.get("store") != self._cache._store_id
+                    or fields.get("sha256") != hashlib.sha256(body).hexdigest()
+                    or len(body) % _INODE.size):
+                raise ValueError("not this store's records")
+        except (ValueError, UnicodeDecodeError):
+            log.warning("store.statcache.damaged", record=VERIFIED_FILE)
+            return
+        self.known = {(dev, ino): (mode, size, mtime, ctime, digest)
+                      for dev, ino, mode, size, mtime, ctime, digest in _INODE.iter_unpack(body)}
+
+    def lookup(self, st: os.stat_result) -> str | None:
+        """The recorded SHA-256 of this inode if its stat is exactly as recorded."""
+        found = self.known.get((st.st_dev, st.st_ino))
+        if found is None or found[:4] != (st.st_mode, st.st_size, st.st_mtime_ns,
+                                          st.st_ctime_ns):
+            return None
+        self.confirmed[(st.st_dev, st.st_ino)] = found
+        return found[4].hex()
+
+    def confirm(self, st: os.stat_result, digest: str) -> None:
+        """Record that this inode, as ``st`` describes it, was hashed to ``digest``."""
+        if max(st.st_ctime_ns, st.st_mtime_ns) >= self.started_ns - RACY_MARGIN_NS:
+            return  # racily clean: a change in the same tick could keep these times
+        self.confirmed[(st.st_dev, st.st_ino)] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                                  st.st_ctime_ns, bytes.fromhex(digest))
+
+    def save(self, *, keep_others: bool) -> None:
+        """Write the confirmed records (with the other known ones when ``keep_others``)."""
+        if not self._cache.enabled:
+            return
+        records = {**self.known, **self.confirmed} if keep_others else self.confirmed
+        body = b"".join(_INODE.pack(dev, ino, *fields)
+                        for (dev, ino), fields in sorted(records.items()))
+        header = json.dumps({"store": self._cache._store_id,
+                             "sha256": hashlib.sha256(body).hexdigest()}).encode("ascii")
+        self._cache._write(VERIFIED_FILE, _VERIFIED_MAGIC + header + b"\n\n" + body)

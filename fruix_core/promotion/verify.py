@@ -19,6 +19,16 @@ and time; so a clean verify means the next promotion cannot link a wrong
 entry. Every metadata file is opened without following symlinks or blocking
 on a FIFO, so no planted node hangs or redirects verify.
 
+With ``fast``, a file whose ``lstat`` (device, inode, mode, size,
+modification and change times) is exactly what an earlier full verify
+recorded after hashing it (:class:`~fruix_core.promotion.statcache.VerifiedInodes`)
+is not read again: its recorded digest stands in for its content. An object
+all of whose files are answered that way is checked in everything but its
+tree signature (which needs every byte); any other object, and every pool
+entry not answered that way, is checked in full. A full verify proves the
+bytes; ``--fast`` proves the bytes *or* that nobody changed them without the
+kernel noticing (see the store page of the operator guide).
+
 Each problem names the object, the file inside it and what differs.
 """
 
@@ -49,6 +59,7 @@ from fruix_core.promotion.nar import NarHasher, read_digest, read_regular, walk
 from fruix_core.promotion.records import read_bundle_record, read_object_record
 from fruix_core.promotion.safeio import open_regular_at
 from fruix_core.promotion.safeio import read_regular as read_file
+from fruix_core.promotion.statcache import VerifiedInodes
 
 _OWN_FILES = (OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE)
 _POOL_NAME = re.compile(r"[0-9a-f]{64}-[rx]\Z")
@@ -71,6 +82,8 @@ class VerifyReport:
 
     checked: tuple[Path, ...]
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    #: Objects whose files were all answered from recorded stat (``fast`` only).
+    trusted: tuple[Path, ...] = field(default_factory=tuple)
 
     @property
     def ok(self) -> bool:
@@ -85,11 +98,16 @@ def _objects(store: Path) -> list[Path]:
     return [store / name for name in names if OBJECT_NAME_RE.match(name)]
 
 
-def verify(store: Path | str, paths: Sequence[Path | str] | None = None) -> VerifyReport:
+def verify(store: Path | str, paths: Sequence[Path | str] | None = None, *,
+           fast: bool = False) -> VerifyReport:
     """Check store objects against their recorded identity.
+
+    Every file hashed and found right is recorded for later ``fast`` checks
+    (when this process may write the store's cache).
 
     :param store: the store directory.
     :param paths: objects to check (store paths or names); all objects when ``None``.
+    :param fast: trust files whose stat is unchanged since a full check hashed them.
     :returns: a report listing every problem found; ``report.ok`` when none.
     """
     store = Path(store).absolute()
@@ -98,25 +116,46 @@ def verify(store: Path | str, paths: Sequence[Path | str] | None = None) -> Veri
             Problem(str(store), "", "store directory does not exist"),))
     targets = _objects(store) if paths is None else [
         Path(p) if os.path.isabs(p) or os.sep in str(p) else store / p for p in paths]
+    inodes: VerifiedInodes | None = None
+    try:
+        inodes = VerifiedInodes(store)
+    except OSError:
+        pass  # no store directory: nothing to record
+    if inodes is not None and fast:
+        inodes.load()
     problems: list[Problem] = []
+    trusted: list[Path] = []
     for target in targets:
-        problems.extend(_verify_one(Path(target).absolute()))
+        full = Path(target).absolute()
+        found, whole = _verify_one(full, inodes, fast)
+        problems.extend(found)
+        if whole:
+            trusted.append(full)
     if paths is None:
-        problems.extend(_verify_pool(StoreLayout(store)))
+        problems.extend(_verify_pool(StoreLayout(store), inodes, fast))
+    if inodes is not None:
+        inodes.save(keep_others=paths is not None)
     return VerifyReport(checked=tuple(Path(t).absolute() for t in targets),
-                        problems=tuple(problems))
+                        problems=tuple(problems), trusted=tuple(trusted))
 
 
-def _verify_one(path: Path) -> list[Problem]:
+def _verify_one(path: Path, inodes: VerifiedInodes | None,
+                fast: bool) -> tuple[list[Problem], bool]:
+    """Problems of one object, and whether it was answered from recorded stat."""
     name = shown(path)
     if not os.path.lexists(path):
-        return [Problem(name, "", "no such store object")]
+        return [Problem(name, "", "no such store object")], False
     if os.path.islink(path) or not path.is_dir():
-        return [Problem(name, "", "not a directory")]
+        return [Problem(name, "", "not a directory")], False
     found: list[Problem] = []
+    whole = False
     try:
         if os.path.lexists(path / OBJECT_FILE):
-            found.extend(_verify_artifact(path))
+            if fast and inodes is not None:
+                quick = _verify_artifact_fast(path, inodes)
+                if quick is not None:
+                    return quick, True
+            found.extend(_verify_artifact(path, inodes))
         elif os.path.lexists(path / RESULT_FILE):
             found.extend(_verify_bundle(path))
         else:
@@ -129,7 +168,7 @@ def _verify_one(path: Path) -> list[Problem]:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         where = f" ({shown(err.filename)})" if isinstance(err, OSError) and err.filename else ""
         found.append(Problem(name, "", f"cannot be checked: {shown(reason)}{where}"))
-    return found
+    return found, whole
 
 
 def _check_name(path: Path, recorded: str, derived: str) -> Iterator[Problem]:
@@ -156,19 +195,65 @@ def _sha256_regular(path: Path) -> str:
         os.close(fd)
 
 
-def _verify_artifact(path: Path) -> Iterator[Problem]:
+def _verify_header(path: Path) -> Iterator[Problem]:
+    """An artifact object's own files, name and manifest digest."""
     obj = shown(path)
     yield from _check_own_files(path, set(_OWN_FILES))
     record = read_object_record(path / OBJECT_FILE)
     yield from _check_name(path, record.name, record.derived_name)
-    manifest_path = path / MANIFEST_FILE
-    if _sha256_regular(manifest_path) != record.manifest_sha256:
+    if _sha256_regular(path / MANIFEST_FILE) != record.manifest_sha256:
         yield Problem(obj, MANIFEST_FILE, "manifest digest differs from the recorded one")
+    if read_file(path / REFERENCES_FILE, limit=1 << 20) != b"":
+        yield Problem(obj, REFERENCES_FILE, "artifact objects refer to nothing; expected empty")
+
+
+def _verify_artifact_fast(path: Path, inodes: VerifiedInodes) -> list[Problem] | None:
+    """The object checked from recorded stat, or ``None`` when a file needs reading.
+
+    Walks without opening any file (``lstat`` only); every regular file must
+    be answered by :meth:`VerifiedInodes.lookup`, then the nodes are compared
+    with the manifest as in a full check. The tree signature is not
+    recomputed: every file's content and the tree's shape match the manifest
+    the signature was computed with.
+    """
+    nodes: list[tuple[bytes, os.stat_result, bytes | None, str | None]] = []
+    missed = False
+
+    def observe(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
+        nonlocal missed
+        digest = None
+        if stat.S_ISREG(st.st_mode):
+            digest = inodes.lookup(st)
+            missed = missed or digest is None
+        nodes.append((rel, st, target, digest))
+
+    problems = list(_verify_header(path))
+    if problems:
+        return None  # checked in full, with every message
+    walk(os.fsencode(path), on_entry=observe, with_contents=False,
+         exclude_top=tuple(os.fsencode(n) for n in _OWN_FILES))
+    if missed:
+        return None
+    manifest_path = path / MANIFEST_FILE
+    fd, _st = open_regular_at(os.fspath(manifest_path))
+    with os.fdopen(fd, "rb") as stream:
+        merge = _Merge(shown(path), parse_manifest(stream, shown(manifest_path)), problems)
+        for rel, st, target, digest in nodes:
+            merge.node(rel, st, target, digest)
+        merge.finish()
+    return problems
+
+
+def _verify_artifact(path: Path, verified: VerifiedInodes | None = None) -> Iterator[Problem]:
+    obj = shown(path)
+    yield from _verify_header(path)
+    record = read_object_record(path / OBJECT_FILE)
+    manifest_path = path / MANIFEST_FILE
     problems: list[Problem] = []
     # Walk in NAR order while streaming the manifest alongside (a merge join).
     fd, _st = open_regular_at(os.fspath(manifest_path))
     with os.fdopen(fd, "rb") as stream:
-        merge = _Merge(obj, parse_manifest(stream, shown(manifest_path)), problems)
+        merge = _Merge(obj, parse_manifest(stream, shown(manifest_path)), problems, verified)
 
         def observe(rel: bytes, st: os.stat_result, target: bytes | None) -> None:
             if not stat.S_ISREG(st.st_mode):
@@ -199,17 +284,17 @@ def _verify_artifact(path: Path) -> Iterator[Problem]:
     if nar.size != record.nar_size:
         yield Problem(obj, OBJECT_FILE, f"nar-size is {record.nar_size}, the tree's NAR has "
                                         f"{nar.size} bytes")
-    if read_file(path / REFERENCES_FILE, limit=1 << 20) != b"":
-        yield Problem(obj, REFERENCES_FILE, "artifact objects refer to nothing; expected empty")
 
 
 class _Merge:
     """Compares walked nodes with manifest entries, both in NAR order."""
 
-    def __init__(self, obj: str, entries: Iterator[ManifestEntry], problems: list[Problem]):
+    def __init__(self, obj: str, entries: Iterator[ManifestEntry], problems: list[Problem],
+                 inodes: VerifiedInodes | None = None) -> None:
         self.obj = obj
         self.entries = entries
         self.problems = problems
+        self.inodes = inodes  # files found right are recorded here
         self.current = next(entries, None)
         self.groups: dict[bytes, tuple[int, int]] = {}
 
@@ -255,6 +340,8 @@ class _Merge:
             self._add(rel, f"size is {st.st_size}, manifest says {entry.size}")
         if digest != entry.sha256:
             self._add(rel, f"content differs (sha256 {digest}, manifest says {entry.sha256})")
+        elif self.inodes is not None and digest is not None and st.st_size == entry.size:
+            self.inodes.confirm(st, digest)
         if entry.nlink > 1:
             inode = (st.st_dev, st.st_ino)
             if entry.hardlink is None:
@@ -333,7 +420,8 @@ def _verify_bundle(path: Path) -> Iterator[Problem]:
         yield Problem(obj, REFERENCES_FILE, "does not list exactly the artifact objects")
 
 
-def _verify_pool(layout: StoreLayout) -> Iterator[Problem]:
+def _verify_pool(layout: StoreLayout, inodes: VerifiedInodes | None = None,
+                 fast: bool = False) -> Iterator[Problem]:
     pool = layout.links
     if not os.path.lexists(pool):
         return
@@ -356,6 +444,8 @@ def _verify_pool(layout: StoreLayout) -> Iterator[Problem]:
                           f"mode is {stat.S_IMODE(st.st_mode):04o}, expected {expected:04o}")
         if st.st_mtime != FIXED_MTIME:
             yield Problem(where, name, "modification time is not the store's")
+        if fast and inodes is not None and inodes.lookup(st) == name[:64]:
+            continue
         try:
             digest = _sha256_regular(full)
         except OSError as err:
@@ -363,3 +453,5 @@ def _verify_pool(layout: StoreLayout) -> Iterator[Problem]:
             continue
         if digest != name[:64]:
             yield Problem(where, name, f"content does not match its name (sha256 {digest})")
+        elif inodes is not None:
+            inodes.confirm(st, digest)
