@@ -136,6 +136,8 @@ def verify_command(paths: list[str], store: str, *, as_json: bool, fast: bool = 
             "checked": [_json_path(p) for p in report.checked],
             "problems": [{"object": p.object, "path": p.path, "problem": p.problem}
                          for p in report.problems],
+            "fast": fast,
+            "trusted": [_json_path(p) for p in report.trusted],
         }, ok=report.ok)
     else:
         for problem in report.problems:

@@ -13,6 +13,7 @@ from fruix_core.cli.store import verify_command
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import PromotionOutcome, promote, seams, statcache, verify
 from fruix_core.promotion.statcache import CACHE_DIR, VERIFIED_FILE, VerifiedInodes
+from fruix_core.schemas import validate_document
 
 from .test_statcache import Reads
 
@@ -151,6 +152,11 @@ def test_cli_fast_flag(promoted: PromotionOutcome, store: Path, no_margin: None,
     capsys.readouterr()
     assert verify_command([], str(store), as_json=False, fast=True) == ExitCode.OK
     assert "(4 from unchanged stat): all clean" in capsys.readouterr().out
+    assert verify_command([], str(store), as_json=True, fast=True) == ExitCode.OK
+    doc = json.loads(capsys.readouterr().out)
+    validate_document(doc)
+    assert doc["fast"] is True and len(doc["trusted"]) == 4 and set(doc["trusted"]) <= \
+        set(doc["checked"])
     _same_size_rewrite(promoted.artifacts["kernel"] / "boot/kernel/kernel")
     assert verify_command([], str(store), as_json=False, fast=True) == ExitCode.VERIFICATION
     assert "content differs" in capsys.readouterr().out
