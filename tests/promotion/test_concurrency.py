@@ -1,14 +1,12 @@
-"""Many processes promoting one result root at once; kill -9 at random moments."""
+"""Many processes promoting one result root at once; kill -9 at named points."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fruix_core.promotion import promote, verify
@@ -75,38 +73,52 @@ def _final_objects_complete(store: Path) -> None:
     assert report.ok, report.problems
 
 
-def test_kill_9_at_random_moments(tmp_path: Path) -> None:
+#: A promoter that SIGKILLs itself the ``nth`` time it reaches the named point.
+KILLED_AT = r"""
+import os, signal, sys
+from pathlib import Path
+from structlog.testing import capture_logs
+from fruix_core.promotion import promote, seams
+point, nth = sys.argv[3], int(sys.argv[4])
+seen = []
+def kill(detail):
+    seen.append(detail)
+    if len(seen) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+with capture_logs(), seams.installed(point, kill):
+    promote(Path(sys.argv[1]), Path(sys.argv[2]))
+print("not killed", flush=True)
+"""
+
+#: Where a promotion is killed: early, middle and late in the walk that reads and
+#: ingests the files (the tree has 300 libraries and a 5 MiB one), after validation,
+#: and with every object prepared but none published.
+KILL_POINTS = [("walk.before-open", 1), ("walk.reading", 1), ("walk.reading", 40),
+               ("walk.reading", 150), ("walk.reading", 290), ("walk.before-open", 320),
+               ("promote.validated", 1), ("promote.before-publish", 1)]
+
+
+def test_kill_9_at_named_points(tmp_path: Path) -> None:
+    """A promotion killed at each named point leaves only complete objects under final
+    names, and the next promotion into the same store completes and cleans up.
+
+    Deterministic: each child kills itself at a named point of the engine (seams),
+    never after a sleep.
+    """
     root = build_result_root(tmp_path / "root", extra=_with_many_files)
-    rng = random.Random(20261125)
-    # How long an undisturbed promotion takes here, to spread the kills over it.
-    probe = _child(root, tmp_path / "probe-store")
-    assert probe.stdout is not None and probe.stdout.readline()
-    started = time.monotonic()
-    probe.communicate("go\n", timeout=240)
-    duration = time.monotonic() - started
-    moments: list[float] = []
+    env = {**os.environ, "FRUIX_STORE_FSYNC": "none"}
+    store = tmp_path / "store"
     interrupted = 0
-    for attempt in range(20):
-        store = tmp_path / f"store-{attempt % 4}"
-        child = _child(root, store)
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        assert child.stdin is not None
-        delay = rng.uniform(0, duration * 1.1)
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        child.communicate(timeout=60)
-        moments.append(delay)
+    for point, nth in KILL_POINTS:
+        done = subprocess.run([sys.executable, "-c", KILLED_AT, str(root), str(store), point,
+                               str(nth)], capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == -signal.SIGKILL, (point, nth, done.stdout, done.stderr)
         if store.exists():
-            # Whatever exists under a final name is complete.
-            _final_objects_complete(store)
+            _final_objects_complete(store)  # whatever exists under a final name is complete
             interrupted += bool(_temporaries(store))
-    assert len(set(moments)) == 20
-    assert interrupted >= 3, "too few kills landed mid-promotion to mean anything"
-    for index in range(4):
-        store = tmp_path / f"store-{index}"
-        outcome = promote(root, store)
-        assert _temporaries(store) == []
-        _final_objects_complete(store)
-        assert outcome.bundle.is_dir()
+    # The walk kills each left the ingestion's temporaries behind: the cleanup is tested.
+    assert interrupted >= 4
+    outcome = promote(root, store)
+    assert _temporaries(store) == []
+    _final_objects_complete(store)
+    assert outcome.bundle.is_dir()
