@@ -55,7 +55,6 @@ from fruix_core.runner import (
     _request,
     _Run,
     _source_dir,
-    _state_of,
 )
 
 __all__ = ["IMPORT", "AttachPoint", "attach_build", "attach_point", "guest_from_record",
@@ -195,24 +194,14 @@ def attach_build(
         if point.phase == IMPORT:
             _conclude(run, None, None, _finished_in_guest(run, point), _nothing)
             return _promoted(run, do_promote, progress)
-        env: PreparedEnv | None = None
-        end = RunEnd("failed", "prepare")
-        try:
-            env = pm.prepare_env(request)
+        def same_result_root(env: PreparedEnv) -> None:
             recorded = point.metadata.get("result_root")
             if recorded and env.result_root != recorded:
                 raise UsageError(f"run {root.run_id}: its guest result root was {recorded}, but "
                                  f"the executor's settings now give {env.result_root}; attach "
                                  f"with the settings the run started with")
-            staged, emitted = run.build(env)
-            end = RunEnd("ok")
-        except BaseException as exc:
-            end = RunEnd(_state_of(exc), run.stage)
-            raise
-        finally:
-            logs.close()
-            if env is not None:
-                run.teardown(env, end)
+
+        env, staged, emitted = run.build_in(lambda: pm.prepare_env(request), same_result_root)
         _conclude(run, env, staged, emitted, _nothing)
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")

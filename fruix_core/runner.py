@@ -379,6 +379,28 @@ class _Run:
             raise Cancelled(cancel.reason or "interrupted")
         return staged, emitted
 
+    def build_in(self, prepare: Callable[[], PreparedEnv],
+                 check: Callable[[PreparedEnv], None] | None = None
+                 ) -> tuple[PreparedEnv, StagedArtifacts, EmittedResult]:
+        """``prepare`` an environment, ``check`` it, build in it; the phase logs are
+        closed and a prepared environment is torn down whatever happens."""
+        env: PreparedEnv | None = None
+        end = RunEnd("failed", "prepare")
+        try:
+            env = prepare()
+            if check is not None:
+                check(env)
+            staged, emitted = self.build(env)
+            end = RunEnd("ok")
+        except BaseException as exc:
+            end = RunEnd(_state_of(exc), self.stage)
+            raise
+        finally:
+            self.logs.close()
+            if env is not None:
+                self.teardown(env, end)
+        return env, staged, emitted
+
     def teardown(self, env: PreparedEnv, end: RunEnd) -> None:
         began = time.monotonic()
         self.event("teardown-started", status=end.state)
@@ -669,37 +691,30 @@ def run_build(
             released = True
             run.release(acquired, end)
 
-    try:
-        env: PreparedEnv | None = None
-        end = RunEnd("failed", "prepare")
-        try:
-            if guest_name:
-                run.stage = "acquire-guest"
-                run.event("guest-acquiring", guest=guest_name)
-                began = time.monotonic()
-                acquired = pm.acquire_guest(GuestRequest(
-                    provider=guest_name, run_id=run_id,
-                    settings=config.guest_settings(guest_name), config_file=config.file,
-                    cancel=cancel, on_step=run.guest_step))
-                acquired = _with_steps(acquired, run.guest_step)
-                request = run.request = _with_guest(request, acquired)
-                run.bound.info("guest acquired", guest=acquired.name, host=acquired.host)
-                run.event("guest-acquired", guest=acquired.name, host=acquired.host,
-                          seconds=round(time.monotonic() - began, 3))
-                from fruix_core.attach import guest_record
+    def prepare() -> PreparedEnv:
+        """Acquire the guest (if any), then prepare the executor's environment."""
+        nonlocal acquired, request
+        if guest_name:
+            run.stage = "acquire-guest"
+            run.event("guest-acquiring", guest=guest_name)
+            began = time.monotonic()
+            acquired = pm.acquire_guest(GuestRequest(
+                provider=guest_name, run_id=run_id,
+                settings=config.guest_settings(guest_name), config_file=config.file,
+                cancel=cancel, on_step=run.guest_step))
+            acquired = _with_steps(acquired, run.guest_step)
+            request = run.request = _with_guest(request, acquired)
+            run.bound.info("guest acquired", guest=acquired.name, host=acquired.host)
+            run.event("guest-acquired", guest=acquired.name, host=acquired.host,
+                      seconds=round(time.monotonic() - began, 3))
+            from fruix_core.attach import guest_record
 
-                run.stamp(guest_record(acquired))  # what attach needs to come back
-            run.stage = "prepare"
-            env = pm.prepare_env(request)
-            staged, emitted = run.build(env)
-            end = RunEnd("ok")
-        except BaseException as exc:
-            end = RunEnd(_state_of(exc), run.stage)
-            raise
-        finally:
-            logs.close()
-            if env is not None:
-                run.teardown(env, end)
+            run.stamp(guest_record(acquired))  # what attach needs to come back
+        run.stage = "prepare"
+        return pm.prepare_env(request)
+
+    try:
+        env, staged, emitted = run.build_in(prepare)
         _conclude(run, env, staged, emitted, release)
     except (KeyboardInterrupt, SystemExit):
         failure = Cancelled("interrupted")
