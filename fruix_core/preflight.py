@@ -37,6 +37,7 @@ from fruix_core.errors import (
     WorkAreaError,
 )
 from fruix_core.resultroot import list_runs
+from fruix_core.runrecord import size_text
 
 __all__ = ["AUTO_MIN_FREE", "FileSystemSpace", "Preflight", "runs_in_guest", "preflight"]
 
@@ -68,15 +69,6 @@ def runs_in_guest(executor_plugin: Any) -> bool | None:
     """Whether an executor builds in a guest (``fruix_runs_in_guest``); ``None``: undeclared."""
     declared = getattr(executor_plugin, "fruix_runs_in_guest", None)
     return declared if isinstance(declared, bool) else None
-
-
-def _size(value: int) -> str:
-    amount = float(value)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{value} bytes" if unit == "bytes" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    raise AssertionError(value)
 
 
 def check_combination(executor: str, plugin: Any, guest: str, guest_origin: str) -> None:
@@ -178,8 +170,8 @@ def check_space(places: Iterable[tuple[str, Path, Path]], config: Config) -> Pre
         found.append(FileSystemSpace(tuple(names), free, needed))
         if needed and free < needed:
             raise WorkAreaError(
-                f"not enough free space for a run: {', '.join(names)}: {_size(free)} free on "
-                f"its file system, {_size(needed)} needed ({source}; set paths.min_free to "
+                f"not enough free space for a run: {', '.join(names)}: {size_text(free)} free on "
+                f"its file system, {size_text(needed)} needed ({source}; set paths.min_free to "
                 "change it)")
     return Preflight(tuple(found), source)
 

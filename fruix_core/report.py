@@ -28,7 +28,7 @@ from fruix_core.errors import FruixError, StoreError
 from fruix_core.model import ARTIFACT_KINDS
 from fruix_core.promotion.display import shown
 from fruix_core.resultroot import list_runs
-from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run
+from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run, size_text
 
 __all__ = ["ReportOutcome", "build_report", "render_report", "write_report"]
 
@@ -44,17 +44,6 @@ class ReportOutcome:
 
     page: Path
     runs: tuple[dict[str, Any], ...]
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _href(page_dir: Path, target: Path) -> str:
@@ -97,7 +86,7 @@ def _run_entry(record: RunRecord, page_dir: Path, bundle: Path | None,
         "result_root": shown(record.root.path),
         "phases": phases,
         "bundle": _text(bundle),
-        "artifacts": [{"kind": k, "size": sizes.get(k), "size_text": _size(sizes.get(k)),
+        "artifacts": [{"kind": k, "size": sizes.get(k), "size_text": size_text(sizes.get(k)),
                        "path": _text(artifacts.get(k))}
                       for k in ARTIFACT_KINDS if k in artifacts or sizes.get(k) is not None],
         "diff": None,

@@ -179,6 +179,18 @@ def iso_time(when: _dt.datetime | None) -> str | None:
     return when.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
+def size_text(n: int | None) -> str:
+    """A size for people: ``512 B``, ``3.4 KiB``, ``1.2 GiB``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 def duration_text(seconds: float | None) -> str:
     """A duration for people: ``4.2s``, ``27s``, ``3m05s``, ``1h02m``; ``?`` when unknown."""
     if seconds is None:

@@ -232,7 +232,7 @@ class TerminalProgress(_Display):
             self._line = line.rstrip("\n").replace("\t", " ")
 
     def _on_promotion(self, state: Progress) -> None:
-        from fruix_core.cli.store import _size
+        from fruix_core.runrecord import size_text as _size
 
         with self._lock:
             self._promotion = (f"{state.kind}: {state.files_done}/{state.files_total} files, "

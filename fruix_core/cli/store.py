@@ -17,6 +17,7 @@ from fruix_core.cli.jsonout import emit
 from fruix_core.errors import ExitCode
 from fruix_core.promotion import Progress, promote, verify
 from fruix_core.promotion.display import shown
+from fruix_core.runrecord import size_text
 
 if TYPE_CHECKING:
     from fruix_core.promotion.layout import StoreLayout
@@ -36,15 +37,6 @@ __all__ = ["ProgressLine", "gc_command", "pin_command", "promote_command",
            "roots_command", "verify_command", "export_tar_command"]
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 class ProgressLine:
     """A self-overwriting progress line on a terminal, at most 10 updates a second."""
 
@@ -61,8 +53,8 @@ class ProgressLine:
         self._last = now
         self.stream.write(
             f"\r\x1b[Kpromoting {state.kind}: {state.files_done}/{state.files_total} files, "
-            f"{_size(state.bytes_done)}/{_size(state.bytes_total)}, "
-            f"{_size(state.bytes_written)} written")
+            f"{size_text(state.bytes_done)}/{size_text(state.bytes_total)}, "
+            f"{size_text(state.bytes_written)} written")
         self.stream.flush()
         self._shown = True
 
@@ -188,7 +180,7 @@ def gc_command(store: str, *, keep_last: int | None, dry_run: bool, as_json: boo
     for path in report.deleted:
         print(f"{verb} {shown(path)}")
     print(f"{verb} {len(report.deleted)} store objects and {report.pool_entries} pool entries, "
-          f"{'would free' if dry_run else 'freed'} {_size(report.bytes_freed)}; "
+          f"{'would free' if dry_run else 'freed'} {size_text(report.bytes_freed)}; "
           f"{report.live} objects reachable from {len(report.roots)} roots")
     return int(ExitCode.OK)
 
@@ -243,7 +235,7 @@ def export_tar_command(obj: str, store: str, output: str | None) -> int:
         raise UsageError(f"no store object {obj!r} (neither a directory nor a name in {store})")
     if output is not None:
         report = export_tar_file(path, Path(output))
-        print(f"{output}: {report.entries} entries, {_size(report.bytes)} of files",
+        print(f"{output}: {report.entries} entries, {size_text(report.bytes)} of files",
               file=sys.stderr)
         return int(ExitCode.OK)
     if sys.stdout.isatty():
