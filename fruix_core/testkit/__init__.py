@@ -24,13 +24,14 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "processes_in",
     "require_tool",
     "run_cli",
+    "cli_process",
     "without_progress",
     "run_host_killed_in_phase",
     "toml_value",
@@ -213,6 +215,22 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@contextlib.contextmanager
+def cli_process(*args: str, cwd: Path, env: dict[str, str] | None = None
+                ) -> Iterator[subprocess.Popen[str]]:
+    """The real CLI running in the background (stdout and stderr piped, text), for a test
+    that acts while it runs; killed and reaped on the way out if it is still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", *args], cwd=cwd,
+                            env=dict(os.environ if env is None else env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def without_progress(stderr: str) -> list[str]:

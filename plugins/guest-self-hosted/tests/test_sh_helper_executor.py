@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from fruix_core.resultroot import ResultRoot
 from fruix_core.schemas import validate_document
 from fruix_core.testkit import (
     Workspace,
+    cli_process,
     live_processes,
     run_cli,
     run_host_killed_in_phase,
@@ -224,10 +223,7 @@ def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> N
     conf = _config(ws, freebsd_sshd, guest.path, promote=False)
     run_id = _killed_in(ws, conf, "buildworld")
     host_log = ws.results / run_id / "logs/buildworld.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
-                             "attach", run_id, "--config", str(conf)], cwd=ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root) as proc:
         def following() -> bool:
             text = host_log.read_text() if host_log.exists() else ""
             return "taken up by attach" in text and "waiting for go-buildworld" in text
@@ -237,10 +233,6 @@ def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> N
         assert again.returncode == ExitCode.USAGE and "is live" in again.stderr
         (guest.source_dir / "go-buildworld").write_text("")
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert f"run {run_id}: ok (attached at buildworld" in out
     text = host_log.read_text()
@@ -263,19 +255,12 @@ def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Pa
     run_id = _killed_in(ws, conf, "buildworld")
     assert wait_for(lambda: live_processes("sleep 3518"))   # the helper went on, hostless
     host_log = ws.results / run_id / "logs/buildworld.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
-                             "attach", run_id, "--config", str(conf)], cwd=ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root) as proc:
         assert wait_for(lambda: host_log.exists() and "taken up by attach"
                         in host_log.read_text() and "sleeping" in host_log.read_text(),
                         seconds=60)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert wait_gone("sleep 3518") == []
     assert str(ResultRoot(ws.results / run_id).status()) == "failed (buildworld)"

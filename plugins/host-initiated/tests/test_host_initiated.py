@@ -29,6 +29,7 @@ from fruix_core.resultroot import ResultRoot
 from fruix_core.testkit import (
     TeardownRecorder,
     Workspace,
+    cli_process,
     live_processes,
     make_tree_writable,
     run_cli,
@@ -480,11 +481,8 @@ def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
     # Kill the sshd session process serving the run in the middle of a phase: the host
     # reconnects and follows the phase on; the run completes ok.
     (toy_lab.root.source_dir / "sleep-buildworld").write_text("3")
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
-                             "--config", str(toy_lab.config()), "--json"],
-                            cwd=toy_lab.ws.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "run", "--config", str(toy_lab.config()), "--json",
+                     cwd=toy_lab.ws.root) as proc:
         deadline = time.monotonic() + 60
         following: list[int] = []
         while time.monotonic() < deadline and not following:
@@ -499,10 +497,6 @@ def test_detached_run_survives_killed_ssh_sessions(toy_lab: Lab) -> None:
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     doc = json.loads(out)
     assert doc["status"] == "ok"
@@ -587,10 +581,8 @@ def test_attach_follows_a_phase_still_running(toy_lab: Lab) -> None:
     conf = toy_lab.config()
     run_id = _killed_in(toy_lab, conf, "buildworld")
     host_log = toy_lab.ws.results / run_id / "logs/buildworld.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
-                             "attach", run_id, "--config", str(conf)], cwd=toy_lab.ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "attach", run_id, "--config", str(conf),
+                     cwd=toy_lab.ws.root) as proc:
         # The barrier holds the phase: attach is following it when its log says so.
         def following() -> bool:
             text = host_log.read_text() if host_log.exists() else ""
@@ -603,10 +595,6 @@ def test_attach_follows_a_phase_still_running(toy_lab: Lab) -> None:
         assert "is live" in again.stderr and "Traceback" not in again.stderr
         (source / "go-buildworld").write_text("")
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert f"run {run_id}: ok (attached at buildworld" in out
     log_text = host_log.read_text()
@@ -680,19 +668,13 @@ def test_interrupting_attach_stops_the_phase_in_the_guest(toy_lab: Lab) -> None:
     run_id = _killed_in(toy_lab, conf, "buildworld")
     assert wait_for(lambda: live_processes("sleep 3517"))   # the phase went on, hostless
     host_log = toy_lab.ws.results / run_id / "logs/buildworld.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build",
-                             "attach", run_id, "--config", str(conf)], cwd=toy_lab.ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "attach", run_id, "--config", str(conf),
+                     cwd=toy_lab.ws.root) as proc:
         assert wait_for(lambda: host_log.exists() and "attached to the detached phase"
                         in host_log.read_text() and "sleeping" in host_log.read_text(),
                         seconds=60)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert wait_gone("sleep 3517") == []
     assert str(ResultRoot(toy_lab.ws.results / run_id).status()) == "failed (buildworld)"
@@ -738,19 +720,13 @@ def test_attach_after_the_phases_needs_the_guest_to_say_ok(toy_lab: Lab) -> None
 def test_a_detached_phase_killed_in_the_guest_fails_the_run(toy_lab: Lab) -> None:
     # No exit-status file will ever come: the follow notices the phase's process is gone.
     (toy_lab.root.source_dir / "sleep-buildworld").write_text("3519")
-    proc = subprocess.Popen([sys.executable, "-m", "fruix_core.cli.main", "native-build", "run",
-                             "--config", str(toy_lab.config())], cwd=toy_lab.ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with cli_process("native-build", "run", "--config", str(toy_lab.config()),
+                     cwd=toy_lab.ws.root) as proc:
         assert wait_for(lambda: bool(live_processes("sleep 3519")), seconds=60)
         (pid_file,) = (toy_lab.root.path / "var/tmp/fruix-native-builds").glob(
             "*/phases/buildworld.pid")
         os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
         _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == ExitCode.BUILD_FAILED, err
     assert "exit status 255" in err
     assert str(ResultRoot(toy_lab.ws.results / toy_lab.only_run_id()).status()) == \
