@@ -6,7 +6,9 @@ the store does not hold that content yet, the copy written into the object
 being built. Nothing is ever hard-linked from the staging tree.
 
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
-content the store already holds is never written. From
+content the store already holds is never written, and the content-pool entry
+it will be linked from is compared byte for byte with those bytes (a wrong
+entry is found here and the content written new). From
 :data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
 reusable buffers (``readv``) and the file's SHA-256 runs on a second core
 (:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
@@ -164,6 +166,10 @@ class Ingester:
         self._buffer: memoryview | None = None  # for files up to BUFFER_LIMIT
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
+        #: ``pool_check(sha256, executable, data)``: whether the pool entry for that
+        #: content holds exactly ``data`` (compared byte for byte, the entry then
+        #: vouched for until linked); ``False`` when it is missing or wrong.
+        self.pool_check: Callable[[str, bool, bytes | memoryview], bool] | None = None
 
     def close(self) -> None:
         """Forget per-promotion caches."""
@@ -172,12 +178,20 @@ class Ingester:
 
     # -- content pool ----------------------------------------------------
 
-    def _known(self, digest: str, executable: bool) -> bool:
-        """Whether this promotion wrote, or the pool holds, that content already."""
+    def _known(self, digest: str, executable: bool,
+               data: bytes | memoryview | None = None) -> bool:
+        """Whether this promotion wrote, or the pool holds, that content already.
+
+        With ``data`` (the bytes just read and hashed into ``digest``) the pool
+        entry is compared with them, so a wrong entry is found here, at the cost
+        of a byte comparison, and the content written new instead.
+        """
         if self.layout is None:
             return False
         if (digest, executable) in self.session:
             return True
+        if data is not None and self.pool_check is not None:
+            return self.pool_check(digest, executable, data)
         suffix = b"-x" if executable else b"-r"
         try:
             st = os.lstat(self._pool_prefix + digest.encode() + suffix)
@@ -446,7 +460,7 @@ class Ingester:
         if st.st_size <= BUFFER_LIMIT:
             digest, data = self._small(fd, rel, st, nar)
             self._tick(1, st.st_size)
-            if temp is None or self._known(digest, executable):
+            if temp is None or self._known(digest, executable, data):
                 self._expect_new = False
                 return digest, 0
             self._expect_new = True
