@@ -152,7 +152,7 @@ class ContentLinker:
             return False
         fd, st = opened
         try:
-            same = _holds(fd, memoryview(data))
+            same = _holds(fd, data)
         finally:
             os.close(fd)
         if not same:
@@ -206,7 +206,7 @@ class ContentLinker:
             _link_or_copy(source, dest, executable)
             self.placed.setdefault(key, []).append(dest)
             return
-        name = self.layout.pool_entry(digest, executable).name
+        name = f"{digest}-{'x' if executable else 'r'}"  # as layout.pool_entry names it
         if key in self._good and not self._unchanged(key, name):
             del self._good[key]  # changed since it was checked: check it again, in full
         inode = self._check_entry(key, size)
@@ -232,14 +232,24 @@ class ContentLinker:
         self.placed.setdefault(key, []).append(dest)
 
 
-def _holds(fd: int, data: memoryview) -> bool:
-    """Whether the file open at ``fd`` holds exactly ``data`` (read to its end)."""
+def _holds(fd: int, data: bytes | memoryview) -> bool:
+    """Whether the file open at ``fd`` holds exactly ``data`` (read to its end).
+
+    Each read asks for one byte more than is left to compare, so a file of
+    the right size is read, and its end seen, in one call per chunk. Bytes
+    are compared with bytes (``memcmp``; a memoryview compares byte by byte).
+    """
+    size = len(data)
     offset = 0
-    while chunk := os.read(fd, min(CHUNK_SIZE, len(data) - offset) or 1):
-        if chunk != data[offset:offset + len(chunk)]:
+    while chunk := os.read(fd, min(CHUNK_SIZE, size - offset + 1)):
+        n = len(chunk)
+        if n > size - offset:
             return False
-        offset += len(chunk)
-    return offset == len(data)
+        part = data[offset:offset + n]  # the object itself when the whole of bytes
+        if chunk != (part if isinstance(part, bytes) else part.tobytes()):
+            return False
+        offset += n
+    return offset == size
 
 
 def _link_or_copy(source: bytes, dest: bytes, executable: bool) -> None:
