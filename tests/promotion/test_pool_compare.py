@@ -2,7 +2,8 @@
 
 Ingestion has just read and hashed the file; the content-pool entry of that
 digest is linked into the new object only when its bytes equal those bytes.
-An entry changed after that comparison is hashed again before it is linked.
+An entry changed after that comparison, or met before the artifact showed any
+new content, is hashed before it is linked.
 """
 
 from __future__ import annotations
@@ -109,4 +110,25 @@ def test_entry_rewritten_after_comparison_is_hashed_again_and_not_linked(
     placed = second.artifacts["world"] / "etc/rc.conf"
     assert placed.read_bytes() == data
     assert entry.read_bytes() == data  # replaced after publishing
+    assert verify(store, [second.artifacts["world"]]).ok
+
+
+def test_entries_met_before_any_new_content_are_hashed_when_linked(
+        tmp_path: Path, store: Path) -> None:
+    # Same contents, one more directory: a new world object whose every file is in
+    # the pool, so nothing marks it as new while read; its entries are hashed instead.
+    first = promote(build_result_root(tmp_path / "a"), store)
+    entry, data = _entry(store, first, "etc/rc.conf")
+    _put(entry, b"X" * len(data), in_place=False)
+
+    def more(root: Path) -> None:
+        (root / "artifacts/world/var/db").mkdir(parents=True)
+
+    with capture_logs() as logs:
+        second = promote(build_result_root(tmp_path / "b", extra=more), store)
+    assert second.artifacts["world"] != first.artifacts["world"]
+    assert second.artifacts["kernel"] == first.artifacts["kernel"]  # reused, nothing read
+    assert _problems(logs) == ["content does not match its name"]
+    placed = second.artifacts["world"] / "etc/rc.conf"
+    assert placed.read_bytes() == data
     assert verify(store, [second.artifacts["world"]]).ok
