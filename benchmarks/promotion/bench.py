@@ -37,10 +37,13 @@ everything), ``tar c | tar x``, ``cp -a``, and ``cp -a --attributes-only``
 (the same tree of empty files: the cost of creating it). ``--profile`` adds a
 ``cProfile`` of one fresh promote and one rebuild promote, in process.
 
+``--engines-only`` runs the engine pairs alone, ``--engine-pairs`` a subset of
+them (e.g. ``fresh,rebuild``).
+
 Usage::
 
     python benchmarks/promotion/bench.py --work DIR [--scale 1.0] [--rounds 5] [--json OUT]
-        [--old-engine DIR] [--profile]
+        [--old-engine DIR [--engines-only] [--engine-pairs LIST]] [--profile]
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ KINDS = ("world", "kernel", "headers", "bootloader")
 FRUIX = Path(sys.executable).with_name("fruix")
 TIME = shutil.which("time") or "/usr/bin/time"
 NONE = {"FRUIX_STORE_FSYNC": "none"}
+#: The pairs of this engine with another (``--old-engine``), as ``--engine-pairs`` names them.
+ENGINE_PAIRS = ("fresh", "re-promote", "rebuild")
 
 
 class Sample:
@@ -274,9 +279,15 @@ def main() -> None:
                         help="directory holding another version's fruix_core to pair with")
     parser.add_argument("--engines-only", action="store_true",
                         help="with --old-engine: only the engine pairs (no tools, no floors)")
+    parser.add_argument("--engine-pairs", default=",".join(ENGINE_PAIRS), metavar="LIST",
+                        help="the engine pairs to run, comma-separated, of "
+                             f"{', '.join(ENGINE_PAIRS)} (default: all)")
     args = parser.parse_args()
     if args.engines_only and not args.old_engine:
         parser.error("--engines-only needs --old-engine")
+    wanted = set(args.engine_pairs.split(","))
+    if not wanted or not wanted <= set(ENGINE_PAIRS):
+        parser.error(f"--engine-pairs: choose among {', '.join(ENGINE_PAIRS)}")
     work: Path = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     a, b = work / "root-a", work / "root-b"
@@ -284,6 +295,8 @@ def main() -> None:
     for path, variant, scale, links in ((a, 0, args.scale, True), (b, 1, args.scale, True),
                                         (flat, 0, args.scale, False),
                                         (small, 0, args.scale / 10, True)):
+        if args.engines_only and path in (flat, small):
+            continue  # only the tool pairs and floors use them
         if not path.exists():
             print(f"generating {path.name} (scale {scale:g})", flush=True)
             generate(path, scale=scale, variant=variant, run_id=f"bench-{path.name}",
@@ -378,15 +391,19 @@ def main() -> None:
     def engine_pairs(results: Results, flip: bool) -> None:
         if old is None:
             return
-        results.pair("engine: fresh promote, new / old",
-                     Step("fresh promote (new engine)", promote_argv(a, scratch), env=NONE,
-                          before=clear, after=clear),
-                     Step("fresh promote (old engine)", old_promote_argv(a, scratch),
-                          env=old_env, before=clear, after=clear), flip)
-        results.pair("engine: re-promote, new / old",
-                     Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
-                     Step("re-promote (old engine)", old_promote_argv(a, old_held),
-                          env=old_env), flip)
+        if "fresh" in wanted:
+            results.pair("engine: fresh promote, new / old",
+                         Step("fresh promote (new engine)", promote_argv(a, scratch), env=NONE,
+                              before=clear, after=clear),
+                         Step("fresh promote (old engine)", old_promote_argv(a, scratch),
+                              env=old_env, before=clear, after=clear), flip)
+        if "re-promote" in wanted:
+            results.pair("engine: re-promote, new / old",
+                         Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
+                         Step("re-promote (old engine)", old_promote_argv(a, old_held),
+                              env=old_env), flip)
+        if "rebuild" not in wanted:
+            return
         results.pair("engine: rebuild promote, new / old",
                      Step("rebuild promote (new engine)", promote_argv(b, new_held),
                           env=NONE, after=forget_engine_b(new_held)),

@@ -6,7 +6,11 @@ the store does not hold that content yet, the copy written into the object
 being built. Nothing is ever hard-linked from the staging tree.
 
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
-content the store already holds is never written. From
+content the store already holds is never written, and the content-pool entry
+it will be linked from is compared byte for byte with those bytes (a wrong
+entry is found here and the content written new) — from the first new
+content of the artifact on, when its object is sure to be built rather than
+reused; entries met before are hashed when linked. From
 :data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
 reusable buffers (``readv``) and the file's SHA-256 runs on a second core
 (:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
@@ -162,8 +166,15 @@ class Ingester:
         self._created = False  # whether the file just ingested was written
         self._tail_hole = False  # whether the file being written ends in a hole
         self._buffer: memoryview | None = None  # for files up to BUFFER_LIMIT
+        #: Whether the artifact being ingested holds content the store lacks: its
+        #: object is then new (not reused), and its pool hits are compared now.
+        self._has_new = False
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
+        #: ``pool_check(sha256, executable, data)``: whether the pool entry for that
+        #: content holds exactly ``data`` (compared byte for byte, the entry then
+        #: vouched for until linked); ``False`` when it is missing or wrong.
+        self.pool_check: Callable[[str, bool, bytes | memoryview], bool] | None = None
 
     def close(self) -> None:
         """Forget per-promotion caches."""
@@ -172,12 +183,22 @@ class Ingester:
 
     # -- content pool ----------------------------------------------------
 
-    def _known(self, digest: str, executable: bool) -> bool:
-        """Whether this promotion wrote, or the pool holds, that content already."""
+    def _known(self, digest: str, executable: bool,
+               data: bytes | memoryview | None = None) -> bool:
+        """Whether this promotion wrote, or the pool holds, that content already.
+
+        With ``data`` (the bytes just read and hashed into ``digest``), once the
+        artifact has shown content the store lacks (so its object will be built,
+        not reused), the pool entry is compared with them: a wrong entry is found
+        here, at the cost of a byte comparison, and the content written new
+        instead. Entries not compared are hashed if and when they are linked.
+        """
         if self.layout is None:
             return False
         if (digest, executable) in self.session:
             return True
+        if data is not None and self.pool_check is not None and self._has_new:
+            return self.pool_check(digest, executable, data)
         suffix = b"-x" if executable else b"-r"
         try:
             st = os.lstat(self._pool_prefix + digest.encode() + suffix)
@@ -214,6 +235,7 @@ class Ingester:
                 os.close(fd)
         self.session.setdefault((digest, executable), dest)
         self._created = True
+        self._has_new = True
 
     def _discard(self, fd: int, dest: bytes) -> None:
         os.close(fd)
@@ -325,6 +347,7 @@ class Ingester:
         self.state.kind = staged.kind
         temp: Path | None = None
         stream = None
+        self._has_new = False
         if not self.dry_run:
             assert self.layout is not None
             temp = self.layout.temp(self.token, staged.kind)
@@ -446,7 +469,7 @@ class Ingester:
         if st.st_size <= BUFFER_LIMIT:
             digest, data = self._small(fd, rel, st, nar)
             self._tick(1, st.st_size)
-            if temp is None or self._known(digest, executable):
+            if temp is None or self._known(digest, executable, data):
                 self._expect_new = False
                 return digest, 0
             self._expect_new = True

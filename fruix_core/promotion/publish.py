@@ -8,9 +8,14 @@ The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
    other file, from content this promotion wrote, else from the content pool
    (members of a hard-link group link to the group's first member). A pool
    entry is checked before it is linked (a regular file, canonical mode and
-   time, the right size and SHA-256); a wrong one is never linked: the file
-   is read again from the staged tree instead, and the entry replaced after
-   publishing;
+   time, and its content: compared byte for byte with the file ingestion
+   read and hashed when that was held in memory, see
+   :meth:`ContentLinker.check_bytes`, else hashed again); a wrong one is
+   never linked: the file is read again from the staged tree instead (or
+   was written new by ingestion), and the entry replaced after publishing.
+   An entry checked once is linked again only while its inode and change
+   time are those it was checked with (a write or ``chmod`` sets the
+   change time; a link made here is followed by recording the new one);
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
@@ -44,6 +49,7 @@ from fruix_core.promotion.ingest import FIXED_MTIME, canonical_mode
 from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.locking import object_lock
 from fruix_core.promotion.manifest import ManifestEntry, parse_manifest
+from fruix_core.promotion.nar import CHUNK_SIZE
 from fruix_core.promotion.safeio import DIR_FLAGS, open_regular_at
 from fruix_core.promotion.storeio import (
     fsync_dir,
@@ -88,7 +94,11 @@ class ContentLinker:
     def __init__(self, layout: StoreLayout, session: dict[tuple[str, bool], bytes]) -> None:
         self.layout = layout
         self.session = session
-        self._good: dict[tuple[str, bool], tuple[int, int]] = {}
+        #: Entries checked good: (sha256, executable) -> (st_dev, st_ino, st_ctime_ns).
+        self._good: dict[tuple[str, bool], tuple[int, int, int]] = {}
+        #: How many entries were checked by comparison, and by hashing them again.
+        self.compared = 0
+        self.hashed = 0
         #: Pool entries found wrong: replaced after publishing.
         self.bad: set[tuple[str, bool]] = set()
         self._links_fd: int | None = None
@@ -105,12 +115,9 @@ class ContentLinker:
             self._links_fd = os.open(self.layout.links, DIR_FLAGS)
         return self._links_fd
 
-    def _check_entry(self, key: tuple[str, bool], size: int) -> tuple[int, int] | None:
-        """The inode of a good pool entry for ``key``, or ``None`` (missing or wrong)."""
-        if key in self._good:
-            return self._good[key]
-        if key in self.bad:
-            return None
+    def _open_entry(self, key: tuple[str, bool],
+                    size: int) -> tuple[int, os.stat_result] | None:
+        """The open pool entry for ``key`` if its kind, size, mode and time are right."""
         digest, executable = key
         name = f"{digest}-{'x' if executable else 'r'}"
         try:
@@ -120,20 +127,70 @@ class ContentLinker:
         except OSError:
             self._wrong(key, "not a regular file")
             return None
+        if (stat.S_IMODE(st.st_mode) != (0o555 if executable else 0o444)
+                or st.st_size != size or st.st_mtime != FIXED_MTIME):
+            os.close(fd)
+            self._wrong(key, "wrong size, mode or time")
+            return None
+        return fd, st
+
+    def check_bytes(self, digest: str, executable: bool, data: bytes | memoryview) -> bool:
+        """Whether the pool entry for that content holds exactly ``data``.
+
+        ``data`` is what was just read and hashed into ``digest``, so equal bytes
+        prove the entry holds that content: a byte comparison instead of a second
+        SHA-256. A missing entry gives ``False``; a wrong one ``False`` too, and
+        it is replaced after publishing.
+        """
+        key = (digest, executable)
+        if key in self._good:
+            return True
+        if key in self.bad:
+            return False
+        opened = self._open_entry(key, len(data))
+        if opened is None:
+            return False
+        fd, st = opened
         try:
-            if (stat.S_IMODE(st.st_mode) != (0o555 if executable else 0o444)
-                    or st.st_size != size or st.st_mtime != FIXED_MTIME):
-                self._wrong(key, "wrong size, mode or time")
-                return None
-            with open(fd, "rb", buffering=0, closefd=False) as raw:
-                actual = hashlib.file_digest(raw, "sha256").hexdigest()
-            if actual != digest:
-                self._wrong(key, "content does not match its name")
-                return None
+            same = _holds(fd, data)
         finally:
             os.close(fd)
-        self._good[key] = (st.st_dev, st.st_ino)
+        if not same:
+            self._wrong(key, "content differs from the file it stands for")
+            return False
+        self.compared += 1
+        self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        return True
+
+    def _check_entry(self, key: tuple[str, bool], size: int) -> tuple[int, int, int] | None:
+        """The identity of a good pool entry for ``key``, or ``None`` (missing or wrong)."""
+        if key in self._good:
+            return self._good[key]
+        if key in self.bad:
+            return None
+        opened = self._open_entry(key, size)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            with open(fd, "rb", buffering=0, closefd=False) as raw:
+                actual = hashlib.file_digest(raw, "sha256").hexdigest()
+        finally:
+            os.close(fd)
+        if actual != key[0]:
+            self._wrong(key, "content does not match its name")
+            return None
+        self.hashed += 1
+        self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
         return self._good[key]
+
+    def _unchanged(self, key: tuple[str, bool], name: str) -> bool:
+        """Whether the entry is still the inode checked, not written or chmod-ed since."""
+        try:
+            st = os.stat(name, dir_fd=self._links(), follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_ctime_ns) == self._good[key]
 
     def _wrong(self, key: tuple[str, bool], why: str) -> None:
         self.bad.add(key)
@@ -149,9 +206,11 @@ class ContentLinker:
             _link_or_copy(source, dest, executable)
             self.placed.setdefault(key, []).append(dest)
             return
+        name = f"{digest}-{'x' if executable else 'r'}"  # as layout.pool_entry names it
+        if key in self._good and not self._unchanged(key, name):
+            del self._good[key]  # changed since it was checked: check it again, in full
         inode = self._check_entry(key, size)
         if inode is not None:
-            name = self.layout.pool_entry(digest, executable).name
             try:
                 os.link(name, dest, src_dir_fd=self._links(), follow_symlinks=False)
             except FileNotFoundError:
@@ -162,13 +221,35 @@ class ContentLinker:
                 inode = None  # the inode has all the links the file system allows
             else:
                 st = os.lstat(dest)
-                if (st.st_dev, st.st_ino) == inode:
+                if (st.st_dev, st.st_ino) == inode[:2]:
+                    # This link set the change time: the entry's new identity.
+                    self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
                     return
                 os.unlink(dest)  # the entry was swapped after it was checked
                 self._wrong(key, "replaced while being linked")
         restage(rel, dest, digest, executable)
         self.session[key] = dest
         self.placed.setdefault(key, []).append(dest)
+
+
+def _holds(fd: int, data: bytes | memoryview) -> bool:
+    """Whether the file open at ``fd`` holds exactly ``data`` (read to its end).
+
+    Each read asks for one byte more than is left to compare, so a file of
+    the right size is read, and its end seen, in one call per chunk. Bytes
+    are compared with bytes (``memcmp``; a memoryview compares byte by byte).
+    """
+    size = len(data)
+    offset = 0
+    while chunk := os.read(fd, min(CHUNK_SIZE, size - offset + 1)):
+        n = len(chunk)
+        if n > size - offset:
+            return False
+        part = data[offset:offset + n]  # the object itself when the whole of bytes
+        if chunk != (part if isinstance(part, bytes) else part.tobytes()):
+            return False
+        offset += n
+    return offset == size
 
 
 def _link_or_copy(source: bytes, dest: bytes, executable: bool) -> None:
