@@ -156,9 +156,14 @@ class Step:
 
 
 class Results:
-    def __init__(self) -> None:
+    def __init__(self, only: tuple[str, ...] = ()) -> None:
         self.samples: dict[str, list[Sample]] = {}
         self.ratios: dict[str, list[float]] = {}
+        #: measure only the pairs whose name holds one of these (empty: every pair)
+        self.only = only
+
+    def wanted(self, name: str) -> bool:
+        return not self.only or any(word in name for word in self.only)
 
     def add(self, label: str, sample: Sample) -> None:
         self.samples.setdefault(label, []).append(sample)
@@ -166,6 +171,8 @@ class Results:
               f"rss {sample.rss / 1024:6.1f} MiB", flush=True)
 
     def pair(self, name: str, ours: Step, theirs: Step, flip: bool) -> None:
+        if not self.wanted(name):
+            return
         first, second = (theirs, ours) if flip else (ours, theirs)
         a = first.measure()
         b = second.measure()
@@ -279,6 +286,9 @@ def main() -> None:
                         help="directory holding another version's fruix_core to pair with")
     parser.add_argument("--engines-only", action="store_true",
                         help="with --old-engine: only the engine pairs (no tools, no floors)")
+    parser.add_argument("--only", default="", metavar="LIST",
+                        help="comma-separated words: measure only the pairs whose name holds "
+                             "one of them (e.g. 'store verify'), and no floors")
     parser.add_argument("--engine-pairs", default=",".join(ENGINE_PAIRS), metavar="LIST",
                         help="the engine pairs to run, comma-separated, of "
                              f"{', '.join(ENGINE_PAIRS)} (default: all)")
@@ -295,8 +305,9 @@ def main() -> None:
     for path, variant, scale, links in ((a, 0, args.scale, True), (b, 1, args.scale, True),
                                         (flat, 0, args.scale, False),
                                         (small, 0, args.scale / 10, True)):
-        if args.engines_only and path in (flat, small):
-            continue  # only the tool pairs and floors use them
+        subset = args.only and "hard links" not in args.only
+        if (args.engines_only or subset) and path in (flat, small):
+            continue  # only the tool pairs of their own and the floors use them
         if not path.exists():
             print(f"generating {path.name} (scale {scale:g})", flush=True)
             generate(path, scale=scale, variant=variant, run_id=f"bench-{path.name}",
@@ -410,7 +421,7 @@ def main() -> None:
                      Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
                           env=old_env, after=forget_engine_b(old_held)), flip)
 
-    results = Results()
+    results = Results(tuple(w for w in args.only.split(",") if w))
     cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,
                 after=clear)
     for index in range(args.rounds):
@@ -460,6 +471,8 @@ def main() -> None:
                      Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
                                                       *objects]), flip)
         engine_pairs(results, flip)
+        if results.only:  # a subset of the pairs: no floors
+            continue
         print("  floors", flush=True)
         every = f"find {' '.join(trees(a))} -type f -print0 | xargs -0 "
         results.add("floor: cat every byte", Step("", [every + "cat > /dev/null"],
