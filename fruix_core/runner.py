@@ -76,6 +76,7 @@ from fruix_core.resultroot import (
     resolve_run,
     swap_latest,
 )
+from fruix_core.runrecord import iso_time
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +123,7 @@ def _source_dir(config: Config) -> Path:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(iso_time(_dt.datetime.now(_dt.UTC)))
 
 
 def _resume_point(config: Config, run_id: str, executor: str) -> tuple[ResultRoot, str]:
@@ -740,6 +741,9 @@ def _request(config: Config, root: ResultRoot, loaded: LoadedPlugin, source_dir:
              **more: Any) -> BuildRequest:
     """The executor's view of a run (``more``: ``guest``, ``attaching``,
     ``make_configuration`` when the caller already read it)."""
+    if "make_configuration" not in more:
+        more["make_configuration"] = read_make_configuration(config.make_configuration,
+                                                             config.file)
     return BuildRequest(
         run_id=root.run_id, executor=loaded.name, base=config.base, phases=phases_from(None),
         jobs=config.jobs, make=config.make, source_dir=source_dir,  # 0: the build machine's
@@ -748,9 +752,7 @@ def _request(config: Config, root: ResultRoot, loaded: LoadedPlugin, source_dir:
         environment_policy=ENVIRONMENT_POLICY, phase_timeout=config.phase_timeout,
         settings=config.executor_settings(loaded.name), resume_from=resume_from,
         cancel=cancel, on_output=logs.output, executor_version=loaded.version,
-        executor_distribution=loaded.distribution,
-        **({"make_configuration": read_make_configuration(config.make_configuration,
-                                                          config.file)} | more),
+        executor_distribution=loaded.distribution, **more,
     )
 
 

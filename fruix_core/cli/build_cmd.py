@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fruix_core.cli.jsonout import add_failure_fields, emit
 from fruix_core.config import Config, load_config
@@ -19,6 +19,9 @@ from fruix_core.errors import Cancelled, ExitCode, FruixError
 from fruix_core.model import CancelToken
 from fruix_core.resultroot import ResultRoot, list_runs, resolve_run
 from fruix_core.runrecord import RunRecord, duration_text, iso_time, read_run, typed_metadata
+
+if TYPE_CHECKING:
+    from fruix_core.runner import RunOutcome
 
 __all__ = ["dispatch", "dispatch_store"]
 
@@ -140,15 +143,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         emit("fruix.run/1", outcome.as_dict())
         return int(ExitCode.OK)
-    print(f"run {outcome.run_id}: {outcome.status} (executor {outcome.executor})")
-    print(f"result root: {outcome.result_root}")
-    if outcome.bundle is not None:
-        print(f"bundle: {outcome.bundle}")
-        for kind, path in (outcome.artifacts or {}).items():
-            print(f"  {kind}: {path}")
-    else:
-        print("not promoted (--no-promote)")
-    return int(ExitCode.OK)
+    return _print_outcome(outcome, f"executor {outcome.executor}")
 
 
 def attach_command(args: argparse.Namespace) -> int:
@@ -185,8 +180,12 @@ def attach_command(args: argparse.Namespace) -> int:
     if args.json:
         emit("fruix.run/1", {**outcome.as_dict(), "attached": True})
         return int(ExitCode.OK)
-    print(f"run {outcome.run_id}: {outcome.status} (attached at {point.phase}, executor "
-          f"{outcome.executor})")
+    return _print_outcome(outcome, f"attached at {point.phase}, executor {outcome.executor}")
+
+
+def _print_outcome(outcome: RunOutcome, how: str) -> int:
+    """The text report of a run that ended ok: result root, bundle and artifacts."""
+    print(f"run {outcome.run_id}: {outcome.status} ({how})")
     print(f"result root: {outcome.result_root}")
     if outcome.bundle is not None:
         print(f"bundle: {outcome.bundle}")

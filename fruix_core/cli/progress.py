@@ -24,6 +24,8 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from fruix_core.model import RunEvent
+from fruix_core.runrecord import duration_text as duration
+from fruix_core.runrecord import iso_time, size_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,20 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LINE_PREFIX", "JsonProgress", "LineProgress", "TerminalProgress", "describe",
            "duration", "progress_display"]
-
-
-def duration(seconds: float | None) -> str:
-    """``0.4s``, ``42s``, ``1m02s``, ``1h02m``."""
-    if seconds is None:
-        return "?"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _first_line(text: str | None) -> str:
@@ -98,7 +86,7 @@ LINE_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ fruix: ")
 
 
 def _timestamp() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(iso_time(_dt.datetime.now(_dt.UTC)))
 
 
 class _Display:
@@ -114,7 +102,7 @@ class _Display:
         return None
 
     def on_event(self, event: RunEvent) -> None:
-        raise NotImplementedError
+        return None
 
     def on_output(self, phase: str, line: str) -> None:
         return None
@@ -232,12 +220,11 @@ class TerminalProgress(_Display):
             self._line = line.rstrip("\n").replace("\t", " ")
 
     def _on_promotion(self, state: Progress) -> None:
-        from fruix_core.runrecord import size_text as _size
 
         with self._lock:
             self._promotion = (f"{state.kind}: {state.files_done}/{state.files_total} files, "
-                               f"{_size(state.bytes_done)}/{_size(state.bytes_total)}, "
-                               f"{_size(state.bytes_written)} written")
+                               f"{size_text(state.bytes_done)}/{size_text(state.bytes_total)}, "
+                               f"{size_text(state.bytes_written)} written")
 
     # -- the live area ----------------------------------------------------------------
 
