@@ -6,11 +6,12 @@ the store does not hold that content yet, the copy written into the object
 being built. Nothing is ever hard-linked from the staging tree.
 
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
-content the store already holds is never written, and the content-pool entry
-it will be linked from is compared byte for byte with those bytes (a wrong
-entry is found here and the content written new) — from the first new
-content of the artifact on, when its object is sure to be built rather than
-reused; entries met before are hashed when linked. From
+content the store already holds is never written: from the first new content
+of the artifact on (its object is then sure to be built rather than reused),
+the content-pool entry of that digest is compared byte for byte with those
+bytes and, when equal, linked into the object at once through the
+descriptor that was compared (a wrong entry is found here and the content
+written new); entries met before are hashed when linked. From
 :data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
 reusable buffers (``readv``) and the file's SHA-256 runs on a second core
 (:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
@@ -163,7 +164,7 @@ class Ingester:
         self._expect_new = True
         self._pool_prefix = os.fsencode(layout.links) + b"/" if layout is not None else b""
         self._made: set[bytes] = set()  # directories created in temporary objects
-        self._created = False  # whether the file just ingested was written
+        self._created = False  # whether the file just ingested is in place (written or linked)
         self._tail_hole = False  # whether the file being written ends in a hole
         self._buffer: memoryview | None = None  # for files up to BUFFER_LIMIT
         #: Whether the artifact being ingested holds content the store lacks: its
@@ -171,10 +172,10 @@ class Ingester:
         self._has_new = False
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
-        #: ``pool_check(sha256, executable, data)``: whether the pool entry for that
-        #: content holds exactly ``data`` (compared byte for byte, the entry then
-        #: vouched for until linked); ``False`` when it is missing or wrong.
-        self.pool_check: Callable[[str, bool, bytes | memoryview], bool] | None = None
+        #: ``pool_link(sha256, executable, data, dest)``: link the pool entry for that
+        #: content at ``dest`` if it holds exactly ``data`` (compared byte for byte);
+        #: ``False`` when it is missing or wrong (``data`` is then written).
+        self.pool_link: Callable[[str, bool, bytes | memoryview, bytes], bool] | None = None
 
     def close(self) -> None:
         """Forget per-promotion caches."""
@@ -183,22 +184,16 @@ class Ingester:
 
     # -- content pool ----------------------------------------------------
 
-    def _known(self, digest: str, executable: bool,
-               data: bytes | memoryview | None = None) -> bool:
+    def _known(self, digest: str, executable: bool) -> bool:
         """Whether this promotion wrote, or the pool holds, that content already.
 
-        With ``data`` (the bytes just read and hashed into ``digest``), once the
-        artifact has shown content the store lacks (so its object will be built,
-        not reused), the pool entry is compared with them: a wrong entry is found
-        here, at the cost of a byte comparison, and the content written new
-        instead. Entries not compared are hashed if and when they are linked.
+        Only an ``lstat``: an entry counted on this way is hashed before it is
+        linked (:meth:`~fruix_core.promotion.publish.ContentLinker.link`).
         """
         if self.layout is None:
             return False
         if (digest, executable) in self.session:
             return True
-        if data is not None and self.pool_check is not None and self._has_new:
-            return self.pool_check(digest, executable, data)
         suffix = b"-x" if executable else b"-r"
         try:
             st = os.lstat(self._pool_prefix + digest.encode() + suffix)
@@ -209,13 +204,20 @@ class Ingester:
 
     # -- writing ---------------------------------------------------------
 
-    def _create(self, temp: Path, rel: bytes) -> tuple[int, bytes]:
+    def _dest(self, temp: Path, rel: bytes) -> bytes:
+        """Where ``rel`` goes in the temporary object (its directory made)."""
         dest = os.fsencode(temp) + b"/" + rel
         parent = os.path.dirname(dest)
-        with store_errors(f"cannot create {shown(dest)}"):
-            if parent not in self._made:
+        if parent not in self._made:
+            with store_errors(f"cannot create {shown(parent)}"):
                 os.makedirs(parent, exist_ok=True)
-                self._made.add(parent)
+            self._made.add(parent)
+        return dest
+
+    def _create(self, temp: Path, rel: bytes, dest: bytes | None = None) -> tuple[int, bytes]:
+        if dest is None:
+            dest = self._dest(temp, rel)
+        with store_errors(f"cannot create {shown(dest)}"):
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | getattr(os, "O_CLOEXEC", 0), 0o600)
         return fd, dest
@@ -469,11 +471,22 @@ class Ingester:
         if st.st_size <= BUFFER_LIMIT:
             digest, data = self._small(fd, rel, st, nar)
             self._tick(1, st.st_size)
-            if temp is None or self._known(digest, executable, data):
+            if temp is None:
+                self._expect_new = False
+                return digest, 0
+            dest: bytes | None = None
+            if (self._has_new and self.pool_link is not None
+                    and (digest, executable) not in self.session):
+                dest = self._dest(temp, rel)
+                if self.pool_link(digest, executable, data, dest):
+                    self._expect_new = False
+                    self._created = True  # in place already: nothing left for later
+                    return digest, 0
+            elif self._known(digest, executable):
                 self._expect_new = False
                 return digest, 0
             self._expect_new = True
-            out, dest = self._create(temp, rel)
+            out, dest = self._create(temp, rel, dest)
             try:
                 with store_errors(f"cannot write {shown(dest)}"):
                     write_all(out, data)

@@ -5,17 +5,20 @@ The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
 1. *materialise*: create what ingestion did not write (the entries it kept
    for this, in walk order; the manifest is replayed only without them):
    directories, symlinks (with their fixed time), and a hard link for every
-   other file, from content this promotion wrote, else from the content pool
-   (members of a hard-link group link to the group's first member). A pool
-   entry is checked before it is linked (a regular file, canonical mode and
-   time, and its content: compared byte for byte with the file ingestion
-   read and hashed when that was held in memory, see
-   :meth:`ContentLinker.check_bytes`, else hashed again); a wrong one is
-   never linked: the file is read again from the staged tree instead (or
-   was written new by ingestion), and the entry replaced after publishing.
-   An entry checked once is linked again only while its inode and change
-   time are those it was checked with (a write or ``chmod`` sets the
-   change time; a link made here is followed by recording the new one);
+   other file, from content this promotion wrote or linked already, else
+   from the content pool (members of a hard-link group link to the group's
+   first member). No pool entry is linked unchecked: ingestion links the
+   entries it compared byte for byte with the file it had just read and
+   hashed (:meth:`ContentLinker.link_if_holds`, through the descriptor the
+   comparison read, so the inode linked is the inode compared); an entry
+   met before (the artifact had shown no new content yet, or the file was
+   too large to hold) is hashed again here before it is linked. A wrong
+   entry is never linked: the file is written new from the bytes read (or
+   read again from the staged tree), and the entry replaced after
+   publishing. An entry checked here is linked again only while its inode
+   and change time are those it was checked with (a write or ``chmod``
+   sets the change time; a link made here is followed by recording the new
+   one);
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
@@ -50,7 +53,7 @@ from fruix_core.promotion.layout import MANIFEST_FILE, StoreLayout
 from fruix_core.promotion.locking import object_lock
 from fruix_core.promotion.manifest import ManifestEntry, parse_manifest
 from fruix_core.promotion.nar import CHUNK_SIZE
-from fruix_core.promotion.safeio import DIR_FLAGS, open_regular_at
+from fruix_core.promotion.safeio import DIR_FLAGS, FILE_FLAGS, open_regular_at
 from fruix_core.promotion.storeio import (
     fsync_dir,
     fsync_tree,
@@ -74,6 +77,11 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _FIXED_NS = FIXED_MTIME * 1_000_000_000
+#: Pool entries are opened like any file read (never a symlink, never blocking),
+#: and never as a controlling terminal.
+_ENTRY_FLAGS = FILE_FLAGS | getattr(os, "O_NOCTTY", 0)
+#: Whether ``/proc/self/fd`` can link an open file (Linux); found out on first use.
+_proc_links = os.path.isdir("/proc/self/fd")
 
 #: ``syncfs`` (one flush of the store's file system), ``each`` (fsync every
 #: file and directory) or ``none`` (no flush; benchmarks and throwaway stores).
@@ -104,6 +112,8 @@ class ContentLinker:
         self._links_fd: int | None = None
         #: Where session content was linked: (sha256, executable) -> files.
         self.placed: dict[tuple[str, bool], list[bytes]] = {}
+        #: Pool entries compared and linked by ingestion: (sha256, executable) -> first link.
+        self.linked: dict[tuple[str, bool], bytes] = {}
 
     def close(self) -> None:
         if self._links_fd is not None:
@@ -117,14 +127,23 @@ class ContentLinker:
 
     def _open_entry(self, key: tuple[str, bool],
                     size: int) -> tuple[int, os.stat_result] | None:
-        """The open pool entry for ``key`` if its kind, size, mode and time are right."""
+        """The open pool entry for ``key`` if its kind, size, mode and time are right.
+
+        Opened without following a symlink and without blocking (a FIFO), then
+        ``fstat``-ed: anything but a regular file is refused before a byte is read.
+        """
         digest, executable = key
         name = f"{digest}-{'x' if executable else 'r'}"
         try:
-            fd, st = open_regular_at(name, self._links())
+            fd = os.open(name, _ENTRY_FLAGS, dir_fd=self._links())
         except FileNotFoundError:
             return None
         except OSError:
+            self._wrong(key, "not a regular file")
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
             self._wrong(key, "not a regular file")
             return None
         if (stat.S_IMODE(st.st_mode) != (0o555 if executable else 0o444)
@@ -134,17 +153,23 @@ class ContentLinker:
             return None
         return fd, st
 
-    def check_bytes(self, digest: str, executable: bool, data: bytes | memoryview) -> bool:
-        """Whether the pool entry for that content holds exactly ``data``.
+    def link_if_holds(self, digest: str, executable: bool, data: bytes | memoryview,
+                      dest: bytes) -> bool:
+        """Link the pool entry for that content at ``dest`` if it holds exactly ``data``.
 
         ``data`` is what was just read and hashed into ``digest``, so equal bytes
         prove the entry holds that content: a byte comparison instead of a second
-        SHA-256. A missing entry gives ``False``; a wrong one ``False`` too, and
-        it is replaced after publishing.
+        SHA-256. The entry is linked through the descriptor the comparison read
+        (``/proc/self/fd``; elsewhere by name, and the new link must then be the
+        inode compared), so what is linked is what was compared. Content linked
+        once is linked again from that first link. ``False`` when the entry is
+        missing or wrong (a wrong one is replaced after publishing), or has all
+        the links its file system allows: the caller then writes ``data`` itself.
         """
         key = (digest, executable)
-        if key in self._good:
-            return True
+        first = self.linked.get(key)
+        if first is not None:
+            return _link_at(first, dest)
         if key in self.bad:
             return False
         opened = self._open_entry(key, len(data))
@@ -152,15 +177,56 @@ class ContentLinker:
             return False
         fd, st = opened
         try:
-            same = _holds(fd, data)
+            if not _holds(fd, data):
+                self._wrong(key, "content differs from the file it stands for")
+                return False
+            seams.reach("pool.compared", dest)
+            after = os.fstat(fd)
+            if (after.st_ctime_ns, after.st_size, after.st_mtime_ns) != (
+                    st.st_ctime_ns, st.st_size, st.st_mtime_ns):
+                # Written (or chmod-ed) since it was opened: what was compared is gone.
+                self._wrong(key, "changed while it was compared")
+                return False
+            if not self._link_open(fd, st, key, dest):
+                return False
         finally:
             os.close(fd)
-        if not same:
-            self._wrong(key, "content differs from the file it stands for")
-            return False
         self.compared += 1
-        self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        self.linked[key] = dest
         return True
+
+    def _link_open(self, fd: int, st: os.stat_result, key: tuple[str, bool],
+                   dest: bytes) -> bool:
+        """Link the inode open at ``fd`` at ``dest``; ``False`` when it has too many links."""
+        global _proc_links
+        with store_errors(f"cannot write {shown(dest)}"):
+            if _proc_links:
+                try:
+                    # linkat(AT_SYMLINK_FOLLOW) of the descriptor's /proc name: that very
+                    # inode (``dst_dir_fd`` only selects linkat; ``dest`` is absolute).
+                    os.link(f"/proc/self/fd/{fd}", dest, dst_dir_fd=self._links(),
+                            follow_symlinks=True)
+                    return True
+                except OSError as err:
+                    if err.errno == errno.EMLINK:
+                        return False
+                    if err.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM,
+                                         errno.ENOTDIR, errno.EACCES):
+                        raise
+                    _proc_links = False  # no usable /proc here: link by name from now on
+            name = f"{key[0]}-{'x' if key[1] else 'r'}"
+            try:
+                os.link(name, dest, src_dir_fd=self._links(), follow_symlinks=False)
+            except OSError as err:
+                if err.errno in (errno.EMLINK, errno.ENOENT):
+                    return False
+                raise
+            linked = os.lstat(dest)
+            if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
+                return True
+            os.unlink(dest)  # the entry was swapped after it was compared
+            self._wrong(key, "replaced while being linked")
+            return False
 
     def _check_entry(self, key: tuple[str, bool], size: int) -> tuple[int, int, int] | None:
         """The identity of a good pool entry for ``key``, or ``None`` (missing or wrong)."""
@@ -206,6 +272,10 @@ class ContentLinker:
             _link_or_copy(source, dest, executable)
             self.placed.setdefault(key, []).append(dest)
             return
+        source = self.linked.get(key)
+        if source is not None:
+            _link_or_copy(source, dest, executable)
+            return
         name = f"{digest}-{'x' if executable else 'r'}"  # as layout.pool_entry names it
         if key in self._good and not self._unchanged(key, name):
             del self._good[key]  # changed since it was checked: check it again, in full
@@ -235,21 +305,39 @@ class ContentLinker:
 def _holds(fd: int, data: bytes | memoryview) -> bool:
     """Whether the file open at ``fd`` holds exactly ``data`` (read to its end).
 
-    Each read asks for one byte more than is left to compare, so a file of
-    the right size is read, and its end seen, in one call per chunk. Bytes
+    Each read asks for one byte more than is left to compare, so a file of the
+    right size is read in one call per chunk and its end seen in the same call
+    (a read of a regular file returns less than asked only at its end). Bytes
     are compared with bytes (``memcmp``; a memoryview compares byte by byte).
     """
     size = len(data)
     offset = 0
-    while chunk := os.read(fd, min(CHUNK_SIZE, size - offset + 1)):
+    while True:
+        want = min(CHUNK_SIZE, size - offset + 1)
+        chunk = os.read(fd, want)
         n = len(chunk)
+        if not n:
+            return offset == size
         if n > size - offset:
             return False
         part = data[offset:offset + n]  # the object itself when the whole of bytes
         if chunk != (part if isinstance(part, bytes) else part.tobytes()):
             return False
         offset += n
-    return offset == size
+        if offset == size and n < want:
+            return True
+
+
+def _link_at(source: bytes, dest: bytes) -> bool:
+    """Hard-link ``source`` at ``dest``; ``False`` when its inode has too many links."""
+    with store_errors(f"cannot write {shown(dest)}"):
+        try:
+            os.link(source, dest, follow_symlinks=False)
+        except OSError as err:
+            if err.errno == errno.EMLINK:
+                return False
+            raise
+    return True
 
 
 def _link_or_copy(source: bytes, dest: bytes, executable: bool) -> None:

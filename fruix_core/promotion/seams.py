@@ -11,6 +11,9 @@ Points (the argument is the relative path or object name concerned):
     a tree walk has ``lstat``-ed a node and is about to open it;
 ``walk.reading``
     a regular file is open and about to be read;
+``pool.compared``
+    a content-pool entry was found equal to the file just read and is about
+    to be linked into the object being built (the argument: where);
 ``promote.validated``
     the result root passed validation; nothing is ingested yet;
 ``promote.before-publish``

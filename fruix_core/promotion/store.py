@@ -239,7 +239,7 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     ingester = Ingester(layout, owner.token, dry_run=False, fsync_each=policy == "each",
                         progress=progress, totals=totals, store_id=store_identity(layout.root))
     linker = ContentLinker(layout, ingester.session)
-    ingester.pool_check = linker.check_bytes
+    ingester.pool_link = linker.link_if_holds
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)

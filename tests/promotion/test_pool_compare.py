@@ -1,9 +1,10 @@
 """A pool entry is compared byte for byte with the file it would stand for, never trusted.
 
 Ingestion has just read and hashed the file; the content-pool entry of that
-digest is linked into the new object only when its bytes equal those bytes.
-An entry changed after that comparison, or met before the artifact showed any
-new content, is hashed before it is linked.
+digest is linked into the new object only when its bytes equal those bytes,
+through the descriptor they were read from. An entry changed while compared
+is not linked; an entry met before the artifact showed any new content is
+hashed before it is linked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from fruix_core.promotion import PromotionOutcome, promote, seams, verify
+from fruix_core.promotion import PromotionOutcome, promote, publish, seams, verify
 from fruix_core.promotion.layout import StoreLayout
 from fruix_core.promotion.nar import PARALLEL_MIN
 
@@ -91,26 +92,80 @@ def test_good_entries_are_linked_after_comparison(tmp_path: Path, store: Path) -
     assert verify(store).ok
 
 
-def test_entry_rewritten_after_comparison_is_hashed_again_and_not_linked(
-        tmp_path: Path, store: Path) -> None:
+def test_entry_rewritten_while_compared_is_not_linked(tmp_path: Path, store: Path) -> None:
+    # The entry is rewritten in place (same inode, mode, size and time) after its bytes
+    # were compared and before it is linked: its change time tells, and it is not linked.
     first = promote(build_result_root(tmp_path / "a"), store)
     entry, data = _entry(store, first, "etc/rc.conf")
+    inode = os.lstat(entry).st_ino
     rewritten: list[bytes] = []
 
-    def rewrite(rel: bytes) -> None:
-        # The world was ingested (its rc.conf compared equal); nothing is linked yet.
-        if rel == b"boot/loader" and not rewritten:
-            _put(entry, b"X" * len(data), in_place=True)  # same inode, mode, size, time
-            rewritten.append(rel)
+    def rewrite(dest: bytes) -> None:
+        if dest.endswith(b"/etc/rc.conf") and not rewritten:
+            _put(entry, b"X" * len(data), in_place=True)
+            assert os.lstat(entry).st_ino == inode
+            rewritten.append(dest)
 
-    with capture_logs() as logs, seams.installed("walk.reading", rewrite):
+    with capture_logs() as logs, seams.installed("pool.compared", rewrite):
         second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt"), store)
     assert rewritten
-    assert _problems(logs) == ["content does not match its name"]
+    assert _problems(logs) == ["changed while it was compared"]
     placed = second.artifacts["world"] / "etc/rc.conf"
     assert placed.read_bytes() == data
+    assert os.lstat(placed).st_ino != inode
     assert entry.read_bytes() == data  # replaced after publishing
+    # (The first world shares the rewritten inode: only the new one is whole.)
     assert verify(store, [second.artifacts["world"]]).ok
+
+
+@pytest.fixture(params=[True, False], ids=["proc-fd", "by-name"])
+def link_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Entries linked through ``/proc/self/fd`` (Linux), or by name (elsewhere)."""
+    if request.param and not os.path.isdir("/proc/self/fd"):
+        pytest.fail("/proc/self/fd is needed on Linux")
+    monkeypatch.setattr(publish, "_proc_links", request.param)
+    return bool(request.param)
+
+
+def test_compared_entries_are_linked_in_either_mode(tmp_path: Path, store: Path,
+                                                     link_mode: bool) -> None:
+    first = promote(build_result_root(tmp_path / "a", extra=_big), store)
+    with capture_logs() as logs:
+        second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt", extra=_big), store)
+    assert _problems(logs) == []
+    entry, _data = _entry(store, first, "etc/rc.conf")
+    assert os.lstat(second.artifacts["world"] / "etc/rc.conf").st_ino == os.lstat(entry).st_ino
+    assert verify(store).ok
+
+
+def test_entry_swapped_after_comparison_is_never_linked(tmp_path: Path, store: Path,
+                                                        link_mode: bool) -> None:
+    # Another file is renamed over the entry's name right after the comparison. Taking
+    # the name away sets the compared inode's change time: it is not linked (and the
+    # file planted under its name never is), the content is written new.
+    first = promote(build_result_root(tmp_path / "a"), store)
+    entry, data = _entry(store, first, "etc/rc.conf")
+    compared = os.lstat(entry).st_ino
+    swapped: list[int] = []
+
+    def swap(dest: bytes) -> None:
+        if dest.endswith(b"/etc/rc.conf") and not swapped:
+            other = entry.with_name("planted")
+            other.write_bytes(b"X" * len(data))
+            os.chmod(other, 0o444)
+            os.utime(other, (1, 1))
+            os.rename(other, entry)
+            swapped.append(os.lstat(entry).st_ino)
+
+    with capture_logs() as logs, seams.installed("pool.compared", swap):
+        second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt"), store)
+    assert swapped and swapped[0] != compared
+    assert _problems(logs) == ["changed while it was compared"]
+    placed = second.artifacts["world"] / "etc/rc.conf"
+    assert placed.read_bytes() == data
+    assert os.lstat(placed).st_ino not in (compared, swapped[0])
+    assert entry.read_bytes() == data  # the planted entry was replaced after publishing
+    assert verify(store).ok
 
 
 def test_entries_met_before_any_new_content_are_hashed_when_linked(
