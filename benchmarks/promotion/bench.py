@@ -29,7 +29,8 @@ each round also pairs this engine with that one, each run with its own
 ``PYTHONPATH``, on the same trees (issue 12: store v2 must not be more than
 5 % slower than the engine before it): fresh promote of A, re-promote of A
 into the store holding it, and promote of B into the store holding A (each
-engine its own store).
+engine its own store), the last also with ``FRUIX_STORE_POOL_CHECK=content``
+(``rebuild-content``: the opt-in check that reads every pool entry linked).
 
 Floors, measured in the same rounds on A: ``cat`` of every byte (every name,
 as the NAR archives each), ``sha256sum`` of every byte (one hash of
@@ -74,7 +75,7 @@ FRUIX = Path(sys.executable).with_name("fruix")
 TIME = shutil.which("time") or "/usr/bin/time"
 NONE = {"FRUIX_STORE_FSYNC": "none"}
 #: The pairs of this engine with another (``--old-engine``), as ``--engine-pairs`` names them.
-ENGINE_PAIRS = ("fresh", "re-promote", "rebuild")
+ENGINE_PAIRS = ("fresh", "re-promote", "rebuild", "rebuild-content")
 
 
 class Sample:
@@ -413,13 +414,21 @@ def main() -> None:
                          Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
                          Step("re-promote (old engine)", old_promote_argv(a, old_held),
                               env=old_env), flip)
-        if "rebuild" not in wanted:
-            return
-        results.pair("engine: rebuild promote, new / old",
-                     Step("rebuild promote (new engine)", promote_argv(b, new_held),
-                          env=NONE, after=forget_engine_b(new_held)),
-                     Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
-                          env=old_env, after=forget_engine_b(old_held)), flip)
+        if "rebuild" in wanted:
+            results.pair("engine: rebuild promote, new / old",
+                         Step("rebuild promote (new engine)", promote_argv(b, new_held),
+                              env=NONE, after=forget_engine_b(new_held)),
+                         Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
+                              env=old_env, after=forget_engine_b(old_held)), flip)
+        if "rebuild-content" in wanted:
+            # The opt-in pool check that reads every pool entry it links (not the default).
+            results.pair("engine: rebuild promote with FRUIX_STORE_POOL_CHECK=content, new / old",
+                         Step("rebuild promote, content check (new engine)",
+                              promote_argv(b, new_held),
+                              env={**NONE, "FRUIX_STORE_POOL_CHECK": "content"},
+                              after=forget_engine_b(new_held)),
+                         Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
+                              env=old_env, after=forget_engine_b(old_held)), flip)
 
     results = Results(tuple(w for w in args.only.split(",") if w))
     cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,

@@ -8,10 +8,11 @@ being built. Nothing is ever hard-linked from the staging tree.
 Small files (up to :data:`BUFFER_LIMIT`) are held in memory while hashed, so
 content the store already holds is never written: from the first new content
 of the artifact on (its object is then sure to be built rather than reused),
-the content-pool entry of that digest is compared byte for byte with those
-bytes and, when equal, linked into the object at once through the
-descriptor that was compared (a wrong entry is found here and the content
-written new); entries met before are hashed when linked. From
+the content-pool entry of that digest is linked into the object at once when
+it passes the store's pool check (see :mod:`~fruix_core.promotion.publish`;
+with ``content``, compared byte for byte with those bytes), else the bytes
+are written; entries met before are linked, and checked, when the object is
+completed. From
 :data:`~fruix_core.promotion.nar.PARALLEL_MIN` on, files are read into
 reusable buffers (``readv``) and the file's SHA-256 runs on a second core
 (:func:`~fruix_core.promotion.nar.hash_worker`) while the NAR, which must
@@ -173,9 +174,11 @@ class Ingester:
         #: Content written by this promotion so far: (sha256, executable) -> file.
         self.session: dict[tuple[str, bool], bytes] = {}
         #: ``pool_link(sha256, executable, data, dest)``: link the pool entry for that
-        #: content at ``dest`` if it holds exactly ``data`` (compared byte for byte);
-        #: ``False`` when it is missing or wrong (``data`` is then written).
+        #: content at ``dest`` if it passes the store's pool check (``data``: the bytes
+        #: just hashed); ``False`` when it is missing or wrong (``data`` is then written).
         self.pool_link: Callable[[str, bool, bytes | memoryview, bytes], bool] | None = None
+        #: ``pool_wrong((sha256, executable), problem)``: report a wrong pool entry.
+        self.pool_wrong: Callable[[tuple[str, bool], str], None] | None = None
 
     def close(self) -> None:
         """Forget per-promotion caches."""
@@ -199,8 +202,13 @@ class Ingester:
             st = os.lstat(self._pool_prefix + digest.encode() + suffix)
         except FileNotFoundError:
             return False
-        # Anything but a regular file there is not content: write ours (verify reports it).
-        return stat.S_ISREG(st.st_mode)
+        if stat.S_ISREG(st.st_mode):
+            return True
+        # Anything but a regular file there is not content: ours is written, and
+        # replaces it after publishing.
+        if self.pool_wrong is not None:
+            self.pool_wrong((digest, executable), "not a regular file")
+        return False
 
     # -- writing ---------------------------------------------------------
 

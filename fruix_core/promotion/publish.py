@@ -7,18 +7,28 @@ The steps, all inside ``STORE/.tmp-<token>-<what>`` until the last one:
    directories, symlinks (with their fixed time), and a hard link for every
    other file, from content this promotion wrote or linked already, else
    from the content pool (members of a hard-link group link to the group's
-   first member). No pool entry is linked unchecked: ingestion links the
-   entries it compared byte for byte with the file it had just read and
-   hashed (:meth:`ContentLinker.link_if_holds`, through the descriptor the
-   comparison read, so the inode linked is the inode compared); an entry
-   met before (the artifact had shown no new content yet, or the file was
-   too large to hold) is hashed again here before it is linked. A wrong
-   entry is never linked: the file is written new from the bytes read (or
-   read again from the staged tree), and the entry replaced after
-   publishing. An entry checked here is linked again only while its inode
-   and change time are those it was checked with (a write or ``chmod``
-   sets the change time; a link made here is followed by recording the new
-   one);
+   first member). No pool entry is linked unchecked; what is checked is the
+   store's pool check (:data:`POOL_CHECKS`, ``FRUIX_STORE_POOL_CHECK``):
+
+   * ``stat`` (the default): the inode linked must be a regular file of the
+     content's size with the canonical mode and time, checked on the link
+     itself (``lstat`` of the new name), so a swapped or planted entry is
+     never linked. Its bytes are the store's own, vouched for by ``fruix
+     store verify``, which hashes every pool entry: as Nix trusts its
+     ``.links`` (it checks their size only);
+   * ``content``: the bytes too. Ingestion compares the entry with the file
+     it has just read and hashed and links it through the descriptor it
+     compared (:meth:`ContentLinker.place`); an entry met before (the
+     artifact had shown no new content yet, or the file was too large to
+     hold) is hashed again here before it is linked, and an entry checked
+     here is linked again only while its inode and change time are those it
+     was checked with.
+
+   Ingestion links pool entries itself, from the artifact's first new
+   content on (its object is then sure to be built rather than reused). A
+   wrong entry is never linked: the file is written new from the bytes read
+   (or read again from the staged tree), and the entry replaced after
+   publishing;
 2. write the object's metadata files (mode ``0444``);
 3. *canonicalise*: every directory ``0555``, every node's mtime
    :data:`~fruix_core.promotion.ingest.FIXED_MTIME` (files were written
@@ -66,6 +76,7 @@ from fruix_core.promotion.storeio import (
 
 __all__ = [
     "FSYNC_POLICIES",
+    "POOL_CHECKS",
     "ContentLinker",
     "canonicalise",
     "enter_pool",
@@ -77,6 +88,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _FIXED_NS = FIXED_MTIME * 1_000_000_000
+#: What is checked of a content-pool entry before it is linked: ``stat`` (kind,
+#: size, mode and time of the inode linked; the default) or ``content`` (its bytes
+#: too). Chosen with ``FRUIX_STORE_POOL_CHECK``.
+POOL_CHECKS = ("stat", "content")
 #: Pool entries are opened like any file read (never a symlink, never blocking),
 #: and never as a controlling terminal.
 _ENTRY_FLAGS = FILE_FLAGS | getattr(os, "O_NOCTTY", 0)
@@ -97,11 +112,15 @@ class ContentLinker:
     """Links known content into objects being built, checking pool entries first.
 
     :param session: content written by this promotion: (sha256, executable) -> file.
+    :param check: what is checked of a pool entry, one of :data:`POOL_CHECKS`.
     """
 
-    def __init__(self, layout: StoreLayout, session: dict[tuple[str, bool], bytes]) -> None:
+    def __init__(self, layout: StoreLayout, session: dict[tuple[str, bool], bytes],
+                 check: str = "stat") -> None:
+        assert check in POOL_CHECKS
         self.layout = layout
         self.session = session
+        self.check = check
         #: Entries checked good: (sha256, executable) -> (st_dev, st_ino, st_ctime_ns).
         self._good: dict[tuple[str, bool], tuple[int, int, int]] = {}
         #: How many entries were checked by comparison, and by hashing them again.
@@ -112,7 +131,7 @@ class ContentLinker:
         self._links_fd: int | None = None
         #: Where session content was linked: (sha256, executable) -> files.
         self.placed: dict[tuple[str, bool], list[bytes]] = {}
-        #: Pool entries compared and linked by ingestion: (sha256, executable) -> first link.
+        #: Pool entries checked and linked: (sha256, executable) -> the first link made.
         self.linked: dict[tuple[str, bool], bytes] = {}
 
     def close(self) -> None:
@@ -139,32 +158,29 @@ class ContentLinker:
         except FileNotFoundError:
             return None
         except OSError:
-            self._wrong(key, "not a regular file")
+            self.mark_wrong(key, "not a regular file")
             return None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            self._wrong(key, "not a regular file")
+            self.mark_wrong(key, "not a regular file")
             return None
         if (stat.S_IMODE(st.st_mode) != (0o555 if executable else 0o444)
                 or st.st_size != size or st.st_mtime != FIXED_MTIME):
             os.close(fd)
-            self._wrong(key, "wrong size, mode or time")
+            self.mark_wrong(key, "wrong size, mode or time")
             return None
         return fd, st
 
-    def link_if_holds(self, digest: str, executable: bool, data: bytes | memoryview,
-                      dest: bytes) -> bool:
-        """Link the pool entry for that content at ``dest`` if it holds exactly ``data``.
+    def place(self, digest: str, executable: bool, data: bytes | memoryview,
+              dest: bytes) -> bool:
+        """Link the pool entry for that content at ``dest`` if it passes the pool check.
 
-        ``data`` is what was just read and hashed into ``digest``, so equal bytes
-        prove the entry holds that content: a byte comparison instead of a second
-        SHA-256. The entry is linked through the descriptor the comparison read
-        (``/proc/self/fd``; elsewhere by name, and the new link must then be the
-        inode compared), so what is linked is what was compared. Content linked
-        once is linked again from that first link. ``False`` when the entry is
-        missing or wrong (a wrong one is replaced after publishing), or has all
-        the links its file system allows: the caller then writes ``data`` itself.
+        ``data`` is what ingestion just read and hashed into ``digest``. Content
+        linked once is linked again from that first link. ``False`` when the
+        entry is missing or wrong (a wrong one is replaced after publishing), or
+        has all the links its file system allows: the caller then writes
+        ``data`` itself.
         """
         key = (digest, executable)
         first = self.linked.get(key)
@@ -172,20 +188,69 @@ class ContentLinker:
             return _link_at(first, dest)
         if key in self.bad:
             return False
+        if self.check == "content":
+            return self._link_if_holds(key, data, dest)
+        return self._link_checked(key, len(data), dest)
+
+    def _link_checked(self, key: tuple[str, bool], size: int, dest: bytes) -> bool:
+        """Link the entry by name, then check the link: a regular file, size, mode, time.
+
+        The check is made on the new name, which only this promotion writes, so
+        whatever the entry's name held when linked is what is checked. A FIFO or
+        device is linked (never opened) and unlinked again.
+        """
+        name = f"{key[0]}-{'x' if key[1] else 'r'}"
+        with store_errors(f"cannot write {shown(dest)}"):
+            try:
+                os.link(name, dest, src_dir_fd=self._links(), follow_symlinks=False)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EMLINK):
+                    return False
+                if err.errno in (errno.EPERM, errno.EISDIR):
+                    # Linux refuses to hard-link a directory with EPERM.
+                    try:
+                        st = os.stat(name, dir_fd=self._links(), follow_symlinks=False)
+                    except OSError:
+                        raise err from None
+                    if not stat.S_ISREG(st.st_mode):
+                        self.mark_wrong(key, "not a regular file")
+                        return False
+                raise
+            st = os.lstat(dest)
+            if (stat.S_ISREG(st.st_mode)
+                    and stat.S_IMODE(st.st_mode) == (0o555 if key[1] else 0o444)
+                    and st.st_size == size and st.st_mtime == FIXED_MTIME):
+                self.linked[key] = dest
+                return True
+            os.unlink(dest)
+        self.mark_wrong(key, "wrong size, mode or time" if stat.S_ISREG(st.st_mode)
+                    else "not a regular file")
+        return False
+
+    def _link_if_holds(self, key: tuple[str, bool], data: bytes | memoryview,
+                       dest: bytes) -> bool:
+        """Link the pool entry at ``dest`` if it holds exactly ``data``.
+
+        ``data`` is what was just read and hashed, so equal bytes prove the
+        entry holds that content: a byte comparison instead of a second SHA-256.
+        The entry is linked through the descriptor the comparison read
+        (``/proc/self/fd``; elsewhere by name, and the new link must then be the
+        inode compared), so what is linked is what was compared.
+        """
         opened = self._open_entry(key, len(data))
         if opened is None:
             return False
         fd, st = opened
         try:
             if not _holds(fd, data):
-                self._wrong(key, "content differs from the file it stands for")
+                self.mark_wrong(key, "content differs from the file it stands for")
                 return False
             seams.reach("pool.compared", dest)
             after = os.fstat(fd)
             if (after.st_ctime_ns, after.st_size, after.st_mtime_ns) != (
                     st.st_ctime_ns, st.st_size, st.st_mtime_ns):
                 # Written (or chmod-ed) since it was opened: what was compared is gone.
-                self._wrong(key, "changed while it was compared")
+                self.mark_wrong(key, "changed while it was compared")
                 return False
             if not self._link_open(fd, st, key, dest):
                 return False
@@ -225,7 +290,7 @@ class ContentLinker:
             if (linked.st_dev, linked.st_ino) == (st.st_dev, st.st_ino):
                 return True
             os.unlink(dest)  # the entry was swapped after it was compared
-            self._wrong(key, "replaced while being linked")
+            self.mark_wrong(key, "replaced while being linked")
             return False
 
     def _check_entry(self, key: tuple[str, bool], size: int) -> tuple[int, int, int] | None:
@@ -244,7 +309,7 @@ class ContentLinker:
         finally:
             os.close(fd)
         if actual != key[0]:
-            self._wrong(key, "content does not match its name")
+            self.mark_wrong(key, "content does not match its name")
             return None
         self.hashed += 1
         self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
@@ -258,7 +323,8 @@ class ContentLinker:
             return False
         return (st.st_dev, st.st_ino, st.st_ctime_ns) == self._good[key]
 
-    def _wrong(self, key: tuple[str, bool], why: str) -> None:
+    def mark_wrong(self, key: tuple[str, bool], why: str) -> None:
+        """Log a wrong pool entry; it is never linked, and replaced after publishing."""
         self.bad.add(key)
         log.warning("store.pool.wrong_entry", entry=str(self.layout.pool_entry(*key)),
                     problem=why)
@@ -275,6 +341,12 @@ class ContentLinker:
         source = self.linked.get(key)
         if source is not None:
             _link_or_copy(source, dest, executable)
+            return
+        if self.check != "content":
+            if key in self.bad or not self._link_checked(key, size, dest):
+                restage(rel, dest, digest, executable)
+                self.session[key] = dest
+                self.placed.setdefault(key, []).append(dest)
             return
         name = f"{digest}-{'x' if executable else 'r'}"  # as layout.pool_entry names it
         if key in self._good and not self._unchanged(key, name):
@@ -296,7 +368,7 @@ class ContentLinker:
                     self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
                     return
                 os.unlink(dest)  # the entry was swapped after it was checked
-                self._wrong(key, "replaced while being linked")
+                self.mark_wrong(key, "replaced while being linked")
         restage(rel, dest, digest, executable)
         self.session[key] = dest
         self.placed.setdefault(key, []).append(dest)
@@ -505,6 +577,19 @@ def publish_all(layout: StoreLayout, items: Sequence[tuple[Path, str]], *,
     return outcome
 
 
+def _replace_entry(links: int, path: bytes, name: str, fresh: str) -> None:
+    """Put ``path`` in place of the pool entry ``name`` (through the temporary ``fresh``)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh, dir_fd=links)
+    os.link(path, fresh, dst_dir_fd=links, follow_symlinks=False)
+    try:
+        os.rename(fresh, name, src_dir_fd=links, dst_dir_fd=links)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(fresh, dir_fd=links)
+        raise
+
+
 def enter_pool(layout: StoreLayout, content: dict[tuple[str, bool], bytes],
                replace: set[tuple[str, bool]], token: str) -> None:
     """Enter published files into the content pool, replacing entries found wrong.
@@ -519,17 +604,15 @@ def enter_pool(layout: StoreLayout, content: dict[tuple[str, bool], bytes],
         for (digest, executable), path in content.items():
             name = layout.pool_entry(digest, executable).name
             try:
-                os.link(path, name, dst_dir_fd=links, follow_symlinks=False)
-            except FileExistsError:
-                if (digest, executable) not in replace:
-                    continue  # another promoter entered the same content: equally good
-                fresh = f".tmp-{token}-{name}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(fresh, dir_fd=links)
-                os.link(path, fresh, dst_dir_fd=links, follow_symlinks=False)
-                os.rename(fresh, name, src_dir_fd=links, dst_dir_fd=links)
+                try:
+                    os.link(path, name, dst_dir_fd=links, follow_symlinks=False)
+                except FileExistsError:
+                    if (digest, executable) not in replace:
+                        continue  # another promoter entered the same content: equally good
+                    _replace_entry(links, path, name, f".tmp-{token}-{name}")
             except OSError as err:
-                # The pool is an optimisation: an entry missing only costs a later copy.
+                # The pool is an optimisation: an entry missing only costs a later copy
+                # (an entry that cannot be replaced, a directory, stays for verify to name).
                 log.warning("store.pool.entry_not_made", entry=name, error=err.strerror)
     finally:
         os.close(links)

@@ -68,6 +68,7 @@ from fruix_core.promotion.locking import (
 from fruix_core.promotion.metalog import ArtifactMetalog, artifact_metalog
 from fruix_core.promotion.publish import (
     FSYNC_POLICIES,
+    POOL_CHECKS,
     ContentLinker,
     canonicalise,
     enter_pool,
@@ -85,12 +86,14 @@ from fruix_core.promotion.validate import (
     validate_result_root,
 )
 
-__all__ = ["FSYNC_ENV", "PromotionOutcome", "check_store_path", "promote"]
+__all__ = ["FSYNC_ENV", "POOL_CHECK_ENV", "PromotionOutcome", "check_store_path", "promote"]
 
 log = structlog.get_logger(__name__)
 
 #: Environment variable choosing the durability policy (see :data:`FSYNC_POLICIES`).
 FSYNC_ENV = "FRUIX_STORE_FSYNC"
+#: Environment variable choosing what is checked of a pool entry (see :data:`POOL_CHECKS`).
+POOL_CHECK_ENV = "FRUIX_STORE_POOL_CHECK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,13 @@ def _fsync_policy(fsync: str | None) -> str:
     if policy not in FSYNC_POLICIES:
         raise UsageError(f"{FSYNC_ENV}={policy!r}: expected one of {', '.join(FSYNC_POLICIES)}")
     return policy
+
+
+def _pool_check(check: str | None) -> str:
+    chosen = check or os.environ.get(POOL_CHECK_ENV) or "stat"
+    if chosen not in POOL_CHECKS:
+        raise UsageError(f"{POOL_CHECK_ENV}={chosen!r}: expected one of {', '.join(POOL_CHECKS)}")
+    return chosen
 
 
 def _artifact_name(promotion: Promotion, ingested: IngestedArtifact) -> tuple[str, list[Any]]:
@@ -151,7 +161,7 @@ def _writable(root: Path) -> bool:
 
 def promote(result_root: Path | str, store: Path | str, *, dry_run: bool = False,
             progress: Callable[[Progress], None] | None = None,
-            fsync: str | None = None) -> PromotionOutcome:
+            fsync: str | None = None, pool_check: str | None = None) -> PromotionOutcome:
     """Promote the result root into ``store``.
 
     :param result_root: a complete result root (``status`` says ``ok``).
@@ -160,10 +170,14 @@ def promote(result_root: Path | str, store: Path | str, *, dry_run: bool = False
     :param progress: called with a :class:`Progress` as files are hashed.
     :param fsync: durability policy (``syncfs``, ``each``, ``none``); default
         from ``$FRUIX_STORE_FSYNC``, else ``syncfs``.
+    :param pool_check: what is checked of a content-pool entry before it is
+        linked (``stat`` or ``content``); default from ``$FRUIX_STORE_POOL_CHECK``,
+        else ``stat``.
     :raises PromotionInputError: the result root is unfit (nothing written).
     :raises StoreError: the store cannot be written (nothing published).
     """
     policy = _fsync_policy(fsync)
+    checking = _pool_check(pool_check)
     layout = StoreLayout(Path(store).absolute())
     check_store_path(layout.root)
     validated = validate_result_root(result_root, store=layout.root)
@@ -175,7 +189,7 @@ def promote(result_root: Path | str, store: Path | str, *, dry_run: bool = False
                 return _dry_run(validated, layout, progress, totals)
             if not _writable(layout.root):
                 return _already_stored(validated, layout, progress, totals)
-            return _promote(validated, layout, progress, totals, policy)
+            return _promote(validated, layout, progress, totals, policy, checking)
         except FruixError:
             raise
         except OSError as err:
@@ -229,7 +243,7 @@ def _already_stored(validated: ValidatedRoot, layout: StoreLayout,
 
 def _promote(validated: ValidatedRoot, layout: StoreLayout,
              progress: Callable[[Progress], None] | None, totals: Progress,
-             policy: str) -> PromotionOutcome:
+             policy: str, checking: str = "stat") -> PromotionOutcome:
     promotion = validated.promotion
     ensure_store(layout)
     owner = OwnerLock(layout)
@@ -238,8 +252,9 @@ def _promote(validated: ValidatedRoot, layout: StoreLayout,
     temps.append(layout.temp(owner.token, "bundle"))
     ingester = Ingester(layout, owner.token, dry_run=False, fsync_each=policy == "each",
                         progress=progress, totals=totals, store_id=store_identity(layout.root))
-    linker = ContentLinker(layout, ingester.session)
-    ingester.pool_link = linker.link_if_holds
+    linker = ContentLinker(layout, ingester.session, check=checking)
+    ingester.pool_link = linker.place
+    ingester.pool_wrong = linker.mark_wrong
     try:
         with gc_lock(layout, exclusive=False):
             remove_stale_temporaries(layout, owner.token)

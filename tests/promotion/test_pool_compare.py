@@ -1,4 +1,4 @@
-"""A pool entry is compared byte for byte with the file it would stand for, never trusted.
+"""With ``FRUIX_STORE_POOL_CHECK=content``, a pool entry is compared byte for byte.
 
 Ingestion has just read and hashed the file; the content-pool entry of that
 digest is linked into the new object only when its bytes equal those bytes,
@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from fruix_core.promotion import PromotionOutcome, promote, publish, seams, verify
 from fruix_core.promotion.layout import StoreLayout
 from fruix_core.promotion.nar import PARALLEL_MIN
+from fruix_core.promotion.store import POOL_CHECK_ENV
 
 from .conftest import build_result_root
 
@@ -50,6 +51,12 @@ def _put(entry: Path, data: bytes, *, in_place: bool) -> None:
         entry.write_bytes(data)
     os.chmod(entry, 0o444)
     os.utime(entry, (1, 1))
+
+
+@pytest.fixture(autouse=True)
+def _content_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the ``content`` pool check (``stat`` is the default)."""
+    monkeypatch.setenv(POOL_CHECK_ENV, "content")
 
 
 def _problems(logs: Sequence[MutableMapping[str, Any]]) -> list[object]:
