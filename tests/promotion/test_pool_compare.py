@@ -99,32 +99,6 @@ def test_good_entries_are_linked_after_comparison(tmp_path: Path, store: Path) -
     assert verify(store).ok
 
 
-def test_entry_rewritten_while_compared_is_not_linked(tmp_path: Path, store: Path) -> None:
-    # The entry is rewritten in place (same inode, mode, size and time) after its bytes
-    # were compared and before it is linked: its change time tells, and it is not linked.
-    first = promote(build_result_root(tmp_path / "a"), store)
-    entry, data = _entry(store, first, "etc/rc.conf")
-    inode = os.lstat(entry).st_ino
-    rewritten: list[bytes] = []
-
-    def rewrite(dest: bytes) -> None:
-        if dest.endswith(b"/etc/rc.conf") and not rewritten:
-            _put(entry, b"X" * len(data), in_place=True)
-            assert os.lstat(entry).st_ino == inode
-            rewritten.append(dest)
-
-    with capture_logs() as logs, seams.installed("pool.compared", rewrite):
-        second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt"), store)
-    assert rewritten
-    assert _problems(logs) == ["changed while it was compared"]
-    placed = second.artifacts["world"] / "etc/rc.conf"
-    assert placed.read_bytes() == data
-    assert os.lstat(placed).st_ino != inode
-    assert entry.read_bytes() == data  # replaced after publishing
-    # (The first world shares the rewritten inode: only the new one is whole.)
-    assert verify(store, [second.artifacts["world"]]).ok
-
-
 @pytest.fixture(params=[True, False], ids=["proc-fd", "by-name"])
 def link_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Entries linked through ``/proc/self/fd`` (Linux), or by name (elsewhere)."""
@@ -145,34 +119,34 @@ def test_compared_entries_are_linked_in_either_mode(tmp_path: Path, store: Path,
     assert verify(store).ok
 
 
-def test_entry_swapped_after_comparison_is_never_linked(tmp_path: Path, store: Path,
-                                                        link_mode: bool) -> None:
-    # Another file is renamed over the entry's name right after the comparison. Taking
-    # the name away sets the compared inode's change time: it is not linked (and the
-    # file planted under its name never is), the content is written new.
+@pytest.mark.parametrize("how", ["in-place", "replaced"])
+def test_entry_changed_right_after_comparison_is_never_linked(
+        tmp_path: Path, store: Path, link_mode: bool, how: str) -> None:
+    # Right after its bytes were compared equal, the entry is rewritten in place (same
+    # inode, mode, size and time) or replaced by another file under its name. Either
+    # sets the compared inode's change time: it is not linked (nor is the file now
+    # under its name), and the content is written new.
     first = promote(build_result_root(tmp_path / "a"), store)
     entry, data = _entry(store, first, "etc/rc.conf")
     compared = os.lstat(entry).st_ino
-    swapped: list[int] = []
+    changed: list[int] = []
 
-    def swap(dest: bytes) -> None:
-        if dest.endswith(b"/etc/rc.conf") and not swapped:
-            other = entry.with_name("planted")
-            other.write_bytes(b"X" * len(data))
-            os.chmod(other, 0o444)
-            os.utime(other, (1, 1))
-            os.rename(other, entry)
-            swapped.append(os.lstat(entry).st_ino)
+    def change(dest: bytes) -> None:
+        if dest.endswith(b"/etc/rc.conf") and not changed:
+            _put(entry, b"X" * len(data), in_place=how == "in-place")
+            changed.append(os.lstat(entry).st_ino)
 
-    with capture_logs() as logs, seams.installed("pool.compared", swap):
+    with capture_logs() as logs, seams.installed("pool.compared", change):
         second = promote(build_result_root(tmp_path / "b", salt=b"rebuilt"), store)
-    assert swapped and swapped[0] != compared
+    assert changed and (changed[0] == compared) == (how == "in-place")
     assert _problems(logs) == ["changed while it was compared"]
     placed = second.artifacts["world"] / "etc/rc.conf"
     assert placed.read_bytes() == data
-    assert os.lstat(placed).st_ino not in (compared, swapped[0])
-    assert entry.read_bytes() == data  # the planted entry was replaced after publishing
-    assert verify(store).ok
+    assert os.lstat(placed).st_ino not in (compared, changed[0])
+    assert entry.read_bytes() == data  # replaced after publishing
+    assert verify(store, [second.artifacts["world"]]).ok
+    # Rewritten in place, the first world's rc.conf (the same inode) is wrong now.
+    assert verify(store).ok == (how != "in-place")
 
 
 def test_entries_met_before_any_new_content_are_hashed_when_linked(
