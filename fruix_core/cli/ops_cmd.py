@@ -97,7 +97,15 @@ def logs_command(args: argparse.Namespace) -> int:
     phases = selected_phases(root, args.phase) if args.phase else None
     follower = LogFollower(root, phases, out, headers=args.phase is None)
     final = follower.follow(interval=args.interval)
-    print(f"fruix: run {root.run_id} is {final}", file=sys.stderr)
+    message = f"run {root.run_id} is {final}"
+    if getattr(args, "log_format", "console") == "json":
+        from fruix_core.logconfig import json_record
+
+        # stderr stays one JSON record per line under --log-format json.
+        print(json_record("info", message, "fruix.logs", run_id=root.run_id, status=final),
+              file=sys.stderr, flush=True)
+    else:
+        print(f"fruix: {message}", file=sys.stderr)
     return int(ExitCode.OK)
 
 

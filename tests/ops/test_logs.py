@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -148,3 +149,20 @@ def test_follow_of_one_phase_of_a_dead_run_ends_at_once(fruix_workspace: Workspa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "kernel only\n"
     assert "stale" in proc.stderr
+
+
+def test_follow_under_json_logging_ends_with_a_json_record(fruix_workspace: Workspace):
+    config = fruix_workspace.write_config()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run_id = "20260104T000000Z"
+    root = _result_root(fruix_workspace, run_id,
+                        f"running pid={gone.pid} host={socket.gethostname()}")
+    (root / "logs" / "buildworld.log").write_text("world only\n")
+    proc = _cli(config, "--log-format", "json", "native-build", "logs", run_id, "-f")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("world only\n")
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    last = records[-1]
+    assert last["logger"] == "fruix.logs" and last["run_id"] == run_id
+    assert last["event"] == f"run {run_id} is {last['status']}" and "stale" in last["status"]
