@@ -345,9 +345,11 @@ class RunEvent:
     :data:`OBSERVED_KINDS`). The progress display of ``fruix native-build
     run`` hears the rest of the story too (:data:`PROGRESS_KINDS`):
     ``guest-acquiring``, ``guest-acquired``, ``guest-step``,
-    ``teardown-started``, ``teardown-finished``, ``import-started``,
-    ``import-finished``, ``guest-releasing``, ``guest-released``,
-    ``promotion-started`` and ``promotion-finished``.
+    ``staging-started``, ``staging-finished`` (the executor stages the
+    artifacts and writes ``promotion.scm``), ``teardown-started``,
+    ``teardown-finished``, ``import-started``, ``import-finished``,
+    ``guest-releasing``, ``guest-released``, ``promotion-started`` and
+    ``promotion-finished``.
 
     ``phase`` is set for phase events (and names the failed stage of
     ``run-failed``), with ``number`` and ``count`` its place among the
@@ -397,6 +399,7 @@ OBSERVED_KINDS: tuple[str, ...] = ("run-started", "phase-started", "phase-finish
 #: Every event kind, in the order a successful in-guest run sends them.
 PROGRESS_KINDS: tuple[str, ...] = (
     "run-started", "guest-acquiring", "guest-step", "guest-acquired", "phase-started",
-    "phase-finished", "phase-failed", "teardown-started", "teardown-finished",
+    "phase-finished", "phase-failed", "staging-started", "staging-finished",
+    "teardown-started", "teardown-finished",
     "import-started", "import-finished", "guest-releasing", "guest-released",
     "promotion-started", "promotion-finished", "run-finished", "run-failed")

@@ -372,10 +372,13 @@ class _Run:
                             seconds=seconds)
             self.event("phase-finished", phase=phase.name, seconds=seconds,
                        **self.place(phase.name))
+        began = time.monotonic()
+        self.event("staging-started")
         self.stage = "stage"
         staged = self.pm.stage_artifacts(request, env)
         self.stage = "emit"
         emitted = self.pm.emit_promotion(request, env, staged)
+        self.event("staging-finished", seconds=round(time.monotonic() - began, 3))
         if cancel.cancelled:
             raise Cancelled(cancel.reason or "interrupted")
         return staged, emitted

@@ -60,6 +60,8 @@ def describe(event: RunEvent) -> str | None:
         "phase-finished": lambda: f"{_phase(event)} finished in {duration(event.seconds)}",
         "phase-failed": lambda: (f"{_phase(event)} FAILED after {duration(event.seconds)}: "
                                  f"{_first_line(event.error)}"),
+        "staging-started": lambda: "staging the artifacts",
+        "staging-finished": lambda: f"artifacts staged in {duration(event.seconds)}",
         "teardown-started": lambda: "tearing down the build environment",
         "teardown-finished": lambda: (
             f"build environment torn down in {duration(event.seconds)}" if not event.error
@@ -190,7 +192,8 @@ class TerminalProgress(_Display):
                 self._doing, self._line = self._phase, ""
                 self._phase_started = time.monotonic()
             elif kind in ("guest-acquiring", "guest-step", "guest-releasing",
-                          "teardown-started", "import-started", "promotion-started"):
+                          "staging-started", "teardown-started", "import-started",
+                          "promotion-started"):
                 self._doing = describe(event) or kind
                 self._phase_started = time.monotonic() if kind != "guest-step" \
                     else self._phase_started
@@ -207,8 +210,8 @@ class TerminalProgress(_Display):
                        f"(log {event.log})", "bold red")
         elif kind == "guest-step":
             self._keep(f"  {describe(event)}", "dim")
-        elif kind in ("guest-acquired", "guest-released", "teardown-finished",
-                      "import-finished", "promotion-finished"):
+        elif kind in ("guest-acquired", "guest-released", "staging-finished",
+                      "teardown-finished", "import-finished", "promotion-finished"):
             mark = failed if event.error else ok
             self._keep(f"{mark} {describe(event)}", "red" if event.error else "")
         elif kind in ("run-finished", "run-failed"):

@@ -38,7 +38,8 @@ def test_every_step_of_a_run_reaches_the_listener(fruix_workspace: Workspace,
     outcome = run_build(config, on_event=events.append)
     kinds = [e.kind for e in events]
     assert kinds == (["run-started"] + ["phase-started", "phase-finished"] * 5
-                     + ["teardown-started", "teardown-finished", "promotion-started",
+                     + ["staging-started", "staging-finished",
+                        "teardown-started", "teardown-finished", "promotion-started",
                         "promotion-finished", "run-finished"])
     started = [e for e in events if e.kind == "phase-started"]
     assert [(e.phase, e.number, e.count) for e in started] == [
@@ -47,6 +48,8 @@ def test_every_step_of_a_run_reaches_the_listener(fruix_workspace: Workspace,
     assert events[0].log == str(outcome.result_root / "logs")
     promoted = events[-2]
     assert promoted.bundle == str(outcome.bundle) and promoted.seconds is not None
+    staged = next(e for e in events if e.kind == "staging-finished")
+    assert staged.seconds is not None and describe(staged).startswith("artifacts staged in ")
 
 
 def test_a_failure_is_the_last_event(fruix_workspace: Workspace, toy_source: Path) -> None:
@@ -279,6 +282,7 @@ def test_terminal_shows_finished_phases(fruix_workspace: Workspace, toy_source: 
         assert re.search(rf"✓ {phase} +\S+s", drawn), (phase, drawn)
     assert "phase 1/5 buildworld" in drawn and "buildworld.log" in drawn  # the live area
     assert "toy: buildworld sleeping" in drawn  # the last output line
+    assert re.search(r"✓ artifacts staged in \S+s", drawn), drawn  # staging: its own step
     assert re.search(r"run \S+ ok in ", drawn)
 
 

@@ -148,7 +148,8 @@ def test_full_chain_matches_the_local_executor(lab: XapiLab, tmp_path: Path,
     story = [r for r in records if r.get("logger") == "fruix.progress"]
     assert [r["kind"] for r in story if r["kind"] != "guest-step"
             and not r["kind"].startswith("phase-")] == [
-        "run-started", "guest-acquiring", "guest-acquired", "teardown-started",
+        "run-started", "guest-acquiring", "guest-acquired", "staging-started",
+        "staging-finished", "teardown-started",
         "teardown-finished", "import-started", "import-finished", "guest-releasing",
         "guest-released", "promotion-started", "promotion-finished", "run-finished"]
     steps = [r["message"] for r in story if r["kind"] == "guest-step"]
