@@ -20,8 +20,10 @@ scale (to show peak RSS does not grow). Pairs, each round:
   removed first (every byte hashed again);
 - promote of B into the store holding A vs ``nix-store --add`` of B into the
   Nix store holding A, and vs ``rsync -a --link-dest=<copy of A>`` of B;
-- ``fruix store verify`` of A's four objects vs ``nix-hash`` of them, and
-  ``store verify --fast`` (right after the full one recorded what it hashed).
+- ``fruix store verify`` of A's four objects vs ``nix-hash`` of them, the
+  same of the whole store (A's objects, its bundle and the content pool),
+  and ``store verify --fast`` (right after the full one recorded what it
+  hashed).
 
 With ``--old-engine DIR`` (a directory holding another version's
 ``fruix_core`` package, e.g. ``git archive REV fruix_core | tar -x -C DIR``),
@@ -471,6 +473,11 @@ def main() -> None:
         results.pair("store verify / nix-hash",
                      Step("store verify (full)", [str(FRUIX), "store", "verify", "--store",
                                                   str(held), *objects]),
+                     Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
+                                                      *objects]), flip)
+        results.pair("store verify, whole store / nix-hash",
+                     Step("store verify (whole store, pool included)",
+                          [str(FRUIX), "store", "verify", "--store", str(held)]),
                      Step("nix-hash of the objects", ["nix-hash", "--type", "sha256",
                                                       *objects]), flip)
         # After the full verify above recorded what it hashed (A's objects are settled).

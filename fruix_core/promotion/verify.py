@@ -16,8 +16,12 @@ bytes), to objects that exist; ``.references`` must list them.
 Verifying the whole store also checks the content pool ``.links``: each
 entry a regular file whose SHA-256 matches its name, with the canonical mode
 and time; so a clean verify means the next promotion cannot link a wrong
-entry. Every metadata file is opened without following symlinks or blocking
-on a FIFO, so no planted node hangs or redirects verify.
+entry. An entry is the inode of the object files with its content, which the
+same verify has just read and hashed: when its ``lstat`` (size, modification
+and change times) is still the one those bytes were read under, that digest
+is compared with its name and the entry is not read a second time. Every
+metadata file is opened without following symlinks or blocking on a FIFO,
+so no planted node hangs or redirects verify.
 
 With ``fast``, a file whose ``lstat`` (device, inode, mode, size,
 modification and change times) is exactly what an earlier full verify
@@ -62,6 +66,8 @@ from fruix_core.promotion.safeio import read_regular as read_file
 from fruix_core.promotion.statcache import VerifiedInodes
 
 _OWN_FILES = (OBJECT_FILE, MANIFEST_FILE, REFERENCES_FILE)
+#: Inodes read and hashed by this verify: (dev, ino) -> (size, mtime_ns, ctime_ns, sha256).
+_Hashed = dict[tuple[int, int], tuple[int, int, int, str]]
 _POOL_NAME = re.compile(r"[0-9a-f]{64}-[rx]\Z")
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -125,22 +131,23 @@ def verify(store: Path | str, paths: Sequence[Path | str] | None = None, *,
         inodes.load()
     problems: list[Problem] = []
     trusted: list[Path] = []
+    hashed: _Hashed = {}
     for target in targets:
         full = Path(target).absolute()
-        found, whole = _verify_one(full, inodes, fast)
+        found, whole = _verify_one(full, inodes, fast, hashed)
         problems.extend(found)
         if whole:
             trusted.append(full)
     if paths is None:
-        problems.extend(_verify_pool(StoreLayout(store), inodes, fast))
+        problems.extend(_verify_pool(StoreLayout(store), inodes, fast, hashed))
     if inodes is not None:
         inodes.save(keep_others=paths is not None)
     return VerifyReport(checked=tuple(Path(t).absolute() for t in targets),
                         problems=tuple(problems), trusted=tuple(trusted))
 
 
-def _verify_one(path: Path, inodes: VerifiedInodes | None,
-                fast: bool) -> tuple[list[Problem], bool]:
+def _verify_one(path: Path, inodes: VerifiedInodes | None, fast: bool,
+                hashed: _Hashed | None = None) -> tuple[list[Problem], bool]:
     """Problems of one object, and whether it was answered from recorded stat."""
     name = shown(path)
     if not os.path.lexists(path):
@@ -155,7 +162,7 @@ def _verify_one(path: Path, inodes: VerifiedInodes | None,
                 quick = _verify_artifact_fast(path, inodes)
                 if quick is not None:
                     return quick, True
-            found.extend(_verify_artifact(path, inodes))
+            found.extend(_verify_artifact(path, inodes, hashed))
         elif os.path.lexists(path / RESULT_FILE):
             found.extend(_verify_bundle(path))
         else:
@@ -244,7 +251,8 @@ def _verify_artifact_fast(path: Path, inodes: VerifiedInodes) -> list[Problem] |
     return problems
 
 
-def _verify_artifact(path: Path, verified: VerifiedInodes | None = None) -> Iterator[Problem]:
+def _verify_artifact(path: Path, verified: VerifiedInodes | None = None,
+                     hashed: _Hashed | None = None) -> Iterator[Problem]:
     obj = shown(path)
     yield from _verify_header(path)
     record = read_object_record(path / OBJECT_FILE)
@@ -272,6 +280,8 @@ def _verify_artifact(path: Path, verified: VerifiedInodes | None = None) -> Iter
             digest = read_digest(fd, rel, st, nar)
             if st.st_nlink > 1:
                 inodes[key] = digest
+                if hashed is not None:  # (a pool entry has a second name)
+                    hashed[key] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
             merge.node(rel, st, None, digest)
 
         nar = walk(os.fsencode(path), on_entry=observe, on_regular=read,
@@ -421,7 +431,7 @@ def _verify_bundle(path: Path) -> Iterator[Problem]:
 
 
 def _verify_pool(layout: StoreLayout, inodes: VerifiedInodes | None = None,
-                 fast: bool = False) -> Iterator[Problem]:
+                 fast: bool = False, hashed: _Hashed | None = None) -> Iterator[Problem]:
     pool = layout.links
     if not os.path.lexists(pool):
         return
@@ -446,11 +456,15 @@ def _verify_pool(layout: StoreLayout, inodes: VerifiedInodes | None = None,
             yield Problem(where, name, "modification time is not the store's")
         if fast and inodes is not None and inodes.lookup(st) == name[:64]:
             continue
-        try:
-            digest = _sha256_regular(full)
-        except OSError as err:
-            yield Problem(where, name, f"cannot be read: {err.strerror}")
-            continue
+        read = hashed.get((st.st_dev, st.st_ino)) if hashed is not None else None
+        if read is not None and read[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            digest = read[3]  # these bytes were read and hashed by this verify
+        else:
+            try:
+                digest = _sha256_regular(full)
+            except OSError as err:
+                yield Problem(where, name, f"cannot be read: {err.strerror}")
+                continue
         if digest != name[:64]:
             yield Problem(where, name, f"content does not match its name (sha256 {digest})")
         elif inodes is not None:

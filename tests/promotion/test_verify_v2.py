@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -135,3 +136,70 @@ def test_hostile_names_in_verify_output_are_escaped(promoted: PromotionOutcome,
         assert b"x\\x1b[2J\\x07\\x0ay" in done.stdout.replace(b"\\\\", b"\\")
     document = json.loads(done.stdout)
     assert any("not in the manifest" in p["problem"] for p in document["problems"])
+
+
+def _pool_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pool entries a verify reads on their own (spied, still read for real)."""
+    verify_module = importlib.import_module("fruix_core.promotion.verify")
+    names: list[str] = []
+    real = verify_module._sha256_regular
+
+    def counted(path: Path) -> str:
+        if path.parent.name == ".links":
+            names.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(verify_module, "_sha256_regular", counted)
+    return names
+
+
+def test_pool_entries_hashed_with_their_objects_are_not_read_again(
+        promoted: PromotionOutcome, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    links = StoreLayout(store).links
+    # An entry no object links any more (its objects collected by hand): read on its own.
+    orphan = links / (hashlib.sha256(b"orphan").hexdigest() + "-r")
+    orphan.write_bytes(b"orphan")
+    os.chmod(orphan, 0o444)
+    os.utime(orphan, (1, 1))
+    reads = _pool_reads(monkeypatch)
+    assert verify(store).ok
+    assert reads == [orphan.name]
+    assert len(os.listdir(links)) > 10
+
+
+def test_an_entry_rewritten_in_place_is_named_in_the_pool_and_in_its_objects(
+        promoted: PromotionOutcome, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Same inode, size, mode and time: the object walk reads the new bytes, and the
+    # pool check compares their digest (not a stale one) with the entry's name.
+    data = (promoted.artifacts["world"] / "etc/rc.conf").read_bytes()
+    entry = StoreLayout(store).pool_entry(hashlib.sha256(data).hexdigest(), False)
+    os.chmod(entry, 0o644)
+    with open(entry, "r+b") as out:
+        out.write(b"X" * len(data))
+    os.chmod(entry, 0o444)
+    os.utime(entry, (1, 1))
+    reads = _pool_reads(monkeypatch)
+    problems = _problems(store)
+    assert any(p[1] == entry.name and "does not match its name" in p[2] for p in problems)
+    assert any(p[0].endswith(promoted.artifacts["world"].name) and "etc/rc.conf" in p[1]
+               for p in problems)
+    assert reads == []
+
+
+def test_an_entry_changed_after_its_objects_were_read_is_read_again(
+        promoted: PromotionOutcome, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its change time moved since the object walk read it: the digest from then does
+    # not stand for it, it is hashed again (and found right: only its time changed).
+    verify_module = importlib.import_module("fruix_core.promotion.verify")
+    data = (promoted.artifacts["world"] / "etc/rc.conf").read_bytes()
+    entry = StoreLayout(store).pool_entry(hashlib.sha256(data).hexdigest(), False)
+    real_pool = verify_module._verify_pool
+
+    def touch_first(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        os.chmod(entry, 0o444)  # same mode: only the change time moves
+        return real_pool(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "_verify_pool", touch_first)
+    reads = _pool_reads(monkeypatch)
+    assert verify(store).ok
+    assert reads == [entry.name]
