@@ -136,14 +136,19 @@ def test_follow_prints_new_lines_and_stops_when_the_run_ends(fruix_workspace: Wo
     assert lines.seen.count("world 1\n") == 1 and lines.seen.count("world 2\n") == 1
 
 
-def test_follow_of_one_phase_of_a_dead_run_ends_at_once(fruix_workspace: Workspace):
-    config = fruix_workspace.write_config()
+def _dead_run(workspace: Workspace, run_id: str) -> Path:
+    """A result root that says ``running`` for a process that is gone (``stale``)."""
     gone = subprocess.Popen(["true"])
     gone.wait()
-    run_id = "20260103T000000Z"
-    root = _result_root(fruix_workspace, run_id,
-                        f"running pid={gone.pid} host={socket.gethostname()}")
+    root = _result_root(workspace, run_id, f"running pid={gone.pid} host={socket.gethostname()}")
     (root / "logs" / "buildworld.log").write_text("world only\n")
+    return root
+
+
+def test_follow_of_one_phase_of_a_dead_run_ends_at_once(fruix_workspace: Workspace):
+    config = fruix_workspace.write_config()
+    run_id = "20260103T000000Z"
+    root = _dead_run(fruix_workspace, run_id)
     (root / "logs" / "buildkernel.log").write_text("kernel only\n")
     proc = _cli(config, "native-build", "logs", run_id, "buildkernel", "-f")
     assert proc.returncode == 0, proc.stderr
@@ -153,12 +158,8 @@ def test_follow_of_one_phase_of_a_dead_run_ends_at_once(fruix_workspace: Workspa
 
 def test_follow_under_json_logging_ends_with_a_json_record(fruix_workspace: Workspace):
     config = fruix_workspace.write_config()
-    gone = subprocess.Popen(["true"])
-    gone.wait()
     run_id = "20260104T000000Z"
-    root = _result_root(fruix_workspace, run_id,
-                        f"running pid={gone.pid} host={socket.gethostname()}")
-    (root / "logs" / "buildworld.log").write_text("world only\n")
+    _dead_run(fruix_workspace, run_id)
     proc = _cli(config, "--log-format", "json", "native-build", "logs", run_id, "-f")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("world only\n")
