@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fruix_core.config import load_config
+from fruix_core.config import Config, load_config
 from fruix_core.errors import BuildFailed, ExitCode, UsageError, WorkAreaError
 from fruix_core.resultroot import ResultRoot, list_runs
 from fruix_core.runner import plan_build, run_build
@@ -244,11 +244,7 @@ def test_dry_run_reports_preflight_failures_the_same_way(fruix_workspace, toy_so
 
 def test_dry_run_of_a_resume_names_the_run_and_its_phase(fruix_workspace, toy_source):
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
-    (toy_source / "fail-installworld").touch()
-    with pytest.raises(BuildFailed) as info:
-        run_build(config)
-    (toy_source / "fail-installworld").unlink()
-    run_id = info.value.run_id
+    run_id = _failed_in(config, toy_source, "installworld")
     plan = plan_build(config, resume=run_id)
     assert plan["resume"] == {"run_id": run_id, "phase": "installworld"}
     assert [p["name"] for p in plan["phases"]] == ["installworld", "distribution",
@@ -258,6 +254,15 @@ def test_dry_run_of_a_resume_names_the_run_and_its_phase(fruix_workspace, toy_so
 
 
 # -- the failure line ------------------------------------------------------------------------
+
+
+def _failed_in(config: Config, toy_source: Path, phase: str) -> str:
+    """The run id of a run of ``config`` that failed in ``phase`` (the toy's fail- file)."""
+    (toy_source / f"fail-{phase}").touch()
+    with pytest.raises(BuildFailed) as info:
+        run_build(config)
+    (toy_source / f"fail-{phase}").unlink()
+    return info.value.run_id
 
 
 def _failure_line(stderr: str) -> str:
@@ -356,10 +361,7 @@ def test_resume_with_another_source_tree_is_refused(fruix_workspace, toy_source,
 
 def test_resume_names_each_changed_component(fruix_workspace, toy_source):
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
-    (toy_source / "fail-distribution").touch()
-    with pytest.raises(BuildFailed) as info:
-        run_build(config)
-    (toy_source / "fail-distribution").unlink()
+    run_id = _failed_in(config, toy_source, "distribution")
     import dataclasses
 
     from fruix_core.model import BaseMetadata
@@ -367,7 +369,7 @@ def test_resume_names_each_changed_component(fruix_workspace, toy_source):
     changed = dataclasses.replace(config, make="bmake -DFOO",
                                   base=BaseMetadata(version="14.3-RELEASE"))
     with pytest.raises(UsageError) as refused:
-        run_build(changed, resume=info.value.run_id)
+        run_build(changed, resume=run_id)
     message = str(refused.value)
     assert "make changed: bmake → bmake -DFOO" in message
     assert "base changed: freebsd 15.0-STABLE amd64 GENERIC → freebsd 14.3-RELEASE" in message
@@ -378,13 +380,10 @@ def test_resume_after_the_build_area_was_pruned_is_refused(fruix_workspace, toy_
     import shutil
 
     config = load_config(fruix_workspace.write_config(source=toy_source, promote=False))
-    (toy_source / "fail-installkernel").touch()
-    with pytest.raises(BuildFailed) as info:
-        run_build(config)
-    (toy_source / "fail-installkernel").unlink()
-    shutil.rmtree(fruix_workspace.build_root / info.value.run_id)
+    run_id = _failed_in(config, toy_source, "installkernel")
+    shutil.rmtree(fruix_workspace.build_root / run_id)
     with pytest.raises(UsageError, match="build area .* is gone"):
-        run_build(config, resume=info.value.run_id)
+        run_build(config, resume=run_id)
 
 
 # -- a full results disk ---------------------------------------------------------------------

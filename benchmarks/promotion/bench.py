@@ -416,21 +416,19 @@ def main() -> None:
                          Step("re-promote (new engine)", promote_argv(a, new_held), env=NONE),
                          Step("re-promote (old engine)", old_promote_argv(a, old_held),
                               env=old_env), flip)
+        old_rebuild = Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
+                           env=old_env, after=forget_engine_b(old_held))
         if "rebuild" in wanted:
             results.pair("engine: rebuild promote, new / old",
                          Step("rebuild promote (new engine)", promote_argv(b, new_held),
-                              env=NONE, after=forget_engine_b(new_held)),
-                         Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
-                              env=old_env, after=forget_engine_b(old_held)), flip)
+                              env=NONE, after=forget_engine_b(new_held)), old_rebuild, flip)
         if "rebuild-content" in wanted:
             # The opt-in pool check that reads every pool entry it links (not the default).
             results.pair("engine: rebuild promote with FRUIX_STORE_POOL_CHECK=content, new / old",
                          Step("rebuild promote, content check (new engine)",
                               promote_argv(b, new_held),
                               env={**NONE, "FRUIX_STORE_POOL_CHECK": "content"},
-                              after=forget_engine_b(new_held)),
-                         Step("rebuild promote (old engine)", old_promote_argv(b, old_held),
-                              env=old_env, after=forget_engine_b(old_held)), flip)
+                              after=forget_engine_b(new_held)), old_rebuild, flip)
 
     results = Results(tuple(w for w in args.only.split(",") if w))
     cp_a = Step("cp -a", ["cp", "-a", *trees(a), str(scratch)], before=scratch_dir,

@@ -123,9 +123,6 @@ class ContentLinker:
         self.check = check
         #: Entries checked good: (sha256, executable) -> (st_dev, st_ino, st_ctime_ns).
         self._good: dict[tuple[str, bool], tuple[int, int, int]] = {}
-        #: How many entries were checked by comparison, and by hashing them again.
-        self.compared = 0
-        self.hashed = 0
         #: Pool entries found wrong: replaced after publishing.
         self.bad: set[tuple[str, bool]] = set()
         self._links_fd: int | None = None
@@ -256,7 +253,6 @@ class ContentLinker:
                 return False
         finally:
             os.close(fd)
-        self.compared += 1
         self.linked[key] = dest
         return True
 
@@ -311,7 +307,6 @@ class ContentLinker:
         if actual != key[0]:
             self.mark_wrong(key, "content does not match its name")
             return None
-        self.hashed += 1
         self._good[key] = (st.st_dev, st.st_ino, st.st_ctime_ns)
         return self._good[key]
 

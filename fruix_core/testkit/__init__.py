@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -264,18 +265,32 @@ run_build(load_config(sys.argv[1]), on_output=output, extra_plugins=(KillBeforeI
 """
 
 
-def run_host_killed_in_phase(config: Path, phase: str, *, cwd: Path,
-                             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run a build whose host process is SIGKILLed once ``phase`` runs in the guest.
+def run_host_killed_in_phase(config: Path, phase: str, *, cwd: Path, results: Path,
+                             timeout: float = 300) -> str:
+    """Run a build whose host process is SIGKILLed once ``phase`` runs in the guest;
+    returns its run id (the only run in ``results``).
 
     Deterministic: the kill comes with the phase's first line of output, so
     the phase has started in the guest and the host has not seen it end.
     ``phase`` ``"import"`` kills the host after the phases, the staging and
     the executor's teardown, just before the core imports the guest's result
-    root. The result root is left ``running`` with a dead pid (stale).
+    root. The result root is left ``running`` with a dead pid (stale); an
+    ``AssertionError`` says so when it is not.
     """
-    return subprocess.run([sys.executable, "-c", _KILLED_HOST, str(config), phase], cwd=cwd,
+    from fruix_core.resultroot import ResultRoot
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_HOST, str(config), phase], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != -signal.SIGKILL:
+        raise AssertionError(f"the host was not killed (exit {proc.returncode}): {proc.stderr}")
+    runs = [p.name for p in results.iterdir() if not p.name.startswith(".")
+            and p.name != "latest"]
+    if len(runs) != 1:
+        raise AssertionError(f"expected one run in {results}, found {runs}")
+    status = ResultRoot(results / runs[0]).status()
+    if not (status.state == "running" and status.stale):
+        raise AssertionError(f"run {runs[0]} is {status}, not a stale running one")
+    return runs[0]
 
 
 def processes_in(directory: Path) -> list[int]:

@@ -184,14 +184,13 @@ def test_jobs_come_from_the_guest(tmp_path: Path) -> None:
 # -- the host went away; the helper went on; fruix native-build attach takes it up -----------
 
 
-def _killed_in(ws: Workspace, conf: Path, phase: str) -> str:
-    proc = run_host_killed_in_phase(conf, phase, cwd=ws.root)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    (run_id,) = [p.name for p in ws.results.iterdir() if not p.name.startswith(".")
-                 and p.name != "latest"]
-    status = ResultRoot(ws.results / run_id).status()
-    assert status.state == "running" and status.stale, status
-    return run_id
+def _killed_in(tmp_path: Path, sshd: SshServer, guest_root: Path, phase: str, *,
+               promote: bool) -> tuple[Workspace, Path, str]:
+    """A workspace, its config and a run whose host was SIGKILLed in ``phase``."""
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    conf = _config(ws, sshd, guest_root, promote=promote)
+    return ws, conf, run_host_killed_in_phase(conf, phase, cwd=ws.root, results=ws.results)
 
 
 def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_reference,
@@ -199,10 +198,8 @@ def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_ref
     from fruix_core.sample import sample_base_path
 
     guest = make_guest_root(tmp_path / "guest", sample_base_path())
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir()
-    conf = _config(ws, freebsd_sshd, guest.path, promote=True)
-    run_id = _killed_in(ws, conf, "buildkernel")
+    ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "buildkernel",
+                                  promote=True)
     proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
                    cwd=ws.root, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -218,10 +215,8 @@ def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_ref
 
 def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> None:
     guest = make_toy_guest(tmp_path, wait_buildworld="")
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir()
-    conf = _config(ws, freebsd_sshd, guest.path, promote=False)
-    run_id = _killed_in(ws, conf, "buildworld")
+    ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "buildworld",
+                                  promote=False)
     host_log = ws.results / run_id / "logs/buildworld.log"
     with cli_process("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root) as proc:
         def following() -> bool:
@@ -249,10 +244,8 @@ def test_attach_follows_a_phase_still_running(freebsd_sshd, tmp_path: Path) -> N
 
 def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Path) -> None:
     guest = make_toy_guest(tmp_path, sleep_buildworld="3518")
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir()
-    conf = _config(ws, freebsd_sshd, guest.path, promote=False)
-    run_id = _killed_in(ws, conf, "buildworld")
+    ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "buildworld",
+                                  promote=False)
     assert wait_for(lambda: live_processes("sleep 3518"))   # the helper went on, hostless
     host_log = ws.results / run_id / "logs/buildworld.log"
     with cli_process("native-build", "attach", run_id, "--config", str(conf), cwd=ws.root) as proc:
@@ -270,10 +263,8 @@ def test_interrupting_attach_stops_the_followed_phase(freebsd_sshd, tmp_path: Pa
 def test_attach_imports_a_run_whose_host_died_before_the_import(freebsd_sshd,
                                                                tmp_path: Path) -> None:
     guest = make_toy_guest(tmp_path)
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir()
-    conf = _config(ws, freebsd_sshd, guest.path, promote=True)
-    run_id = _killed_in(ws, conf, "import")
+    ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "import",
+                                  promote=True)
     proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
                    cwd=ws.root, timeout=300)
     assert proc.returncode == 0, proc.stderr
