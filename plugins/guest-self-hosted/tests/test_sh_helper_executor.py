@@ -14,6 +14,7 @@ import re
 import signal
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,6 +194,14 @@ def _killed_in(tmp_path: Path, sshd: SshServer, guest_root: Path, phase: str, *,
     return ws, conf, run_host_killed_in_phase(conf, phase, cwd=ws.root, results=ws.results)
 
 
+def _attached(ws: Workspace, conf: Path, run_id: str) -> dict[str, Any]:
+    """``attach RUN_ID --json``, which must succeed: its document."""
+    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
+                   cwd=ws.root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
 def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_reference,
                                                     tmp_path: Path) -> None:
     from fruix_core.sample import sample_base_path
@@ -200,10 +209,7 @@ def test_attach_imports_a_run_whose_host_was_killed(freebsd_sshd, kit, local_ref
     guest = make_guest_root(tmp_path / "guest", sample_base_path())
     ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "buildkernel",
                                   promote=True)
-    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
-                   cwd=ws.root, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = _attached(ws, conf, run_id)
     assert doc["run_id"] == run_id and doc["status"] == "ok" and doc["attached"] is True
     root = Path(doc["result_root"])
     assert kit.signatures(root) == local_reference
@@ -265,10 +271,7 @@ def test_attach_imports_a_run_whose_host_died_before_the_import(freebsd_sshd,
     guest = make_toy_guest(tmp_path)
     ws, conf, run_id = _killed_in(tmp_path, freebsd_sshd, guest.path, "import",
                                   promote=True)
-    proc = run_cli("native-build", "attach", run_id, "--config", str(conf), "--json",
-                   cwd=ws.root, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    doc = _attached(ws, conf, run_id)
     assert doc["status"] == "ok" and sorted(doc["artifacts"]) == sorted(KINDS)
     metadata = ResultRoot(Path(doc["result_root"])).read_metadata()
     assert metadata["attached_at"] == "import" and metadata["helper_version"]
